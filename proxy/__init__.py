@@ -1,0 +1,3 @@
+"""sidecache: a caching reverse-proxy sidecar."""
+
+__version__ = "0.1.0"
