@@ -1,0 +1,161 @@
+"""The `sidecache` command: serve, check, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, apply_overrides, check_admin_exposure, load_config
+from .errors import ConfigError
+from .rules import RuleSet, load_rules
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="proxy config file (TOML); default: built-in defaults")
+    p.add_argument("--rules", type=Path, action="append",
+                   help="rules file or folder of *.toml (repeatable); default: ./rules if it exists")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sidecache", description="A caching reverse-proxy sidecar.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    _common(serve)
+    serve.add_argument("--upstream", help="backend URL (env SIDECACHE_UPSTREAM)")
+    serve.add_argument("--redis", help="Redis URL for the shared tier (env SIDECACHE_REDIS_URL)")
+    serve.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8080)")
+    serve.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:9901)")
+    serve.add_argument("--workers", type=int, help="processes sharing the proxy port (SO_REUSEPORT)")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    check = sub.add_parser("check", help="validate config and rules; exit 2 on error")
+    _common(check)
+    demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers")
+    _common(demo)
+    bench = sub.add_parser("bench", help="the reference benchmark: proxy vs direct, printed as ratios")
+    _common(bench)
+    bench.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+    bench.add_argument("--json", type=Path, help="also write the results here")
+    return ap
+
+
+def default_rules(given: list[Path] | None) -> list[Path] | None:
+    if given:
+        return given
+    local = Path("rules")
+    return [local] if local.is_dir() else None
+
+
+def load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
+    """Config and rules, every problem of both reported together."""
+    problems: list[str] = []
+    config = Config()
+    rules = RuleSet()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        rules = load_rules(default_rules(args.rules))
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return config, rules
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "check":
+            config, rules = load(args)
+            problems = check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN"))
+            if problems:
+                raise ConfigError(problems)
+            print(f"ok: {len(rules.rules)} rules; upstream {config.upstream.url}")
+            return 0
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            config, rules = load(args)
+            return asyncio.run(run_demo(config, rules))
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return asyncio.run(run_bench(quick=args.quick, json_path=args.json))
+    except ConfigError as exc:
+        verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
+        print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config, rules = load(args)
+    config = apply_overrides(
+        config, upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
+        workers=args.workers,
+    )
+    token = os.environ.get("SIDECACHE_ADMIN_TOKEN")
+    if problems := check_admin_exposure(config, token):
+        raise ConfigError(problems)
+    if config.server.workers > 1 and args.worker_index is None:
+        return _supervise(config.server.workers)
+    _install_uvloop()
+    return asyncio.run(_run_one(config, rules, token, args.worker_index or 0, config.server.workers > 1))
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform: asyncio's own loop works, just slower
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int, shared_port: bool) -> int:
+    from .app import Sidecar
+
+    log = logging.getLogger("sidecache")
+    sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0)
+    await sidecar.start()
+    log.info("worker %d: proxy on %s -> %s; admin on %s; %d rules", index, sidecar.proxy_url,
+             config.upstream.url, sidecar.admin_url or "(worker 0)", len(rules.rules))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sidecar.stop()
+    return 0
+
+
+def _supervise(workers: int) -> int:
+    """Start N workers on one port (SO_REUSEPORT); stop them all when one dies or a signal arrives."""
+    argv = sys.argv[1:]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-index", str(i)]) for i in range(workers)
+    ]
+
+    def stop(*_: object) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.2)
+    finally:
+        stop()
+    return max(c.wait() for c in children)

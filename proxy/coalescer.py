@@ -1,0 +1,46 @@
+"""Single flight: one in-flight fetch per key, shared by everyone who asks meanwhile (souin's singleflight)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Coalescer(Generic[K, V]):
+    """The fetch runs as its own task, so no caller, leader or waiter, can cancel it for the others."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Task[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._inflight
+
+    async def run(self, key: K, fetch: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
+        """The fetch's result (or exception) and whether this caller joined a fetch already in flight."""
+        task = self._inflight.get(key)
+        joined = task is not None
+        if task is None:
+            task = self.start(key, fetch)
+        return await asyncio.shield(task), joined
+
+    def start(self, key: K, fetch: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        """Start (or return) the fetch for key without waiting: background refreshes use this."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fetch())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._finish(key, t))
+        return task
+
+    def _finish(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a fetch whose callers all left never logs "never retrieved"

@@ -1,0 +1,155 @@
+"""Proxy configuration (config/*.toml): typed, strict, and checked before anything starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+from yarl import URL
+
+from .errors import ConfigError
+from .units import ByteSize, Duration, dec_hook, enc_hook
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Count = Annotated[int, Meta(ge=1)]
+
+
+def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
+    """Split "HOST:PORT" ("[::1]:8080" for IPv6); ValueError names the field."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError(f"`{field}` must be HOST:PORT such as \"127.0.0.1:8080\", got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Every config and rules object: unknown fields are errors, values never change after loading."""
+
+
+class UpstreamConfig(_Strict):
+    """Where the backend is and how long to wait for it."""
+
+    url: str = "http://127.0.0.1:8000"
+    health_path: str = "/health"
+    connect_timeout: Duration = Duration.of("2s")
+    read_timeout: Duration = Duration.of("30s")
+    max_connections: Count = 256
+    max_batch_calls: Count = 8
+    max_fallback_calls: Count = 20
+
+    def __post_init__(self) -> None:
+        u = URL(self.url)
+        if u.scheme not in ("http", "https") or not u.host:
+            raise ValueError(f"`url` must be an http:// or https:// URL with a host, got {self.url!r}")
+
+
+class MemoryConfig(_Strict):
+    """The in-process LRU tier."""
+
+    max_entries: Count = 500
+    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)
+    max_entry_bytes: ByteSize = ByteSize(1024 * 1024)
+
+
+class RedisConfig(_Strict):
+    """The shared tier; off when `url` is empty."""
+
+    url: str = ""
+    pool_size: Count = 20
+    timeout: Duration = Duration.of("50ms")
+    prefix: str = "sidecache:v1"
+
+
+class DefaultsConfig(_Strict):
+    """What happens to requests no rule matches."""
+
+    unruled: Literal["pass", "origin"] = "pass"
+
+
+class ListenConfig(_Strict):
+    """The two listeners: proxy traffic and the admin API (as Envoy separates them)."""
+
+    listen: str = "127.0.0.1:8080"
+    admin: str = "127.0.0.1:9901"
+    workers: Count = 1
+
+    def __post_init__(self) -> None:
+        for name in ("listen", "admin"):
+            parse_hostport(getattr(self, name), field=name)
+
+
+class Config(_Strict):
+    """The whole proxy config; every section is optional and defaults to a loopback, memory-only proxy."""
+
+    server: ListenConfig = ListenConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    memory: MemoryConfig = MemoryConfig()
+    redis: RedisConfig = RedisConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback ranges, where an admin API without a token is safe."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: Path | None) -> Config:
+    """Decode one config file strictly; None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    try:
+        return msgspec.toml.decode(data, type=Config, dec_hook=dec_hook)
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+
+
+def apply_overrides(
+    config: Config,
+    *,
+    upstream: str | None = None,
+    redis: str | None = None,
+    listen: str | None = None,
+    admin: str | None = None,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Config:
+    """Layer env variables, then command-line flags, over the file (flags win), re-validating the result."""
+    env = dict(os.environ) if env is None else env
+    upstream = upstream or env.get("SIDECACHE_UPSTREAM") or None
+    redis = redis if redis is not None else env.get("SIDECACHE_REDIS_URL")
+    data = msgspec.to_builtins(config, enc_hook=enc_hook)
+    flags = {"listen": listen, "admin": admin, "workers": workers}
+    data["server"].update({k: v for k, v in flags.items() if v is not None})
+    if upstream:
+        data["upstream"]["url"] = upstream
+    if redis is not None:
+        data["redis"]["url"] = redis
+    try:
+        return msgspec.convert(data, type=Config, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([f"command line or environment: {exc}"]) from exc
+
+
+def check_admin_exposure(config: Config, token: str | None) -> list[str]:
+    """An admin API reachable from outside the host must have a token: purge and warm are mutating."""
+    host, _ = parse_hostport(config.server.admin)
+    if not token and not is_loopback(host):
+        return [
+            f"server.admin: the admin listener binds {config.server.admin}, which is not loopback, and "
+            "SIDECACHE_ADMIN_TOKEN is not set; set a token or bind 127.0.0.1"
+        ]
+    return []

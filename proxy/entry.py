@@ -1,0 +1,60 @@
+"""What a cache tier stores for one response, and its wire form for shared tiers."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+FORMAT_VERSION: Final = 1
+
+
+class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
+    """A complete, storable response plus its freshness, as one msgpack array."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    stored_at: float
+    ttl: float
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    tags: list[str] = []
+    route: str = ""
+
+    @property
+    def expires_at(self) -> float:
+        return self.stored_at + self.ttl
+
+    @property
+    def keep_until(self) -> float:
+        """After this, no stale window can use the entry and a tier may drop it."""
+        return self.stored_at + self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
+
+    @property
+    def size(self) -> int:
+        """Bytes the entry costs a tier: the body plus its headers (close enough to bound memory)."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 128
+
+
+class _Envelope(msgspec.Struct, array_like=True):
+    version: int
+    entry: CachedResponse
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(_Envelope)
+
+
+def encode(entry: CachedResponse) -> bytes:
+    """msgpack with a format version, so a newer sidecache never misreads an older entry."""
+    return _encoder.encode(_Envelope(FORMAT_VERSION, entry))
+
+
+def decode(data: bytes) -> CachedResponse | None:
+    """None for an entry of another format version or one that does not decode: treat it as a miss."""
+    try:
+        env = _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return env.entry if env.version == FORMAT_VERSION else None

@@ -1,0 +1,208 @@
+"""The data path, top to bottom: rule -> key -> tiers -> coalesce -> upstream -> store -> respond."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import forward
+from .coalescer import Coalescer
+from .entry import CachedResponse
+from .errors import UpstreamError, UpstreamTimeout
+from .freshness import (
+    State,
+    private_request_reason,
+    state,
+    stored_headers,
+    unstorable_reason,
+    usable_on_error,
+)
+from .headers import VIA, add_forwarding, end_to_end
+from .keys import cache_key, tags_for
+from .metrics import Metrics
+from .rules import CompiledRule, RuleSet, field_value
+from .tiers import TieredCache
+from .upstream import UpstreamClient
+
+log = logging.getLogger("sidecache")
+
+# A fill must not carry one client's conditions or ranges: its answer is shared by everyone who waits on it.
+_FILL_DROP: Final = (
+    "Host", "Content-Length", "Accept-Encoding", "If-None-Match", "If-Modified-Since", "If-Match",
+    "If-Unmodified-Since", "If-Range", "Range",
+)
+# Reasons an answer belongs to the one client that asked: collapsed waiters must ask for their own.
+_PERSONAL: Final = frozenset({"set-cookie", "private", "no-store"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One upstream answer for a key, shared by the leader and every collapsed waiter."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    stored: bool
+    reason: str | None  # why it was not stored
+
+
+class ProxyHandler:
+    """The one handler of the proxy listener (aiohttp's low-level web.Server: no router, no middleware)."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        tiers: TieredCache,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rules = rules
+        self.tiers = tiers
+        self.upstream = upstream
+        self.metrics = metrics
+        self.clock = clock
+        self.coalescer: Coalescer[str, Fill] = Coalescer()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        matched = self.rules.match(request.method, request.path)
+        if matched is None:
+            return await self._pass(request, "-", "no-rule", started)
+        rule, params = matched
+        if not rule.cacheable or request.method not in ("GET", "HEAD"):
+            return await self._pass(request, rule.name, "rule-pass", started)
+        if (private := private_request_reason(request.headers, rule)) is not None:
+            return await self._pass(request, rule.name, private, started)
+        key = cache_key(rule, params, request.query, request.headers)
+        entry = self.tiers.local(key) or await self.tiers.shared(key)
+        now = self.clock()
+        if entry is not None:
+            st = state(entry, now)
+            if st is State.FRESH:
+                status = f"sidecache; hit; ttl={int(entry.expires_at - now)}"
+                return self._answer(request, rule, params, entry, status, "hit", started, age=now - entry.stored_at)
+            if st is State.STALE_REVALIDATE:
+                self.coalescer.start(key, lambda: self._fill(request, rule, params, key))
+                status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-while-revalidate"
+                return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
+        try:
+            fill, joined = await self.coalescer.run(key, lambda: self._fill(request, rule, params, key))
+        except UpstreamError as exc:
+            if entry is not None and usable_on_error(entry, self.clock()):
+                now = self.clock()
+                status = (f"sidecache; fwd=stale; fwd-status={_error_status(exc)}; ttl={int(entry.expires_at - now)}; "
+                          "detail=stale-if-error")
+                return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
+            return self._error(rule.name, exc, started)
+        if joined and fill.reason in _PERSONAL:
+            return await self._pass(request, rule.name, f"uncacheable-{fill.reason}", started)
+        outcome = "collapsed" if joined else "miss"
+        status = f"sidecache; fwd=miss; fwd-status={fill.status}" + (
+            "; collapsed" if joined else "") + ("; stored" if fill.stored and not joined else "") + (
+            f"; detail={fill.reason}" if fill.reason else "")
+        headers = fill.headers.copy()
+        return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started)
+
+    async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
+        """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
+        headers = add_forwarding(
+            end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote, proto=request.scheme,
+            host=request.host,
+        )
+        headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
+        t0 = time.perf_counter()
+        try:
+            resp = await self.upstream.fetch("GET", request.raw_path, headers)
+        except UpstreamError as exc:
+            self.metrics.upstream_error(rule.name, type(exc).__name__)
+            raise
+        self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
+        out_headers = end_to_end(resp.headers, drop=("Content-Length",))
+        reason = unstorable_reason(resp.status, resp.headers, resp.body, rule)
+        stored = False
+        if reason is None:
+            r = rule.route
+            entry = CachedResponse(
+                status=resp.status, headers=stored_headers(out_headers.items()), body=resp.body,
+                stored_at=self.clock(), ttl=r.ttl, stale_while_revalidate=r.stale_while_revalidate,
+                stale_if_error=r.stale_if_error, tags=tags_for(rule, params, request.query, request.headers),
+                route=rule.name,
+            )
+            stored = self.tiers.store(key, entry)
+            if not stored:
+                reason = "too-large"
+        return Fill(resp.status, out_headers, resp.body, stored, reason)
+
+    def _answer(
+        self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], entry: CachedResponse,
+        cache_status: str, outcome: str, started: float, *, age: float,
+    ) -> web.Response:
+        headers = CIMultiDict(entry.headers)
+        headers["Age"] = str(max(0, int(age)))
+        return self._respond(request, rule, params, entry.status, headers, entry.body, cache_status, outcome, started)
+
+    def _respond(
+        self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], status: int,
+        headers: CIMultiDict[str], body: bytes, cache_status: str, outcome: str, started: float,
+    ) -> web.Response:
+        if rule.echo:
+            body = _echo(body, rule, params, request)
+        headers["Cache-Status"] = cache_status
+        headers.add("Via", VIA)
+        self.metrics.request(rule.name, outcome, time.perf_counter() - started)
+        return web.Response(status=status, headers=headers, body=body)
+
+    async def _pass(self, request: web.BaseRequest, route: str, detail: str, started: float) -> web.StreamResponse:
+        try:
+            resp = await forward.forward(request, self.upstream, f"sidecache; fwd=bypass; detail={detail}")
+        except UpstreamError as exc:
+            self.metrics.upstream_error(route, type(exc).__name__)
+            return self._error(route, exc, started)
+        self.metrics.request(route, "bypass", time.perf_counter() - started)
+        return resp
+
+    def _error(self, route: str, exc: UpstreamError, started: float) -> web.Response:
+        status = _error_status(exc)
+        log.warning("route %s: %s", route, exc)
+        self.metrics.request(route, "error", time.perf_counter() - started)
+        kind = "upstream_timeout" if status == 504 else "upstream_unavailable"
+        return web.Response(
+            status=status,
+            body=msgspec.json.encode({"error": kind, "message": str(exc), "status": status}),
+            content_type="application/json",
+            headers={"Cache-Status": f"sidecache; fwd=miss; detail={kind.replace('_', '-')}", "Via": VIA},
+        )
+
+
+def _error_status(exc: UpstreamError) -> int:
+    return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+def _echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:
+    """Write the caller's own ids back into a shared JSON body (the rule's `echo` fields)."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    changed = False
+    for f in rule.echo:
+        value: object = field_value(f, params, request.query, request.headers)
+        old = doc.get(f.name)
+        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if old != value:
+            doc[f.name] = value
+            changed = True
+    return msgspec.json.encode(doc) if changed else body
+

@@ -1,0 +1,144 @@
+"""Counters and latency histograms kept as plain numbers on the hot path, exported to Prometheus at scrape time.
+
+A request only increments a dict entry and a bucket; prometheus-client's label lookups and locks run when
+`/metrics` is scraped, through a custom collector on an explicit CollectorRegistry (never the global one).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+OUTCOMES: Final = ("hit", "miss", "stale", "collapsed", "batched", "bypass", "error")
+
+
+class Histogram:
+    """Fixed buckets, cumulative on export; percentiles interpolated within a bucket."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+        self.count += other.count
+
+    def quantile(self, q: float) -> float:
+        if not self.count:
+            return 0.0
+        rank, seen = q * self.count, 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                lo = self.bounds[i - 1] if i else 0.0
+                hi = self.bounds[i] if i < len(self.bounds) else self.bounds[-1] * 2
+                return lo + (hi - lo) * (rank - seen) / n
+            seen += n
+        return self.bounds[-1]
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            acc += n
+            out.append((bound, float(acc)))
+        return out
+
+
+class Metrics:
+    """Everything the proxy counts, per route; `/stats` and `/metrics` both read from here."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str]] = Counter()  # (route, outcome)
+        self.upstream: Counter[tuple[str, int]] = Counter()  # (route, status)
+        self.upstream_errors: Counter[tuple[str, str]] = Counter()  # (route, error class)
+        self.latency: dict[str, Histogram] = {}  # route -> client-facing seconds
+        self.upstream_latency: dict[str, Histogram] = {}
+        self.gauges: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
+        self.counters: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
+
+    def request(self, route: str, outcome: str, seconds: float) -> None:
+        self.requests[(route, outcome)] += 1
+        h = self.latency.get(route)
+        if h is None:
+            h = self.latency[route] = Histogram()
+        h.observe(seconds)
+
+    def upstream_call(self, route: str, status: int, seconds: float) -> None:
+        self.upstream[(route, status)] += 1
+        h = self.upstream_latency.get(route)
+        if h is None:
+            h = self.upstream_latency[route] = Histogram()
+        h.observe(seconds)
+
+    def upstream_error(self, route: str, error: str) -> None:
+        self.upstream_errors[(route, error)] += 1
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Exporter(self))
+        return registry
+
+
+class _Exporter(Collector):
+    """Turns Metrics into Prometheus families when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        c = CounterMetricFamily("sidecache_requests", "Client requests by route and cache outcome.",
+                                labels=["route", "outcome"])
+        for (route, outcome), n in sorted(m.requests.items()):
+            c.add_metric([route, outcome], n)
+        yield c
+        c = CounterMetricFamily("sidecache_upstream_requests", "Calls made to the upstream by route and status.",
+                                labels=["route", "status"])
+        for (route, status), n in sorted(m.upstream.items()):
+            c.add_metric([route, str(status)], n)
+        yield c
+        c = CounterMetricFamily("sidecache_upstream_errors", "Upstream calls that failed without a response.",
+                                labels=["route", "error"])
+        for (route, err), n in sorted(m.upstream_errors.items()):
+            c.add_metric([route, err], n)
+        yield c
+        for name, doc, hists in (
+            ("sidecache_request_duration_seconds", "Client-facing latency by route.", m.latency),
+            ("sidecache_upstream_duration_seconds", "Upstream call latency by route.", m.upstream_latency),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=["route"])
+            for route, h in sorted(hists.items()):
+                fam.add_metric([route], h.cumulative(), h.sum)
+            yield fam
+        for name, read in sorted(m.gauges.items()):
+            yield _family(GaugeMetricFamily, name, read())
+        for name, read in sorted(m.counters.items()):
+            yield _family(CounterMetricFamily, name, read())
+
+
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, samples: list[tuple[dict[str, str], float]]
+) -> Metric:
+    labels = sorted(samples[0][0]) if samples else []
+    fam = kind(name, name.replace("_", " "), labels=labels)
+    for lbl, value in samples:
+        fam.add_metric([lbl[k] for k in labels], value)
+    return fam

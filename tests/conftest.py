@@ -1,0 +1,121 @@
+"""Real parts only: an aiohttp upstream on 127.0.0.1 that records what it receives, and the proxy in front."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import Sidecar
+from proxy.config import Config, apply_overrides
+from proxy.rules import RuleSet, load_rules
+
+
+@dataclass
+class Reply:
+    """What the test upstream answers on one path."""
+
+    status: int = 200
+    body: bytes | None = None  # None: a JSON echo of the request
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    raw_path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Upstream:
+    """A programmable origin: per-path replies, a count of every request, and what each one carried."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, Reply] = {}
+        self.seen: list[Seen] = []
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    def reply(self, path: str, **kw: object) -> None:
+        self.replies[path] = Reply(**kw)  # type: ignore[arg-type]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.hits[request.path] += 1
+        self.seen.append(Seen(request.method, request.path, request.raw_path, dict(request.headers), body))
+        r = self.replies.get(request.path, Reply())
+        if r.delay:
+            await asyncio.sleep(r.delay)
+        payload = r.body
+        if payload is None:
+            payload = msgspec.json.encode(
+                {"method": request.method, "path": request.path, "raw_path": request.raw_path,
+                 "n": self.hits[request.path], "body_len": len(body)}
+            )
+        return web.Response(status=r.status, body=payload, headers={"Content-Type": "application/json", **r.headers})
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+    server = TestServer(up.app(), host="127.0.0.1")
+    await server.start_server()
+    up.server = server
+    yield up
+    await server.close()
+
+
+ProxyFactory = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def make_proxy(tmp_path: Path, upstream: Upstream) -> AsyncIterator[ProxyFactory]:
+    """Start a Sidecar on loopback ports in front of `upstream` with rules written as TOML text."""
+    started: list[Sidecar] = []
+
+    async def make(rules: str = "", *, config: Config | None = None, upstream_url: str | None = None,
+                   **kw: object) -> Sidecar:
+        ruleset = RuleSet()
+        if rules:
+            path = tmp_path / f"rules{len(started)}.toml"
+            path.write_text(textwrap.dedent(rules))
+            ruleset = load_rules(path)
+        cfg = apply_overrides(config or Config(), upstream=upstream_url or upstream.url, listen="127.0.0.1:0",
+                              admin="127.0.0.1:0", env={})
+        sidecar = Sidecar(cfg, ruleset, **kw)  # type: ignore[arg-type]
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for s in started:
+        await s.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client, as a browser would be: no cookies kept, no decompression surprises."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
