@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 
@@ -62,6 +60,13 @@ class Sidecar:
 
     async def start(self) -> None:
         """Create the pooled clients, then bind both listeners (port 0 picks a free one)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self.upstream = UpstreamClient(self.config.upstream)
         self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock)
         self._register_gauges()
@@ -72,7 +77,7 @@ class Sidecar:
         host, port = parse_hostport(self.config.server.listen)
         site = web.TCPSite(runner, host, port, reuse_port=self.reuse_port or None, backlog=1024)
         await site.start()
-        self.proxy_url = _url_of(site)
+        self.proxy_url = _url_of(runner)
         if self.serve_admin:
             admin_runner = web.AppRunner(admin.build_admin_app(self), handle_signals=False, access_log=None)
             await admin_runner.setup()
@@ -80,7 +85,7 @@ class Sidecar:
             ahost, aport = parse_hostport(self.config.server.admin)
             asite = web.TCPSite(admin_runner, ahost, aport)
             await asite.start()
-            self.admin_url = _url_of(asite)
+            self.admin_url = _url_of(admin_runner)
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
@@ -106,11 +111,7 @@ class Sidecar:
         m.gauges["sidecache_inflight_fills"] = lambda: [({}, float(len(handler.coalescer)))]
 
 
-def _url_of(site: web.TCPSite) -> str:
-    server = site._server  # aiohttp exposes the bound port only through the asyncio server
-    assert isinstance(server, asyncio.base_events.Server)
-    host, port = server.sockets[0].getsockname()[:2]
-    if server.sockets[0].family == socket.AF_INET6:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
+def _url_of(runner: web.BaseRunner) -> str:
+    host, port = runner.addresses[-1][:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -65,14 +65,21 @@ async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_s
                 await dst.ping(msg.data)
             elif msg.type is aiohttp.WSMsgType.PONG:
                 await dst.pong(msg.data)
-        await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
 
-    async with up:
-        tasks = [asyncio.ensure_future(pipe(ws, up)), asyncio.ensure_future(pipe(up, ws))]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = [asyncio.ensure_future(pipe(ws, up)), asyncio.ensure_future(pipe(up, ws))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        # Shielded: when the client's connection drops the handler is cancelled, yet both closing
+        # handshakes must still happen, or the upstream keeps a half-open socket.
+        await asyncio.shield(_close_both(tasks, ws, up))
     return ws
+
+
+async def _close_both(tasks: list[asyncio.Future[None]], ws: web.WebSocketResponse,
+                      up: aiohttp.ClientWebSocketResponse) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await up.close(code=ws.close_code or aiohttp.WSCloseCode.OK)
+    await ws.close(code=up.close_code or aiohttp.WSCloseCode.OK)

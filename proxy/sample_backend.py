@@ -7,92 +7,53 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 _STARS: Final = {
-    "Aaron Judge": "New York Yankees",
-    "Mookie Betts": "Los Angeles Dodgers",
-    "Shohei Ohtani": "Los Angeles Dodgers",
-    "Juan Soto": "New York Mets",
-    "Freddie Freeman": "Los Angeles Dodgers",
-    "Mike Trout": "Los Angeles Angels",
-    "Bryce Harper": "Philadelphia Phillies",
-    "Vladimir Guerrero Jr.": "Toronto Blue Jays",
-    "Jose Ramirez": "Cleveland Guardians",
-    "Kyle Tucker": "Chicago Cubs",
+    "Aaron Judge": "NYY",
+    "Mookie Betts": "LAD",
+    "Shohei Ohtani": "LAD",
+    "Juan Soto": "NYM",
+    "Freddie Freeman": "LAD",
+    "Mike Trout": "LAA",
 }
 _TEAMS: Final = (
-    "Arizona Diamondbacks",
-    "Atlanta Braves",
-    "Baltimore Orioles",
-    "Boston Red Sox",
-    "Chicago Cubs",
-    "Chicago White Sox",
-    "Cincinnati Reds",
-    "Cleveland Guardians",
-    "Colorado Rockies",
-    "Detroit Tigers",
-    "Houston Astros",
-    "Kansas City Royals",
-    "Los Angeles Angels",
-    "Los Angeles Dodgers",
-    "Miami Marlins",
-    "Milwaukee Brewers",
-    "Minnesota Twins",
-    "New York Mets",
-    "New York Yankees",
-    "Athletics",
-    "Philadelphia Phillies",
-    "Pittsburgh Pirates",
-    "San Diego Padres",
-    "San Francisco Giants",
-    "Seattle Mariners",
-    "St. Louis Cardinals",
-    "Tampa Bay Rays",
-    "Texas Rangers",
-    "Toronto Blue Jays",
-    "Washington Nationals",
-)
+    "ARI ATL BAL BOS CHC CWS CIN CLE COL DET HOU KC LAA LAD MIA "
+    "MIL MIN NYM NYY ATH PHI PIT SD SF SEA STL TB TEX TOR WSH"
+).split()
 ROSTER: Final[tuple[str, ...]] = (*_STARS, *(f"Player {n:03d}" for n in range(1, 251)))
-_BY_ID: Final[dict[int, str]] = {600000 + index: name for index, name in enumerate(ROSTER)}
-_IDS: Final[dict[str, int]] = {name.lower(): pid for pid, name in _BY_ID.items()}
+_BY_ID: Final = {600000 + index: name for index, name in enumerate(ROSTER)}
+_IDS: Final = {name.lower(): pid for pid, name in _BY_ID.items()}
 
 DEFAULT_STAT_TYPES: Final = ("hits", "runs", "home_runs")
 BENCHMARK_PLAYERS: Final = ("Aaron Judge", "Mookie Betts", "Shohei Ohtani")
 MAX_BATCH: Final = 50  # batch_prop_analysis_service.py:101 drops the rest silently
-_PLAYER_TTL: Final = 300.0
 _CACHE_SIZE: Final = 500
+_TTL_ADVICE: Final = "Consider increasing cache TTL for stable data"
+_SIZE_ADVICE: Final = "Consider increasing memory cache size"
 _POSITIONS: Final = ("C", "1B", "2B", "3B", "SS", "LF", "CF", "RF", "DH")
-_FALLBACK_LABELS: Final = ("L5 Games", "L10 Games", "Season Avg", "vs Opponent", "Home/Away", "Recent Form")
-_RATES: Final = {
-    "hits": (0.6, 1.4),
-    "runs": (0.3, 0.9),
-    "home_runs": (0.05, 0.35),
-    "rbi": (0.3, 1.0),
-    "walks": (0.2, 0.7),
-    "strikeouts": (0.6, 1.5),
-}
-_SECURITY_HEADERS: Final = {
+_LABELS: Final = ("L5 Games", "L10 Games", "Season Avg", "vs Opponent", "Home/Away", "Recent Form")
+_RATES: Final = dict(hits=(0.6, 1.4), runs=(0.3, 0.9), home_runs=(0.05, 0.35), rbi=(0.3, 1.0), walks=(0.2, 0.7))
+_HEADERS: Final = {  # SecurityMiddleware's; upstream sends no Cache-Control, ETag or Last-Modified
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "X-XSS-Protection": "1; mode=block",
     "Referrer-Policy": "strict-origin-when-cross-origin",
     "Server": "A1Betting/2.0",
 }
-_MESSAGES: Final = {
+_MESSAGES: Final = {  # pydantic 2's wording, which FastAPI's 422 bodies carry
     "missing": "Field required",
     "json_invalid": "JSON decode error",
     "float_parsing": "Input should be a valid number, unable to parse string as a number",
     "int_parsing": "Input should be a valid integer, unable to parse string as an integer",
     "bool_parsing": "Input should be a valid boolean, unable to interpret input",
-    "bool_type": "Input should be a valid boolean",
     "list_type": "Input should be a valid list",
     "dict_type": "Input should be a valid dictionary",
     "string_type": "Input should be a valid string",
@@ -101,14 +62,14 @@ _MESSAGES: Final = {
 
 
 def player_id(name: str) -> int | None:
-    """The roster id, looked up case-insensitively and ignoring surrounding spaces, as the backend groups names."""
+    """The roster id, found case-insensitively and ignoring surrounding spaces, as upstream groups names."""
     return _IDS.get(name.lower().strip())
 
 
 def player_team(name: str) -> str | None:
     """The roster team, so demo traffic can send the `team` and `matchup` the UI would."""
     pid = player_id(name)
-    return None if pid is None else _STARS.get(_BY_ID[pid], _TEAMS[(pid - 600000) % len(_TEAMS)])
+    return None if pid is None else _STARS.get(_BY_ID[pid], _TEAMS[pid % len(_TEAMS)])
 
 
 class PlayerInfo(msgspec.Struct):
@@ -130,7 +91,7 @@ class Insight(msgspec.Struct):
 
 
 class EnrichedProp(msgspec.Struct):
-    """The per-prop analysis (backend/models/api_models.py); a Struct so the key order is fixed everywhere."""
+    """The per-prop analysis (backend/models/api_models.py), a Struct so its key order is the same everywhere."""
 
     player_info: PlayerInfo
     summary: str
@@ -155,39 +116,32 @@ class PropFields(msgspec.Struct, frozen=True):
 
 
 def _seed(*parts: object) -> bytes:
-    """Stable pseudo-random bytes: the real backend uses per-process `hash()`, tests need the same text every run."""
+    """Stable pseudo-random bytes: upstream uses per-process `hash()`, but demos and tests want the same text."""
     return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest()
 
 
-def analyse(prop_id: str | None, fields: PropFields) -> EnrichedProp:
-    """The one builder of an EnrichedProp, so the single GET, the POST and the batch return identical bodies."""
+def _position(name: str) -> str:
+    return _POSITIONS[_seed(name.lower())[0] % len(_POSITIONS)]
+
+
+def analyse_prop(prop_id: str | None, fields: PropFields) -> EnrichedProp:
+    """The one builder of an EnrichedProp, so the single GET, the POST and the batch give identical bodies."""
     seed, line, name = _seed(*msgspec.structs.astuple(fields)), fields.line, fields.player_name
-    scale = max(abs(line), 1.0)
     stats = [
-        Statistic(label, round(line + (seed[i] - 128) / 256 * scale, 2)) for i, label in enumerate(_FALLBACK_LABELS)
+        Statistic(label, round(line + (seed[i] - 128) / 256 * max(abs(line), 1), 2)) for i, label in enumerate(_LABELS)
     ]
-    season, form = stats[2].value, stats[5].value
-    lean = "over" if season > line else "under"
+    season, lean = stats[2].value, "over" if stats[2].value > line else "under"
     insights = [
-        Insight("performance_trend", f"{name} shows {form} {fields.stat_type} in recent form against a {line} line."),
-        Insight("matchup_advantage", f"{fields.team} in {fields.matchup}: {stats[3].value} vs this opponent."),
-        Insight("statistical_edge", f"Season average {season} against {line}: edge {season - line:+.2f}, lean {lean}."),
+        Insight("performance_trend", f"{name} is at {stats[5].value} {fields.stat_type} in recent form."),
+        Insight("matchup_advantage", f"{fields.team} in {fields.matchup}: {stats[3].value} against this opponent."),
+        Insight("statistical_edge", f"Season average {season} against a {line} line: edge {season - line:+.2f}."),
     ]
     if seed[8] % 3 == 0:
-        insights.append(Insight("weather_impact", f"Conditions for {fields.matchup} favour hitters slightly."))
-    summary = f"{name} {fields.stat_type} line {line}: season average {season}, leans {lean} in {fields.matchup}."
-    deep = "\n".join(f"{stat.label}: {stat.value}" for stat in stats)
-    position = _POSITIONS[_seed(name.lower())[0] % len(_POSITIONS)]
-    return EnrichedProp(
-        PlayerInfo(name, fields.team, position),
-        summary,
-        f"{summary}\n{deep}",
-        stats,
-        insights,
-        prop_id,
-        fields.stat_type,
-        line,
-    )
+        insights.append(Insight("weather_impact", f"Conditions for {fields.matchup} slightly favour hitters."))
+    summary = f"{name} {fields.stat_type} line {line}: season average {season}, leaning {lean} in {fields.matchup}."
+    deep = "\n".join([summary, *(f"{stat.label}: {stat.value}" for stat in stats)])
+    info = PlayerInfo(name, fields.team, _position(name))
+    return EnrichedProp(info, summary, deep, stats, insights, prop_id, fields.stat_type, line)
 
 
 def _hitting(pid: int, games: int) -> dict[str, int]:
@@ -203,27 +157,12 @@ def _stat_data(pid: int, kind: str) -> dict[str, Any]:
     """What `statsapi.player_stat_data(pid, type=kind)` returns, with invented numbers."""
     name, seed = _BY_ID[pid], _seed(pid)
     first, _, last = name.partition(" ")
-    return {
-        "id": pid,
-        "first_name": first,
-        "last_name": last,
-        "active": True,
-        "current_team": player_team(name),
-        "position": _POSITIONS[_seed(name.lower())[0] % len(_POSITIONS)],
-        "nickname": None,
-        "last_played": "2025-07-30",
-        "mlb_debut": f"{2012 + seed[0] % 12}-04-{1 + seed[1] % 28:02d}",
-        "bat_side": ("Right", "Left", "Switch")[seed[2] % 3],
-        "pitch_hand": ("Right", "Left")[seed[3] % 2],
-        "stats": [
-            {
-                "type": kind,
-                "group": "hitting",
-                "season": "2025",
-                "stats": _hitting(pid, 1 if kind == "gameLog" else 120),
-            }
-        ],
-    }
+    group = dict(type=kind, group="hitting", season="2025", stats=_hitting(pid, 1 if kind == "gameLog" else 120))
+    person = dict(id=pid, first_name=first, last_name=last, active=True, current_team=player_team(name))
+    bats, throws = ("Right", "Left", "Switch")[seed[2] % 3], ("Right", "Left")[seed[3] % 2]
+    debut = f"{2012 + seed[0] % 12}-04-{1 + seed[1] % 28:02d}"
+    details = dict(nickname=None, last_played="2025-07-30", mlb_debut=debut, bat_side=bats, pitch_hand=throws)
+    return {**person, "position": _position(name), **details, "stats": [group]}
 
 
 class _Rejected(Exception):
@@ -235,7 +174,7 @@ class _Rejected(Exception):
 
 
 class _Failed(Exception):
-    """An HTTPException, answered in the backend's custom `{"error", "status_code"}` form."""
+    """An HTTPException, answered in upstream's custom `{"error", "status_code"}` form."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -260,70 +199,53 @@ def _decode_body(raw: bytes) -> Any:
         raise _Rejected({**_problem("json_invalid", ["body", 0], {}), "ctx": {"error": str(exc)}}) from exc
 
 
-def _parse_bool(value: object, loc: list[str | int]) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower() if isinstance(value, int | str) else ""
-    if text in ("true", "1", "yes", "on", "t", "y", "false", "0", "no", "off", "f", "n"):
-        return text in ("true", "1", "yes", "on", "t", "y")
-    raise _Rejected(_problem("bool_parsing" if isinstance(value, str) else "bool_type", loc, value))
+def _query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
+    text = query.get(name, str(default)).lower()
+    if text not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        raise _Rejected(_problem("bool_parsing", ["query", name], query[name]))
+    return text in ("true", "1", "yes", "on")
 
 
-def _parse_int(value: str, loc: list[str | int]) -> int:
+def _query_int(query: Mapping[str, str], name: str, default: int) -> int:
     try:
-        return int(value)
+        return int(query.get(name, default))
     except ValueError as exc:
-        raise _Rejected(_problem("int_parsing", loc, value)) from exc
+        raise _Rejected(_problem("int_parsing", ["query", name], query[name])) from exc
 
 
-def _prop_query(query: Mapping[str, str], with_prop_id: bool = False) -> tuple[str, PropFields]:
-    """The prop fields from a query string, every problem reported at once as pydantic does."""
-    names = ("prop_id",) * with_prop_id + ("player_name", "stat_type", "line", "team", "matchup")
-    problems = [_problem("missing", ["query", name], None) for name in names if name not in query]
+def _prop_query(query: Mapping[str, str], names: tuple[str, ...] = ()) -> PropFields:
+    """The prop fields (and `names`) from a query string, every problem reported at once as pydantic does."""
+    required = (*names, "player_name", "stat_type", "line", "team", "matchup")
+    problems = [_problem("missing", ["query", name], None) for name in required if name not in query]
     try:
-        line = float(query.get("line", "0"))
+        line = float(query.get("line", 0))
     except ValueError:
         problems.append(_problem("float_parsing", ["query", "line"], query["line"]))
     if problems:
         raise _Rejected(*problems)
-    fields = PropFields(query["player_name"], query["stat_type"], line, query["team"], query["matchup"])
-    return query.get("prop_id", ""), fields
+    return PropFields(query["player_name"], query["stat_type"], line, query["team"], query["matchup"])
 
 
 @dataclass(frozen=True)
 class _Item:
     prop_id: str | None
     fields: PropFields
-    priority: Any  # any JSON value; mixed types within one player's group break the sort, as upstream
+    priority: Any  # any JSON value: mixed types within one player's group break the sort, as upstream's do
 
 
-@dataclass(frozen=True)
-class _BatchRequest:
-    items: list[_Item]
-    use_cache: bool
-    warm_cache: bool
-
-
-def _batch_request(raw: bytes) -> _BatchRequest:
-    """`BatchPropRequest` validation (422) and the route's per-item defaults; a bad `line` is the route's 500."""
-    body = _decode_body(raw)
+def _batch_items(body: Any) -> list[_Item]:
+    """`BatchPropRequest` validation (422), then the route's per-item defaults; a bad `line` is the route's 500."""
     if not isinstance(body, dict):
         raise _Rejected(_problem("model_attributes_type", ["body"], body))
     requests = body.get("requests")
     if not isinstance(requests, list):
         raise _Rejected(_problem("list_type" if "requests" in body else "missing", ["body", "requests"], requests))
     problems = [
-        _problem("dict_type", ["body", "requests", i], r) for i, r in enumerate(requests) if not isinstance(r, dict)
+        _problem("dict_type", ["body", "requests", i], r) for i, r in enumerate(requests) if type(r) is not dict
     ]
-    use_cache, warm_cache = True, True
-    try:
-        use_cache = _parse_bool(body.get("use_cache", True), ["body", "use_cache"])
-        warm_cache = _parse_bool(body.get("warm_cache", True), ["body", "warm_cache"])
-    except _Rejected as exc:
-        problems += exc.problems
     if problems:
         raise _Rejected(*problems)
-    return _BatchRequest([_item(index, item) for index, item in enumerate(requests)], use_cache, warm_cache)
+    return [_item(index, item) for index, item in enumerate(requests)]
 
 
 def _item(index: int, raw: dict[str, Any]) -> _Item:
@@ -331,9 +253,9 @@ def _item(index: int, raw: dict[str, Any]) -> _Item:
         line = float(raw.get("line", 0))
     except (TypeError, ValueError) as exc:
         raise _Failed(500, f"Batch processing failed: {exc}") from exc
-    prop_id = raw["prop_id"] if "prop_id" in raw else f"batch_{index}"
-    text = {key: str(raw.get(key, "")) for key in ("player_name", "stat_type", "team", "matchup")}
-    fields = PropFields(text["player_name"], text["stat_type"], line, text["team"], text["matchup"])
+    prop_id = raw["prop_id"] if "prop_id" in raw else f"batch_{index}"  # the default only when the key is absent
+    text = [str(raw.get(key, "")) for key in ("player_name", "stat_type", "team", "matchup")]
+    fields = PropFields(text[0], text[1], line, text[2], text[3])
     return _Item(None if prop_id is None else str(prop_id), fields, raw.get("priority", 1))
 
 
@@ -341,12 +263,8 @@ def _group(items: list[_Item]) -> dict[str, list[_Item]]:
     """Upstream's order: grouped by folded name in first-seen order (:181), each group sorted by priority (:186)."""
     groups: dict[str, list[_Item]] = {}
     for item in items:
-        groups.setdefault(_fold(item.fields.player_name), []).append(item)
+        groups.setdefault(item.fields.player_name.lower().strip(), []).append(item)
     return {key: sorted(group, key=lambda item: item.priority) for key, group in groups.items()}
-
-
-def _fold(name: str) -> str:
-    return name.lower().strip()
 
 
 @dataclass(frozen=True)
@@ -359,23 +277,6 @@ class ReceivedRequest:
     query_string: str
     headers: dict[str, str]
     body: bytes
-
-
-@dataclass
-class _Stats:
-    """The backend's own counters, reported live by performance-metrics and cache-stats."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    batches: int = 0
-    batch_seconds: float = 0.0
-    props: int = 0
-    failed_props: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / (self.hits + self.misses) if self.hits + self.misses else 0.0
 
 
 class SampleBackend:
@@ -394,8 +295,9 @@ class SampleBackend:
         self.batch_garbage = False
         self.failing_players: set[str] = set()
         self.group_error_players: set[str] = set()
-        self._stats = _Stats()
-        self._cache: dict[str, float] = {}
+        self._cache: dict[str, float] = {}  # upstream's player cache key -> cached_at
+        self._stats: Counter[str] = Counter()  # hits, misses, evictions, batches, props, failed_props
+        self._batch_seconds = 0.0
 
     def app(self) -> web.Application:
         """A fresh application with every route, sharing this backend's counters and knobs."""
@@ -418,32 +320,25 @@ class SampleBackend:
             app.router.add_route(method, path, handler, name=name)
         return app
 
-    def _middleware(self) -> Any:
-        """Record, delay, map errors to upstream's bodies, and add upstream's headers (and no cache validators)."""
+    def _middleware(self) -> Middleware:
+        """Record, then delay, then map errors to upstream's bodies and add upstream's headers."""
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            started = time.perf_counter()
-            preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-            route = "preflight" if preflight else request.match_info.route.name or "unmatched"
+            started, route = time.perf_counter(), request.match_info.route.name or "unmatched"
             await self._record(route, request)
+            delay = self.batch_latency if route == "batch-prop-analysis" else self.latency
             try:
-                response = _preflight(request) if preflight else await self._handle(route, request, handler)
+                if delay > 0 and route != "unmatched":
+                    await asyncio.sleep(delay)
+                response = await handler(request)
             except _Rejected as exc:
                 response = _json({"detail": exc.problems}, 422)
             except _Failed as exc:
                 response = _json({"error": exc.message, "status_code": exc.status}, exc.status)
-            except web.HTTPException as exc:  # router 404/405, in FastAPI's default form
+            except web.HTTPException as exc:  # the router's 404 and 405, in FastAPI's default form
                 response = _json({"detail": exc.reason}, exc.status)
-            response.headers.update(_SECURITY_HEADERS)
-            if "Origin" in request.headers:  # dev CORS: any origin, with credentials (starlette echoes it, adds Vary)
-                response.headers.update(
-                    {
-                        "Access-Control-Allow-Origin": request.headers["Origin"],
-                        "Access-Control-Allow-Credentials": "true",
-                        "Vary": "Origin",
-                    }
-                )
+            response.headers.update(_HEADERS)
             response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
             return response
 
@@ -452,81 +347,74 @@ class SampleBackend:
     async def _record(self, route: str, request: web.Request) -> None:
         body = await request.read() if request.body_exists else b""
         self.calls[route] += 1
-        self.received.append(
-            ReceivedRequest(route, request.method, request.path, request.query_string, dict(request.headers), body)
-        )
-
-    async def _handle(self, route: str, request: web.Request, handler: Handler) -> web.StreamResponse:
-        delay = self.batch_latency if route == "batch-prop-analysis" else self.latency
-        if delay > 0 and route != "unmatched":
-            await asyncio.sleep(delay)
-        return await handler(request)
+        headers = dict(request.headers)
+        self.received.append(ReceivedRequest(route, request.method, request.path, request.query_string, headers, body))
 
     def _fails(self, name: str) -> bool:
         """Unknown players fail like upstream's failed MLB lookups; `failing_players` adds known ones."""
-        return player_id(name) is None or _fold(name) in {_fold(player) for player in self.failing_players}
+        return player_id(name) is None or name.lower().strip() in {p.lower().strip() for p in self.failing_players}
 
-    def _lookup(self, name: str, stat_types: Iterable[str], refresh: bool = False) -> tuple[bool, float]:
-        """Play upstream's 500-entry, 300 s player cache: (hit, cached_at), so hit rates and shapes move like it."""
-        key, now = ":".join([name, *sorted(stat_types)]), time.time()
-        cached_at = self._cache.get(key)
-        if not refresh and cached_at is not None and now - cached_at < _PLAYER_TTL:
-            self._stats.hits += 1
-            return True, cached_at
-        self._stats.misses += 1
-        self._cache[key] = now
+    def _lookup(self, name: str, stat_types: list[str], refresh: bool = False) -> float | None:
+        """Play upstream's 500-entry player cache (minus expiry): a hit's `cached_at`, or None after storing a miss."""
+        key = ":".join([name, *sorted(stat_types)])  # case-sensitive name, as upstream's md5 key
+        if not refresh and key in self._cache:
+            self._stats["hits"] += 1
+            return self._cache[key]
+        self._stats["misses"] += 1
+        self._cache[key] = time.time()
         if len(self._cache) > _CACHE_SIZE:  # upstream evicts the oldest `cached_at`: FIFO, not LRU
             del self._cache[min(self._cache, key=self._cache.__getitem__)]
-            self._stats.evictions += 1
-        return False, now
+            self._stats["evictions"] += 1
+        return None
+
+    def _hit_rate(self) -> float:
+        lookups = self._stats["hits"] + self._stats["misses"]
+        return self._stats["hits"] / lookups if lookups else 0.0
 
     async def _health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def _prop_analysis(self, request: web.Request) -> web.Response:
-        _, fields = _prop_query(request.query)
+        fields = _prop_query(request.query)
         failed = self._fails(fields.player_name)  # mlb_extras.py:243,247 answer `null` with 200 on any failure
-        return _json(None if failed else analyse(request.match_info["prop_id"], fields))
+        return _json(None if failed else analyse_prop(request.match_info["prop_id"], fields))
 
     async def _enhanced(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        prop_id, fields = _prop_query(request.query, with_prop_id=True)
+        started, fields = time.perf_counter(), _prop_query(request.query, ("prop_id",))
         if self._fails(fields.player_name):
             raise _Failed(404, "Enhanced analysis could not be generated")
-        hit, _ = self._lookup(fields.player_name, [fields.stat_type])
-        performance = {"processing_time": time.perf_counter() - started, "optimization_used": True}
-        return _json({"analysis": analyse(prop_id, fields), "performance": performance})
+        self._lookup(fields.player_name, [fields.stat_type])
+        performance = dict(processing_time=time.perf_counter() - started, optimization_used=True)
+        return _json({"analysis": analyse_prop(request.query["prop_id"], fields), "performance": performance})
 
     async def _batch(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         if self.fail_batch_status is not None:
-            raise _Failed(self.fail_batch_status, "Batch processing failed: injected fault")
+            raise _Failed(self.fail_batch_status, f"Batch processing failed: injected {self.fail_batch_status}")
         if self.batch_garbage:
             return web.Response(body=b'{"successful": [{"player_info": <html>502', content_type="application/json")
-        batch = _batch_request(await request.read())
-        items = batch.items[:MAX_BATCH]
+        body = _decode_body(await request.read())
+        items = _batch_items(body)
+        processed = items[:MAX_BATCH]
         try:
-            successful, failed = self._analyse_groups(_group(items))
-        except TypeError as exc:  # e.g. priorities 1 and "high" for one player: still a 200
+            successful, failed = self._analyse_groups(_group(processed))
+        except TypeError as exc:  # e.g. priorities 1 and "high" for one player; still a 200
             successful, failed = [], [{"error": f"Batch processing error: {exc}", "type": "batch_processing_error"}]
-            items = []
+            processed = []
         elapsed = time.perf_counter() - started
-        self._stats.batches, self._stats.batch_seconds = self._stats.batches + 1, self._stats.batch_seconds + elapsed
-        self._stats.props, self._stats.failed_props = (
-            self._stats.props + len(items),
-            self._stats.failed_props + len(failed),
-        )
+        self._batch_seconds += elapsed
+        self._stats.update({"batches": 1, "props": len(processed), "failed_props": len(failed)})
         performance = {
-            "total_processed": len(items),
+            "total_processed": len(processed),
             "processing_time": elapsed,
-            "cache_hit_rate": self._stats.hit_rate if items else 0.0,
+            "cache_hit_rate": self._hit_rate() if processed else 0.0,  # global and cumulative, not this batch's
             "successful_count": len(successful),
             "failed_count": len(failed),
         }
         optimization = {
-            "batch_size": len(batch.items),
-            "cache_enabled": batch.use_cache,
-            "cache_warming": batch.warm_cache,
+            "batch_size": len(items),  # before truncation
+            "cache_enabled": body.get("use_cache", True),  # echoed, never read
+            "cache_warming": body.get("warm_cache", True),
         }
         return _json(
             {"successful": successful, "failed": failed, "performance": performance, "optimization": optimization}
@@ -535,43 +423,35 @@ class SampleBackend:
     def _analyse_groups(self, groups: dict[str, list[_Item]]) -> tuple[list[EnrichedProp], list[dict[str, Any]]]:
         successful: list[EnrichedProp] = []
         failed: list[dict[str, Any]] = []
+        broken = {name.lower().strip() for name in self.group_error_players}
         for key, group in groups.items():
-            if key in {_fold(player) for player in self.group_error_players}:  # one entry for the group, no prop_id
+            if key in broken:  # one entry for the whole group, without a prop_id
                 failed.append({"error": f"Player group processing failed for {key}", "type": "player_group_error"})
                 continue
             for item in group:
                 name = item.fields.player_name
                 if self._fails(name):
-                    failed.append(
-                        {
-                            "prop_id": item.prop_id,
-                            "error": f"Player data not found for {name}",
-                            "type": "player_not_found",
-                        }
-                    )
-                else:
-                    self._lookup(name, [item.fields.stat_type])
-                    successful.append(analyse(item.prop_id, item.fields))
+                    error = f"Player data not found for {name}"
+                    failed.append({"prop_id": item.prop_id, "error": error, "type": "player_not_found"})
+                    continue
+                self._lookup(name, [item.fields.stat_type])
+                successful.append(analyse_prop(item.prop_id, item.fields))
         return successful, failed
 
     async def _player_data(self, request: web.Request) -> web.Response:
-        name = request.match_info["player_name"]
+        name, pid = request.match_info["player_name"], player_id(request.match_info["player_name"])
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
-        refresh = _parse_bool(request.query.get("force_refresh", "false"), ["query", "force_refresh"])
-        pid = player_id(name)
+        refresh = _query_bool(request.query, "force_refresh", False)
         if pid is None or self._fails(name):
             raise _Failed(404, f"Player data not found for {name}")
-        hit, fetched_at = self._lookup(name, stat_types, refresh)
-        data: dict[str, Any] = {
-            "player_id": pid,
-            "player_info": {},
-            "game_logs": _stat_data(pid, "gameLog"),
-            "season_stats": {stat: _stat_data(pid, "season") for stat in stat_types},
-        }
-        if not hit:  # a memory-cache hit rebuilds the dict without `stat_types` (_build_comprehensive_response)
+        cached_at = self._lookup(name, stat_types, refresh)
+        fetched_at = time.time() if cached_at is None else cached_at  # a hit reports when it was cached
+        season = {stat: _stat_data(pid, "season") for stat in stat_types}  # stat_type never reaches the MLB call
+        data = dict(player_id=pid, player_info={}, game_logs=_stat_data(pid, "gameLog"), season_stats=season)
+        if cached_at is None:  # a memory-cache hit rebuilds the dict without `stat_types`
             data["stat_types"] = stat_types
         data["fetched_at"] = fetched_at
-        optimization = {"cache_used": not refresh, "stat_types_requested": stat_types, "fetched_at": fetched_at}
+        optimization = dict(cache_used=not refresh, stat_types_requested=stat_types, fetched_at=fetched_at)
         return _json({"player_data": data, "optimization": optimization})
 
     async def _warm_cache(self, request: web.Request) -> web.Response:
@@ -580,77 +460,69 @@ class SampleBackend:
         names = _decode_body(await request.read())
         if not isinstance(names, list):  # the frontend's `{player_names, stat_types}` object lands here
             raise _Rejected(_problem("list_type", ["body"], names))
-        problems = [
-            _problem("string_type", ["body", i], name) for i, name in enumerate(names) if not isinstance(name, str)
-        ]
-        if problems:
+        if problems := [_problem("string_type", ["body", i], n) for i, n in enumerate(names) if type(n) is not str]:
             raise _Rejected(*problems)
         for name in names:
             if not self._fails(name):
                 self._lookup(name, stat_types)
-        warming = {
-            "players_warmed": len(names),
-            "stat_types": stat_types,
-            "processing_time": time.perf_counter() - started,
-            "status": "completed",
-        }
+        elapsed = time.perf_counter() - started
+        warming = dict(players_warmed=len(names), stat_types=stat_types, processing_time=elapsed, status="completed")
         return _json({"cache_warming": warming})
 
     def _cache_metrics(self) -> dict[str, Any]:
-        stats = self._stats
         return {
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "hit_rate": stats.hit_rate,
-            "evictions": stats.evictions,
+            "hits": self._stats["hits"],
+            "misses": self._stats["misses"],
+            "hit_rate": self._hit_rate(),
+            "evictions": self._stats["evictions"],
             "memory_cache_size": len(self._cache),
             "max_memory_cache_size": _CACHE_SIZE,
         }
 
     async def _performance_metrics(self, request: web.Request) -> web.Response:
-        stats = self._stats
+        batches, props = self._stats["batches"], self._stats["props"]
         processing = {
-            "total_batches": stats.batches,
-            "total_requests": sum(self.calls.values()),
-            "avg_processing_time": stats.batch_seconds / stats.batches if stats.batches else 0.0,
-            "avg_cache_hit_rate": stats.hit_rate,
-            "error_rate": stats.failed_props / stats.props if stats.props else 0.0,
+            "total_batches": batches,
+            "total_requests": sum(self.calls.values()),  # every request so far, so no two answers are alike
+            "avg_processing_time": self._batch_seconds / batches if batches else 0.0,
+            "avg_cache_hit_rate": self._hit_rate(),
+            "error_rate": self._stats["failed_props"] / props if props else 0.0,
         }
+        service = {"service_initialized": True, "optimized_service_available": True}
         return _json(
             {
                 "cache_metrics": self._cache_metrics(),
                 "processing_metrics": processing,
-                "optimization_stats": {"service_initialized": True, "optimized_service_available": True},
+                "optimization_stats": service,
                 "timestamp": datetime.now().isoformat(),
             }
         )
 
     async def _cache_stats(self, request: web.Request) -> web.Response:
-        rate, size = self._stats.hit_rate, len(self._cache)
-        recommendations = [
+        rate, size = self._hit_rate(), len(self._cache)
+        advice = [
             text
             for wanted, text in (
-                (rate < 0.6, "Consider increasing cache TTL for stable data"),
-                (self._stats.evictions > 100, "Consider increasing memory cache size"),
+                (rate < 0.6, _TTL_ADVICE),
+                (self._stats["evictions"] > 100, _SIZE_ADVICE),
                 (rate > 0.9, "Cache performance is excellent"),
             )
             if wanted
         ]
-        memory = {"current_size": size, "max_size": _CACHE_SIZE, "utilization": size / _CACHE_SIZE}
         performance = {
             "hit_rate": rate,
-            "total_hits": self._stats.hits,
-            "total_misses": self._stats.misses,
-            "evictions": self._stats.evictions,
-            "memory_usage": memory,
+            "total_hits": self._stats["hits"],
+            "total_misses": self._stats["misses"],
+            "evictions": self._stats["evictions"],
+            "memory_usage": {"current_size": size, "max_size": _CACHE_SIZE, "utilization": size / _CACHE_SIZE},
         }
-        insights = {"cache_efficiency": _grade(rate, 0.8, 0.6), "recommendations": recommendations}
+        insights = {"cache_efficiency": _grade(rate, 0.8, 0.6), "recommendations": advice}
         return _json({"cache_performance": performance, "optimization_insights": insights})
 
     async def _benchmark(self, request: web.Request) -> web.Response:
         players = request.query.getall("player_names", None) or list(BENCHMARK_PLAYERS)
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
-        iterations = _parse_int(request.query.get("iterations", "3"), ["query", "iterations"])
+        iterations = _query_int(request.query, "iterations", 3)
         if iterations <= 0:  # upstream divides by len(times)
             raise _Failed(500, "Benchmark failed: division by zero")
         times = []
@@ -661,17 +533,11 @@ class SampleBackend:
                     self._lookup(name, stat_types)
             times.append(time.perf_counter() - started)
         average = sum(times) / len(times)
-        return _json(
-            {
-                "benchmark_config": {"players": players, "stat_types": stat_types, "iterations": iterations},
-                "results": {"optimized_times": times, "standard_times": [], "cache_performance": self._cache_metrics()},
-                "summary": {
-                    "average_optimized_time": average,
-                    "cache_hit_rate": self._stats.hit_rate,
-                    "performance_grade": _grade(-average, -0.5, -1.0),
-                },
-            }
-        )
+        config = {"players": players, "stat_types": stat_types, "iterations": iterations}
+        results = {"optimized_times": times, "standard_times": [], "cache_performance": self._cache_metrics()}
+        grade = _grade(-average, -0.5, -1.0)  # under 0.5 s is excellent, under 1 s good
+        summary = {"average_optimized_time": average, "cache_hit_rate": self._hit_rate(), "performance_grade": grade}
+        return _json({"benchmark_config": config, "results": results, "summary": summary})
 
     async def _player_id(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -682,8 +548,8 @@ class SampleBackend:
 
     def _known_id(self, request: web.Request) -> int:
         raw = request.match_info["player_id"]
-        pid = _parse_int(raw, ["path", "player_id"])
-        if pid not in _BY_ID or self._fails(_BY_ID[pid]):
+        pid = int(raw) if raw.isdigit() else None
+        if pid is None or pid not in _BY_ID or self._fails(_BY_ID[pid]):
             raise _Failed(404, f"Player data not found for {raw}")
         return pid
 
@@ -702,27 +568,12 @@ def _grade(value: float, excellent: float, good: float) -> str:
     return "excellent" if value > excellent else "good" if value > good else "needs_improvement"
 
 
-def _preflight(request: web.Request) -> web.Response:
-    """Starlette's CORSMiddleware answers every preflight itself, whatever the path."""
-    requested = request.headers.get("Access-Control-Request-Headers", "")
-    return web.Response(
-        text="OK",
-        headers={
-            "Access-Control-Allow-Methods": "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT",
-            "Access-Control-Allow-Headers": requested,
-            "Access-Control-Max-Age": "600",
-        },
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Serve on loopback by hand: `python -m proxy.sample_backend --port 8000 --latency 0.05`."""
     parser = argparse.ArgumentParser(prog="python -m proxy.sample_backend", description=__doc__)
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds each request waits (default 0)")
-    parser.add_argument(
-        "--batch-latency", type=float, default=None, help="seconds for the batch route (default: --latency)"
-    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every request waits (default 0)")
+    parser.add_argument("--batch-latency", type=float, help="seconds the batch route waits (default: --latency)")
     args = parser.parse_args(argv)
     web.run_app(SampleBackend(args.latency, args.batch_latency).app(), host="127.0.0.1", port=args.port)
 
