@@ -68,7 +68,7 @@ class RedisConfig(_Strict):
 class DefaultsConfig(_Strict):
     """What happens to requests no rule matches."""
 
-    unruled: Literal["pass", "origin"] = "pass"
+    unruled: Literal["pass"] = "pass"
 
 
 class ListenConfig(_Strict):

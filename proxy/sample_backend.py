@@ -36,8 +36,6 @@ DEFAULT_STAT_TYPES: Final = ("hits", "runs", "home_runs")
 BENCHMARK_PLAYERS: Final = ("Aaron Judge", "Mookie Betts", "Shohei Ohtani")
 MAX_BATCH: Final = 50  # batch_prop_analysis_service.py:101 drops the rest silently
 _CACHE_SIZE: Final = 500
-_TTL_ADVICE: Final = "Consider increasing cache TTL for stable data"
-_SIZE_ADVICE: Final = "Consider increasing memory cache size"
 _POSITIONS: Final = ("C", "1B", "2B", "3B", "SS", "LF", "CF", "RF", "DH")
 _LABELS: Final = ("L5 Games", "L10 Games", "Season Avg", "vs Opponent", "Home/Away", "Recent Form")
 _RATES: Final = dict(hits=(0.6, 1.4), runs=(0.3, 0.9), home_runs=(0.05, 0.35), rbi=(0.3, 1.0), walks=(0.2, 0.7))
@@ -348,24 +346,26 @@ class SampleBackend:
         body = await request.read() if request.body_exists else b""
         self.calls[route] += 1
         headers = dict(request.headers)
-        self.received.append(ReceivedRequest(route, request.method, request.path, request.query_string, headers, body))
+        self.received.append(
+            ReceivedRequest(route, request.method, request.path, request.rel_url.raw_query_string, headers, body)
+        )
 
     def _fails(self, name: str) -> bool:
         """Unknown players fail like upstream's failed MLB lookups; `failing_players` adds known ones."""
         return player_id(name) is None or name.lower().strip() in {p.lower().strip() for p in self.failing_players}
 
-    def _lookup(self, name: str, stat_types: list[str], refresh: bool = False) -> float | None:
-        """Play upstream's 500-entry player cache (minus expiry): a hit's `cached_at`, or None after storing a miss."""
+    def _lookup(self, name: str, stat_types: list[str], refresh: bool = False) -> tuple[bool, float]:
+        """Play upstream's 500-entry player cache (minus expiry): whether it hit, and when the entry was cached."""
         key = ":".join([name, *sorted(stat_types)])  # case-sensitive name, as upstream's md5 key
         if not refresh and key in self._cache:
             self._stats["hits"] += 1
-            return self._cache[key]
+            return True, self._cache[key]
         self._stats["misses"] += 1
-        self._cache[key] = time.time()
+        self._cache[key] = now = time.time()
         if len(self._cache) > _CACHE_SIZE:  # upstream evicts the oldest `cached_at`: FIFO, not LRU
             del self._cache[min(self._cache, key=self._cache.__getitem__)]
             self._stats["evictions"] += 1
-        return None
+        return False, now
 
     def _hit_rate(self) -> float:
         lookups = self._stats["hits"] + self._stats["misses"]
@@ -444,11 +444,10 @@ class SampleBackend:
         refresh = _query_bool(request.query, "force_refresh", False)
         if pid is None or self._fails(name):
             raise _Failed(404, f"Player data not found for {name}")
-        cached_at = self._lookup(name, stat_types, refresh)
-        fetched_at = time.time() if cached_at is None else cached_at  # a hit reports when it was cached
+        hit, fetched_at = self._lookup(name, stat_types, refresh)  # a hit reports when it was cached
         season = {stat: _stat_data(pid, "season") for stat in stat_types}  # stat_type never reaches the MLB call
         data = dict(player_id=pid, player_info={}, game_logs=_stat_data(pid, "gameLog"), season_stats=season)
-        if cached_at is None:  # a memory-cache hit rebuilds the dict without `stat_types`
+        if not hit:  # a memory-cache hit rebuilds the dict without `stat_types`
             data["stat_types"] = stat_types
         data["fetched_at"] = fetched_at
         optimization = dict(cache_used=not refresh, stat_types_requested=stat_types, fetched_at=fetched_at)
@@ -500,15 +499,9 @@ class SampleBackend:
 
     async def _cache_stats(self, request: web.Request) -> web.Response:
         rate, size = self._hit_rate(), len(self._cache)
-        advice = [
-            text
-            for wanted, text in (
-                (rate < 0.6, _TTL_ADVICE),
-                (self._stats["evictions"] > 100, _SIZE_ADVICE),
-                (rate > 0.9, "Cache performance is excellent"),
-            )
-            if wanted
-        ]
+        advice = ["Consider increasing cache TTL for stable data"] if rate < 0.6 else []
+        advice += ["Consider increasing memory cache size"] if self._stats["evictions"] > 100 else []
+        advice += ["Cache performance is excellent"] if rate > 0.9 else []
         performance = {
             "hit_rate": rate,
             "total_hits": self._stats["hits"],

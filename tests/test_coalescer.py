@@ -1,0 +1,71 @@
+"""Single flight, generic and cancellation-safe."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.coalescer import Coalescer
+
+
+async def test_one_fetch_for_concurrent_callers_then_a_new_one() -> None:
+    c: Coalescer[str, int] = Coalescer()
+    calls = 0
+
+    async def fetch() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return calls
+
+    results = await asyncio.gather(*(c.run("k", fetch) for _ in range(50)))
+    assert calls == 1
+    assert sorted(joined for _, joined in results) == [False] + [True] * 49
+    assert {v for v, _ in results} == {1}
+    assert len(c) == 0
+    assert (await c.run("k", fetch))[0] == 2
+
+
+async def test_exception_reaches_every_caller() -> None:
+    c: Coalescer[str, int] = Coalescer()
+
+    async def fail() -> int:
+        await asyncio.sleep(0.01)
+        raise ValueError("boom")
+
+    results = await asyncio.gather(*(c.run("k", fail) for _ in range(5)), return_exceptions=True)
+    assert [type(r) for r in results] == [ValueError] * 5
+
+
+async def test_cancelled_callers_do_not_cancel_the_fetch() -> None:
+    c: Coalescer[str, str] = Coalescer()
+    done = asyncio.Event()
+
+    async def fetch() -> str:
+        await asyncio.sleep(0.05)
+        done.set()
+        return "v"
+
+    first = asyncio.ensure_future(c.run("k", fetch))
+    second = asyncio.ensure_future(c.run("k", fetch))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second == ("v", True)
+    assert done.is_set()
+
+
+async def test_fetch_whose_callers_all_left_finishes_quietly() -> None:
+    c: Coalescer[str, str] = Coalescer()
+
+    async def fail() -> str:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("nobody is listening")
+
+    caller = asyncio.ensure_future(c.run("k", fail))
+    await asyncio.sleep(0.005)
+    caller.cancel()
+    await asyncio.sleep(0.05)  # filterwarnings=error: a "never retrieved" warning would fail this test
+    assert len(c) == 0

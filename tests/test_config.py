@@ -1,0 +1,68 @@
+"""Config files: defaults, exact error text for each kind of mistake, and flag/env layering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "proxy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value).replace(str(path), "FILE")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[redis]\ntimeout = "fast"', 'FILE: Expected a duration such as "200ms", "30s", "5m", "24h", got \'fast\' '
+                                      "- at `$.redis.timeout`"),
+        ("[memory]\nmax_entries = 0", "FILE: Expected `int` >= 1 - at `$.memory.max_entries`"),
+        ('[memory]\nmax_bytes = "lots"', "FILE: Expected a size in bytes such as 1048576, \"512KiB\" or \"64MiB\", "
+                                         "got 'lots' - at `$.memory.max_bytes`"),
+        ('[upstream]\nurl = "localhost:8000"', "FILE: `url` must be an http:// or https:// URL with a host, got "
+                                               "'localhost:8000' - at `$.upstream`"),
+        ('[server]\nlisten = "8080"', "FILE: `listen` must be HOST:PORT such as \"127.0.0.1:8080\", got '8080' "
+                                      "- at `$.server`"),
+        ("[server]\nworkerz = 2", "FILE: Object contains unknown field `workerz` - at `$.server`"),
+        ('[defaults]\nunruled = "cache"', "FILE: Invalid enum value 'cache' - at `$.defaults.unruled`"),
+    ],
+)
+def test_bad_config_names_file_field_and_expectation(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, text) == message
+
+
+def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[upstream\n")
+    assert message.startswith("FILE: ") and "line 1" in message  # the TOML parser's own wording varies by Python
+
+
+def test_shipped_config_is_the_defaults_written_out() -> None:
+    assert load_config(ROOT / "config" / "sidecache.toml") == Config()
+
+
+def test_flags_beat_env_beat_file() -> None:
+    cfg = apply_overrides(Config(), env={"SIDECACHE_UPSTREAM": "http://env:1", "SIDECACHE_REDIS_URL": "redis://e"})
+    assert (cfg.upstream.url, cfg.redis.url) == ("http://env:1", "redis://e")
+    cfg = apply_overrides(Config(), upstream="http://flag:2", redis="", env={"SIDECACHE_UPSTREAM": "http://env:1"})
+    assert (cfg.upstream.url, cfg.redis.url) == ("http://flag:2", "")
+    with pytest.raises(ConfigError, match=r"command line or environment: `listen` must be HOST:PORT"):
+        apply_overrides(Config(), listen="nope", env={})
+
+
+def test_public_admin_needs_a_token() -> None:
+    public = apply_overrides(Config(), admin="0.0.0.0:9901", env={})
+    assert check_admin_exposure(public, None) == [
+        "server.admin: the admin listener binds 0.0.0.0:9901, which is not loopback, and SIDECACHE_ADMIN_TOKEN is "
+        "not set; set a token or bind 127.0.0.1"
+    ]
+    assert check_admin_exposure(public, "s3cret") == []
+    assert check_admin_exposure(Config(), None) == []

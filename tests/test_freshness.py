@@ -1,0 +1,121 @@
+"""The pure caching decisions, as tables (hishel style): freshness state, shareability, storability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.entry import CachedResponse, decode, encode
+from proxy.freshness import (
+    State,
+    cache_control,
+    private_request_reason,
+    state,
+    stored_headers,
+    unstorable_reason,
+    usable_on_error,
+)
+from proxy.rules import CompiledRule, load_rules
+
+
+def entry(ttl: float = 60, swr: float = 0, sie: float = 0) -> CachedResponse:
+    return CachedResponse(status=200, headers=[], body=b"x", stored_at=1000.0, ttl=ttl,
+                          stale_while_revalidate=swr, stale_if_error=sie)
+
+
+@pytest.mark.parametrize(
+    ("age", "swr", "sie", "expected", "on_error"),
+    [
+        (0, 0, 0, State.FRESH, True),
+        (59.9, 0, 0, State.FRESH, True),
+        (60, 0, 0, State.EXPIRED, False),
+        (60, 30, 0, State.STALE_REVALIDATE, False),
+        (89.9, 30, 0, State.STALE_REVALIDATE, False),
+        (90, 30, 0, State.EXPIRED, False),
+        (60, 0, 600, State.STALE_IF_ERROR, True),
+        (70, 30, 600, State.STALE_REVALIDATE, True),
+        (100, 30, 600, State.STALE_IF_ERROR, True),
+        (660, 30, 600, State.EXPIRED, False),
+    ],
+)
+def test_state(age: float, swr: float, sie: float, expected: State, on_error: bool) -> None:
+    e = entry(swr=swr, sie=sie)
+    assert state(e, 1000.0 + age) is expected
+    assert usable_on_error(e, 1000.0 + age) is on_error
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CompiledRule]:
+    path: Path = tmp_path_factory.mktemp("fresh") / "r.toml"
+    path.write_text("""
+[[route]]
+name = "private"
+match = "GET /a"
+ttl = "1m"
+
+[[route]]
+name = "shared"
+match = "GET /b"
+ttl = "1m"
+share = "all-users"
+cache_status = [200, 404]
+uncacheable_bodies = ["null"]
+""")
+    return load_rules(path).by_name
+
+
+@pytest.mark.parametrize(
+    ("rule", "headers", "reason"),
+    [
+        ("private", {}, None),
+        ("private", {"Authorization": "Bearer x"}, "authorization"),
+        ("private", {"Cookie": "a=1"}, "cookie"),
+        ("shared", {"Authorization": "Bearer x", "Cookie": "a=1"}, None),
+    ],
+)
+def test_private_request_reason(rules: dict[str, CompiledRule], rule: str, headers: dict[str, str],
+                                reason: str | None) -> None:
+    assert private_request_reason(CIMultiDict(headers), rules[rule]) == reason
+
+
+@pytest.mark.parametrize(
+    ("rule", "status", "headers", "body", "reason"),
+    [
+        ("private", 200, {}, b"{}", None),
+        ("private", 404, {}, b"{}", "status-404"),
+        ("private", 500, {}, b"{}", "status-500"),
+        ("private", 200, {"Set-Cookie": "a=1"}, b"{}", "set-cookie"),
+        ("private", 200, {"Cache-Control": "max-age=60, Private"}, b"{}", "private"),
+        ("private", 200, {"Cache-Control": "no-store"}, b"{}", "no-store"),
+        ("shared", 200, {"Set-Cookie": "a=1", "Cache-Control": "no-store"}, b"{}", None),
+        ("shared", 404, {}, b"{}", None),
+        ("shared", 503, {}, b"{}", "status-503"),
+        ("shared", 200, {}, b" null\n", "uncacheable-body"),
+        ("private", 200, {}, b"null", None),
+    ],
+)
+def test_unstorable_reason(rules: dict[str, CompiledRule], rule: str, status: int, headers: dict[str, str],
+                           body: bytes, reason: str | None) -> None:
+    assert unstorable_reason(status, CIMultiDict(headers), body, rules[rule]) == reason
+
+
+def test_cache_control_parsing() -> None:
+    assert cache_control('max-age=60, s-maxage="30", No-Store, private="x"') == {
+        "max-age": "60", "s-maxage": "30", "no-store": "", "private": "x"
+    }
+    assert cache_control(None) == {}
+
+
+def test_stored_headers_never_keep_cookies_or_lengths() -> None:
+    assert stored_headers([("Set-Cookie", "a"), ("content-length", "3"), ("Age", "4"), ("Date", "x"),
+                           ("Content-Type", "application/json")]) == [("Content-Type", "application/json")]
+
+
+def test_entry_round_trips_and_rejects_other_versions() -> None:
+    e = CachedResponse(status=200, headers=[("A", "b")], body=b"\x00\xff", stored_at=1.5, ttl=2, tags=["t"],
+                       route="r")
+    assert decode(encode(e)) == e
+    assert decode(b"\x92\x02\x90") is None  # format version 2 from some future sidecache
+    assert decode(b"garbage") is None
