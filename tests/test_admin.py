@@ -1,0 +1,113 @@
+"""The admin listener: health, stats, metrics, rules and purge, through real HTTP."""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+
+from .conftest import ProxyFactory, Upstream
+
+RULES = """
+[[route]]
+name = "player"
+match = "GET /players/{name}"
+ttl = "5m"
+tags = ["player:{name}"]
+
+[[route]]
+name = "team"
+match = "GET /teams/{team}"
+ttl = "5m"
+"""
+
+
+async def fill(http: aiohttp.ClientSession, base: str, *paths: str) -> list[str]:
+    out = []
+    for p in paths:
+        async with http.get(base + p) as r:
+            await r.read()
+            out.append(r.headers["Cache-Status"])
+    return out
+
+
+async def test_health_and_readiness(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    async with http.get(proxy.admin_url + "/healthz") as r:
+        assert (r.status, await r.json()) == (200, {"status": "ok"})
+    async with http.get(proxy.admin_url + "/readyz") as r:
+        assert r.status == 200
+        assert (await r.json())["upstream"]["status"] == "up"
+    down = await make_proxy(RULES, upstream_url="http://127.0.0.1:1")
+    async with http.get(down.admin_url + "/readyz") as r:
+        assert r.status == 503
+        assert (await r.json())["upstream"]["status"] == "down"
+
+
+async def test_stats_and_metrics_count_what_happened(make_proxy: ProxyFactory, upstream: Upstream,
+                                                     http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    await fill(http, proxy.proxy_url, "/players/a", "/players/a", "/players/a", "/other")
+    async with http.get(proxy.admin_url + "/stats") as r:
+        stats = await r.json()
+    assert stats["requests"] == 4 and stats["hits"] == 2
+    assert stats["routes"]["player"]["outcomes"] == {"miss": 1, "hit": 2}
+    assert stats["routes"]["player"]["upstream_calls"] == 1
+    assert stats["routes"]["-"]["outcomes"] == {"bypass": 1}
+    assert stats["upstream_calls_saved"] == 2
+    assert stats["memory"]["entries"] == 1
+    async with http.get(proxy.admin_url + "/metrics") as r:
+        text = await r.text()
+    assert 'sidecache_requests_total{outcome="hit",route="player"} 2.0' in text
+    assert 'sidecache_upstream_requests_total{route="player",status="200"} 1.0' in text
+    assert 'sidecache_cache_entries{tier="memory"} 1.0' in text
+    assert 'sidecache_request_duration_seconds_count{route="player"} 3.0' in text
+
+
+async def test_purge_by_url_route_tag_and_all(make_proxy: ProxyFactory, upstream: Upstream,
+                                              http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    paths = ("/players/a?x=1&y=2", "/players/b", "/teams/nyy", "/teams/lad")
+
+    async def purge(body: object) -> tuple[int, object]:
+        async with http.post(proxy.admin_url + "/purge", json=body) as r:
+            return r.status, await r.json()
+
+    await fill(http, proxy.proxy_url, *paths)
+    assert await purge({"url": "/players/a?y=2&x=1"}) == (200, {"purged": 1})
+    assert (await fill(http, proxy.proxy_url, "/players/b"))[0].startswith("sidecache; hit")
+    statuses = await fill(http, proxy.proxy_url, "/players/a?x=1&y=2")
+    assert statuses[0].startswith("sidecache; fwd=miss")
+    assert await purge({"tag": "player:b"}) == (200, {"purged": 1})
+    assert await purge({"route": "team"}) == (200, {"purged": 2})
+    assert await purge({"all": True}) == (200, {"purged": 1})
+    status, body = await purge({"route": "nope"})
+    assert status == 404 and body["error"] == "unknown_route"  # type: ignore[index]
+    status, body = await purge({"tag": "x", "all": True})
+    assert status == 400
+    assert "give exactly one of `url`, `route`, `tag` or `all`" in body["message"]  # type: ignore[index]
+    async with http.post(proxy.admin_url + "/purge", data=b"{not json") as r:
+        assert r.status == 400 and r.content_type == "application/json"
+
+
+async def test_token_guards_mutating_calls(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES, admin_token="s3cret")
+    async with http.post(proxy.admin_url + "/purge", json={"all": True}) as r:
+        assert r.status == 401
+        assert (await r.json())["error"] == "unauthorized"
+    async with http.post(proxy.admin_url + "/purge", json={"all": True},
+                         headers={"Authorization": "Bearer wrong"}) as r:
+        assert r.status == 401
+    async with http.post(proxy.admin_url + "/purge", json={"all": True},
+                         headers={"Authorization": "Bearer s3cret"}) as r:
+        assert r.status == 200
+    async with http.get(proxy.admin_url + "/stats") as r:
+        assert r.status == 200
+
+
+async def test_rules_endpoint_shows_what_was_written(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    async with http.get(proxy.admin_url + "/rules") as r:
+        rules = msgspec.json.decode(await r.read())["rules"]
+    assert [(x["name"], x["ttl"], x["match"]) for x in rules] == [
+        ("player", "5m", "GET /players/{name}"), ("team", "5m", "GET /teams/{team}")
+    ]
