@@ -336,6 +336,7 @@ class SampleBackend:
                 response = _json({"error": exc.message, "status_code": exc.status}, exc.status)
             except web.HTTPException as exc:  # the router's 404 and 405, in FastAPI's default form
                 response = _json({"detail": exc.reason}, exc.status)
+                response.headers.update({key: value for key, value in exc.headers.items() if key == "Allow"})
             response.headers.update(_HEADERS)
             response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
             return response
@@ -397,10 +398,12 @@ class SampleBackend:
         items = _batch_items(body)
         processed = items[:MAX_BATCH]
         try:
-            successful, failed = self._analyse_groups(_group(processed))
-        except TypeError as exc:  # e.g. priorities 1 and "high" for one player; still a 200
-            successful, failed = [], [{"error": f"Batch processing error: {exc}", "type": "batch_processing_error"}]
-            processed = []
+            groups, crash = _group(processed), []
+        except TypeError as exc:  # e.g. priorities 1 and "high" for one player: still a 200
+            groups, processed = {}, []
+            crash = [{"error": f"Batch processing error: {exc}", "type": "batch_processing_error"}]
+        successful, failed = self._analyse_groups(groups)
+        failed += crash
         elapsed = time.perf_counter() - started
         self._batch_seconds += elapsed
         self._stats.update({"batches": 1, "props": len(processed), "failed_props": len(failed)})
@@ -439,7 +442,8 @@ class SampleBackend:
         return successful, failed
 
     async def _player_data(self, request: web.Request) -> web.Response:
-        name, pid = request.match_info["player_name"], player_id(request.match_info["player_name"])
+        name = request.match_info["player_name"]
+        pid = player_id(name)
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
         refresh = _query_bool(request.query, "force_refresh", False)
         if pid is None or self._fails(name):
@@ -509,7 +513,8 @@ class SampleBackend:
             "evictions": self._stats["evictions"],
             "memory_usage": {"current_size": size, "max_size": _CACHE_SIZE, "utilization": size / _CACHE_SIZE},
         }
-        insights = {"cache_efficiency": _grade(rate, 0.8, 0.6), "recommendations": advice}
+        efficiency = "excellent" if rate > 0.8 else "good" if rate > 0.6 else "needs_improvement"
+        insights = {"cache_efficiency": efficiency, "recommendations": advice}
         return _json({"cache_performance": performance, "optimization_insights": insights})
 
     async def _benchmark(self, request: web.Request) -> web.Response:
@@ -528,7 +533,7 @@ class SampleBackend:
         average = sum(times) / len(times)
         config = {"players": players, "stat_types": stat_types, "iterations": iterations}
         results = {"optimized_times": times, "standard_times": [], "cache_performance": self._cache_metrics()}
-        grade = _grade(-average, -0.5, -1.0)  # under 0.5 s is excellent, under 1 s good
+        grade = "excellent" if average < 0.5 else "good" if average < 1.0 else "needs_improvement"
         summary = {"average_optimized_time": average, "cache_hit_rate": self._hit_rate(), "performance_grade": grade}
         return _json({"benchmark_config": config, "results": results, "summary": summary})
 
@@ -555,10 +560,6 @@ class SampleBackend:
         if "stat_type" not in request.query:
             raise _Rejected(_problem("missing", ["query", "stat_type"], None))
         return _json({"player_id": pid, "stat_type": request.query["stat_type"], "stats": _hitting(pid, 120)})
-
-
-def _grade(value: float, excellent: float, good: float) -> str:
-    return "excellent" if value > excellent else "good" if value > good else "needs_improvement"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -460,9 +460,12 @@ async def test_calls_and_received_record_every_request(client: Client, backend: 
     assert stray.route == "unmatched"
 
 
-async def test_unknown_routes_answer_fastapis_default_404(client: Client) -> None:
+async def test_unknown_routes_and_methods_answer_fastapis_defaults(client: Client) -> None:
     response = await client.get("/nowhere")
     assert (response.status, await response.json()) == (404, {"detail": "Not Found"})
+    wrong_method = await client.get(BATCH)
+    assert (wrong_method.status, await wrong_method.json()) == (405, {"detail": "Method Not Allowed"})
+    assert wrong_method.headers["Allow"] == "POST"
 
 
 async def test_reset_forgets_calls_faults_and_cache(client: Client, backend: SampleBackend) -> None:
@@ -472,7 +475,7 @@ async def test_reset_forgets_calls_faults_and_cache(client: Client, backend: Sam
     backend.reset()
     assert (backend.calls, backend.received) == ({}, [])
     assert (backend.failing_players, backend.group_error_players) == (set(), set())
-    assert (backend.fail_batch_status, backend.batch_garbage) == (None, False)
+    assert backend.fail_batch_status is None and backend.batch_garbage is False
     again = await (await client.get(f"{API}/player-data/Aaron Judge")).json()
     assert "stat_types" in again["player_data"]  # a miss again
 
