@@ -7,11 +7,11 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin sidec
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
-COPY proxy ./proxy
-RUN pip install . && rm -rf /app/proxy /app/build
-
-COPY config ./config
 COPY rules ./rules
+COPY proxy ./proxy
+# proxy/defaults/a1betting.toml links to rules/a1betting.toml: rules must be there before the build
+RUN pip install . && rm -rf /app/proxy /app/build
+COPY config ./config
 
 USER sidecache
 # 8080: proxy traffic (point the frontend here). 9901: admin, bound to loopback inside the container

@@ -20,7 +20,7 @@ from .rules import RuleSet, load_rules
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="proxy config file (TOML); default: built-in defaults")
     p.add_argument("--rules", type=Path, action="append",
-                   help="rules file or folder of *.toml (repeatable); default: ./rules if it exists")
+                   help="rules file or folder of *.toml (repeatable); default: ./rules, else the bundled A1Betting rules")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,11 +45,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def default_rules(given: list[Path] | None) -> list[Path] | None:
+def default_rules(given: list[Path] | None) -> list[Path]:
+    """The given files, else ./rules, else the A1Betting rules shipped inside the package."""
     if given:
         return given
     local = Path("rules")
-    return [local] if local.is_dir() else None
+    return [local] if local.is_dir() else [Path(__file__).parent / "defaults"]
 
 
 def load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
