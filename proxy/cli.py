@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers")
     _common(demo)
     bench = sub.add_parser("bench", help="the reference benchmark: proxy vs direct, printed as ratios")
-    _common(bench)
     bench.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+    bench.add_argument("--latency", type=float, default=0.05, help="sample backend latency, seconds (0.05)")
     bench.add_argument("--json", type=Path, help="also write the results here")
     return ap
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run_bench
 
-            return asyncio.run(run_bench(quick=args.quick, json_path=args.json))
+            return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency))
     except ConfigError as exc:
         verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
         print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)

@@ -323,6 +323,8 @@ class SampleBackend:
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/_sample/calls":  # for a backend in another process (bench); not recorded
+                return _json(dict(self.calls))
             started, route = time.perf_counter(), request.match_info.route.name or "unmatched"
             await self._record(route, request)
             delay = self.batch_latency if route == "batch-prop-analysis" else self.latency

@@ -1,0 +1,93 @@
+"""A small HTTP/1.1 keep-alive load generator for `sidecache bench` when wrk is not installed.
+
+Raw asyncio protocols, one request in flight per connection, bounded by count and time: it measures the
+server, not a client library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadResult:
+    """What one run measured."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Conn(asyncio.Protocol):
+    """Sends the same request again as soon as the previous answer is complete."""
+
+    def __init__(self, request: bytes, result: LoadResult, deadline: float, done: asyncio.Future[None]) -> None:
+        self.request, self.result, self.deadline, self.done = request, result, deadline, done
+        self.buf = b""
+        self.sent_at = 0.0
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connection_made
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
+        self._send()
+
+    def _send(self) -> None:
+        if time.perf_counter() >= self.deadline:
+            self.transport.close()
+            return
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].lower()
+            i = head.find(b"content-length:")
+            length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+            end = head_end + 4 + length
+            if len(self.buf) < end:
+                return
+            ok = self.buf[9:10] in (b"2", b"3")
+            self.buf = self.buf[end:]
+            now = time.perf_counter()
+            self.result.requests += 1
+            self.result.errors += 0 if ok else 1
+            self.result.latencies.append(now - self.sent_at)
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_load(host: str, port: int, path: str, *, connections: int, seconds: float) -> LoadResult:
+    """Hammer one URL over `connections` keep-alive connections for `seconds`, then stop."""
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: */*\r\n\r\n".encode()
+    result = LoadResult()
+    started = time.perf_counter()
+    deadline = started + seconds
+    dones: list[asyncio.Future[None]] = []
+    for _ in range(connections):
+        done: asyncio.Future[None] = loop.create_future()
+        dones.append(done)
+        await loop.create_connection(lambda d=done: _Conn(request, result, deadline, d), host, port)
+    await asyncio.wait_for(asyncio.gather(*dones), seconds + 10)
+    result.seconds = time.perf_counter() - started
+    return result
