@@ -56,7 +56,7 @@ async def _one(http: aiohttp.ClientSession, url: str, lat: list[float], outcomes
 
 
 def _outcome(cache_status: str) -> str:
-    for token, name in (("detail=batched", "batched"), ("collapsed", "collapsed"), ("fwd=stale", "stale"),
+    for token, name in (("collapsed", "collapsed"), ("detail=batched", "batched"), ("fwd=stale", "stale"),
                         ("hit", "hit"), ("fwd=bypass", "bypass"), ("fwd=miss", "miss")):
         if token in cache_status:
             return name
@@ -102,6 +102,11 @@ async def run_demo(config: Config, rules: RuleSet, users: int = 3) -> int:
                   f"   (one backend call: {LATENCY * 1000:.0f} ms)")
             print(f"wall time                    {wall:.2f} s")
             print(f"backend calls by route       {dict(sorted(backend.calls.items()))}")
+            m = proxy.metrics
+            if batches := sum(m.batches.values()):
+                items = sum(h.sum for h in m.batch_items.values())
+                print(f"batching                     {outcomes['batched']} prop requests answered by {batches} batch "
+                      f"calls ({items / batches:.1f} items a call), {sum(m.batch_fallbacks.values())} sent alone")
             print(f"\nlive numbers while it runs: {proxy.admin_url}/stats and {proxy.admin_url}/metrics")
     finally:
         await runner.cleanup()

@@ -13,6 +13,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import forward
+from .batch_merge import BatchMerge
+from .batch_route import batch_routes
 from .coalescer import Coalescer
 from .entry import CachedResponse
 from .errors import UpstreamError, UpstreamTimeout
@@ -40,6 +42,7 @@ _FILL_DROP: Final = (
 )
 # Reasons an answer belongs to the one client that asked: collapsed waiters must ask for their own.
 _PERSONAL: Final = frozenset({"set-cookie", "private", "no-store"})
+_MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class Fill:
     body: bytes
     stored: bool
     reason: str | None  # why it was not stored
+    batch_size: int | None = None  # a batched rule's fill: items in the batch that answered it, 0 for a single call
 
 
 class ProxyHandler:
@@ -71,11 +75,17 @@ class ProxyHandler:
         self.metrics = metrics
         self.clock = clock
         self.coalescer: Coalescer[str, Fill] = Coalescer()
+        self.batches = batch_routes(rules, upstream, metrics)  # rule name -> its [route.batch], behind the coalescer
+        merges = (BatchMerge(b, tiers, clock) for b in self.batches.values())
+        # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
+        self.incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         matched = self.rules.match(request.method, request.path)
         if matched is None:
+            if (merge := self.incoming.get((request.method, request.path))) is not None:
+                return await self._merge(request, merge, started)
             return await self._pass(request, "-", "no-rule", started)
         rule, params = matched
         if not rule.cacheable or request.method not in ("GET", "HEAD"):
@@ -105,10 +115,11 @@ class ProxyHandler:
             return self._error(rule.name, exc, started)
         if joined and fill.reason in _PERSONAL:
             return await self._pass(request, rule.name, f"uncacheable-{fill.reason}", started)
-        outcome = "collapsed" if joined else "miss"
+        outcome = "collapsed" if joined else "batched" if fill.batch_size else "miss"
+        detail = fill.reason or ("batched" if fill.batch_size else "batch-fallback" if fill.batch_size == 0 else None)
         status = f"sidecache; fwd=miss; fwd-status={fill.status}" + (
             "; collapsed" if joined else "") + ("; stored" if fill.stored and not joined else "") + (
-            f"; detail={fill.reason}" if fill.reason else "")
+            f"; detail={detail}" if detail else "") + (f"; batch-size={fill.batch_size}" if fill.batch_size else "")
         headers = fill.headers.copy()
         return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started)
 
@@ -120,12 +131,17 @@ class ProxyHandler:
         )
         headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
         t0 = time.perf_counter()
+        batch, batch_size = self.batches.get(rule.name), None
         try:
-            resp = await self.upstream.fetch("GET", request.raw_path, headers)
+            if batch is None:
+                resp = await self.upstream.fetch("GET", request.raw_path, headers)
+            else:  # counts its own upstream calls: one batch call answers many fills
+                resp, batch_size = await batch.fetch(key, params, request.query, request.raw_path, headers)
         except UpstreamError as exc:
             self.metrics.upstream_error(rule.name, type(exc).__name__)
             raise
-        self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
+        if batch is None:
+            self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
         out_headers = end_to_end(resp.headers, drop=("Content-Length",))
         reason = unstorable_reason(resp.status, resp.headers, resp.body, rule)
         stored = False
@@ -140,7 +156,24 @@ class ProxyHandler:
             stored = self.tiers.store(key, entry)
             if not stored:
                 reason = "too-large"
-        return Fill(resp.status, out_headers, resp.body, stored, reason)
+        return Fill(resp.status, out_headers, resp.body, stored, reason, batch_size)
+
+    async def _merge(self, request: web.BaseRequest, merge: BatchMerge, started: float) -> web.StreamResponse:
+        """A client's own batch call: cached items from the tiers, the others upstream, one reply."""
+        if request.content_length is None or request.content_length > _MAX_MERGE_BODY:
+            return await self._pass(request, merge.rule.name, "batch-unmergeable", started)  # streamed as it is
+        headers = add_forwarding(
+            end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote, proto=request.scheme,
+            host=request.host,
+        )
+        try:  # batch_merge counts its own upstream calls and errors
+            got = await merge.answer(await request.read(), request.headers, headers, request.raw_path)
+        except UpstreamError as exc:
+            return self._error(merge.rule.name, exc, started)
+        got.headers["Cache-Status"] = got.cache_status
+        got.headers.add("Via", VIA)
+        self.metrics.request(merge.rule.name, got.outcome, time.perf_counter() - started)
+        return web.Response(status=got.status, headers=got.headers, body=got.body)
 
     def _answer(
         self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], entry: CachedResponse,

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 OUTCOMES: Final = ("hit", "miss", "stale", "collapsed", "batched", "bypass", "error")
 
 
@@ -73,6 +74,17 @@ class Metrics:
         self.upstream_latency: dict[str, Histogram] = {}
         self.gauges: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
         self.counters: dict[str, Callable[[], list[tuple[dict[str, str], float]]]] = {}
+        self.batches: Counter[str] = Counter()  # route -> batch calls sent upstream
+        self.batch_items: dict[str, Histogram] = {}  # route -> items per batch call
+        self.batch_deduplicated: Counter[str] = Counter()  # route -> items that joined an identical one
+        self.batch_fallbacks: Counter[tuple[str, str]] = Counter()  # (route, reason) -> items re-issued alone
+
+    def batch_sent(self, route: str, items: int) -> None:
+        self.batches[route] += 1
+        h = self.batch_items.get(route)
+        if h is None:
+            h = self.batch_items[route] = Histogram(BATCH_SIZE_BUCKETS)
+        h.observe(items)
 
     def request(self, route: str, outcome: str, seconds: float) -> None:
         self.requests[(route, outcome)] += 1
@@ -123,11 +135,26 @@ class _Exporter(Collector):
         for name, doc, hists in (
             ("sidecache_request_duration_seconds", "Client-facing latency by route.", m.latency),
             ("sidecache_upstream_duration_seconds", "Upstream call latency by route.", m.upstream_latency),
+            ("sidecache_batch_items", "Items per batch call sent upstream, by route.", m.batch_items),
         ):
             fam = HistogramMetricFamily(name, doc, labels=["route"])
             for route, h in sorted(hists.items()):
                 fam.add_metric([route], h.cumulative(), h.sum)
             yield fam
+        for name, doc, counts in (
+            ("sidecache_batches", "Batch calls sent upstream by route.", m.batches),
+            ("sidecache_batch_deduplicated", "Batch items that joined an identical item in the same window.",
+             m.batch_deduplicated),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["route"])
+            for route, n in sorted(counts.items()):
+                c.add_metric([route], n)
+            yield c
+        c = CounterMetricFamily("sidecache_batch_fallbacks", "Batch items re-issued alone to the single endpoint.",
+                                labels=["route", "reason"])
+        for (route, reason), n in sorted(m.batch_fallbacks.items()):
+            c.add_metric([route, reason], n)
+        yield c
         for name, read in sorted(m.gauges.items()):
             yield _family(GaugeMetricFamily, name, read())
         for name, read in sorted(m.counters.items()):

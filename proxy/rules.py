@@ -38,6 +38,30 @@ class Batch(_Strict):
     match_on: str = "prop_id"
     on_item_error: Literal["fallback", "fail"] = "fallback"
 
+    def __post_init__(self) -> None:
+        method, _, path = self.to.strip().partition(" ")
+        if method not in _METHODS - {"*"} or not path.strip().startswith("/") or "{" in path:
+            raise ValueError(f"`to` must be \"METHOD /path\" without parameters, got {self.to!r}")
+        for name, ref in self.item.items():
+            field, _, kind = ref.partition(":")
+            Field.parse(field)
+            if kind not in ("", "str", "int", "float", "bool"):
+                raise ValueError(f"`item.{name}`: type {kind!r} is not one of str, int, float, bool")
+        Field.parse(self.group_by)
+        if self.match_on not in self.item:
+            raise ValueError(f"`match_on` names {self.match_on!r}, which is not a field of `item`")
+        if _count_items(self.body) != 1:
+            raise ValueError('`body` must hold the placeholder "$items" exactly once')
+
+
+def _count_items(value: Any) -> int:
+    """How often the `$items` placeholder occurs in a batch body template."""
+    if isinstance(value, dict):
+        return sum(_count_items(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_items(v) for v in value)
+    return int(value == "$items")
+
 
 class Route(_Strict):
     """One rule as written in a rules file."""
@@ -185,6 +209,8 @@ def _compile(route: Route, source: str, problems: list[str], where: Callable[[st
     tags = tuple((t, fields(_TEMPLATE_REF.findall(t), "tags")) for t in route.tags)
     key_fields = None if route.key is None else fields(route.key, "key")
     echo = fields(route.echo, "echo")
+    if route.batch is not None:  # path references must exist in every pattern; shapes are checked by Batch
+        fields([route.batch.group_by, *(ref.partition(":")[0] for ref in route.batch.item.values())], "batch")
     query_names = None if route.query == "all" else frozenset() if route.query == "none" else frozenset(route.query)
     return CompiledRule(route, source, frozenset(methods), tuple(regexes), key_fields, query_names, echo, tags)
 

@@ -16,4 +16,6 @@ def test_demo_prints_requests_backend_calls_and_hit_ratio() -> None:
     assert sent == 600
     assert 0 < calls <= 100  # every distinct thing fetched at most once
     assert "wave 2: 3 users open the prop screen at once, 300 requests -> 0 backend calls" in out
-    assert re.search(r"hit ratio\s+8\d\.\d%", out)
+    assert re.search(r"hit ratio\s+9\d\.\d%", out)  # batched prop misses count as served: one call answers many
+    assert re.search(r"batching\s+60 prop requests answered by \d+ batch calls", out)
+    assert "'prop-analysis'" not in out  # no prop went to the single endpoint

@@ -11,12 +11,12 @@ PROXY = Path(__file__).resolve().parent.parent / "proxy"
 LAYERS = [
     {"errors", "units"},
     {"config", "rules"},
-    {"keys", "freshness", "entry", "headers"},
+    {"keys", "freshness", "entry", "headers", "validators", "origin"},
     {"memory_tier", "redis_tier", "upstream", "metrics"},
     {"tiers", "coalescer", "batcher"},
-    {"handler", "forward"},
+    {"handler", "forward", "batch_route", "batch_merge"},
     {"app", "admin"},
-    {"cli", "__main__", "demo", "bench", "sample_backend", "__init__"},
+    {"cli", "__main__", "demo", "bench", "loadgen", "sample_backend", "__init__"},
 ]
 WEB = {"handler", "forward", "app", "admin", "demo", "bench", "sample_backend"}
 GENERIC = {"coalescer", "batcher"}  # know nothing of HTTP or Redis

@@ -1,0 +1,133 @@
+"""Batching: concurrent lookups of one group, gathered inside a short window, go out as one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+G = TypeVar("G", bound=Hashable)  # group: what may share a batch (a player)
+K = TypeVar("K", bound=Hashable)  # item key: equal keys are one item (a cache key)
+T = TypeVar("T")  # item
+R = TypeVar("R")  # one item's result
+
+Send = Callable[[G, list[T]], Awaitable[Sequence[R]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Batched(Generic[R]):
+    """One submitter's share of a batch: its result, the batch's size, and whether it joined an identical item."""
+
+    result: R
+    size: int
+    shared: bool
+
+
+class _Open(Generic[K, T, R]):
+    """A group's batch while its window is open; items and futures line up by index."""
+
+    __slots__ = ("index", "items", "futures", "timer")
+
+    def __init__(self) -> None:
+        self.index: dict[K, int] = {}
+        self.items: list[T] = []
+        self.futures: list[asyncio.Future[R]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Batcher(Generic[G, K, T, R]):
+    """The first submit of a group opens a window; the batch goes when it closes or holds `max_items` (never more).
+
+    `send(group, items)` returns one result per item, in item order. It runs as its own task, so a submitter that
+    is cancelled (its client went away) never cancels the batch for the others; at most `calls` sends run at once.
+    """
+
+    def __init__(
+        self, send: Send[G, T, R], *, window: float, max_items: int, calls: int | asyncio.Semaphore = 8
+    ) -> None:
+        if max_items < 1:
+            raise ValueError(f"`max_items` must be at least 1, got {max_items}")
+        self._send = send
+        self.window = window
+        self.max_items = max_items
+        self._calls = calls if isinstance(calls, asyncio.Semaphore) else asyncio.Semaphore(calls)
+        self._open: dict[G, _Open[K, T, R]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0  # batches handed to send
+        self.deduplicated = 0  # submits that joined an identical item already waiting
+
+    def __len__(self) -> int:
+        """Batches still collecting plus batches being sent."""
+        return len(self._open) + len(self._tasks)
+
+    async def submit(self, group: G, key: K, item: T) -> Batched[R]:
+        """Add item to its group's open batch (once per key) and wait for its own result."""
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(group)
+        if batch is None:
+            batch = self._open[group] = _Open()
+            batch.timer = loop.call_later(self.window, self._flush, group, batch)
+        i = batch.index.get(key)
+        shared = i is not None
+        if i is None:
+            i = batch.index[key] = len(batch.items)
+            batch.items.append(item)
+            batch.futures.append(loop.create_future())
+            if len(batch.items) >= self.max_items:
+                self._flush(group, batch)
+        else:
+            self.deduplicated += 1
+        # Shielded: cancelling this submitter must not cancel a future that others share.
+        result = await asyncio.shield(batch.futures[i])
+        return Batched(result, len(batch.items), shared)
+
+    def flush(self, group: G) -> None:
+        """Send the group's open batch now rather than at the end of its window."""
+        batch = self._open.get(group)
+        if batch is not None:
+            self._flush(group, batch)
+
+    async def aclose(self) -> None:
+        """Cancel open windows and batches in flight: their submitters get CancelledError."""
+        for batch in self._open.values():
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for fut in batch.futures:
+                fut.cancel()
+        self._open.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _flush(self, group: G, batch: _Open[K, T, R]) -> None:
+        if self._open.get(group) is not batch:
+            return  # already sent (window closed and max_items reached in the same loop turn)
+        del self._open[group]
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._run(group, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, group: G, batch: _Open[K, T, R]) -> None:
+        try:
+            async with self._calls:
+                self.sent += 1
+                results = await self._send(group, batch.items)
+            if len(results) != len(batch.items):
+                raise ValueError(f"batch send returned {len(results)} results for {len(batch.items)} items")
+        except asyncio.CancelledError:
+            for fut in batch.futures:
+                fut.cancel()
+            raise
+        except Exception as exc:
+            for fut in batch.futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: a future whose submitters all left must not log "never retrieved"
+            return
+        for fut, result in zip(batch.futures, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)

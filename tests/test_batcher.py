@@ -1,0 +1,160 @@
+"""The generic batcher with plain asyncio: windows, limits, dedup, failures and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from proxy.batcher import Batcher
+
+
+class Recorder:
+    """A send that records every batch and answers each item with (group, item)."""
+
+    def __init__(self, delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.delay = delay
+        self.fail = fail
+        self.inflight = 0
+        self.peak = 0
+
+    async def __call__(self, group: str, items: list[int]) -> list[tuple[str, int]]:
+        self.batches.append((group, list(items)))
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.inflight -= 1
+        if self.fail is not None:
+            raise self.fail
+        return [(group, i) for i in items]
+
+
+def batcher(send: Recorder, **kw: object) -> Batcher[str, int, int, tuple[str, int]]:
+    opts: dict[str, object] = {"window": 0.02, "max_items": 50, **kw}
+    return Batcher(send, **opts)  # type: ignore[arg-type]
+
+
+async def test_one_send_per_group_per_window_and_each_gets_its_own_result() -> None:
+    send = Recorder()
+    b = batcher(send)
+    jobs = [(g, i) for g in ("judge", "betts", "soto") for i in range(10)]
+    results = await asyncio.gather(*(b.submit(g, i, i) for g, i in jobs))
+    assert sorted(send.batches) == [(g, list(range(10))) for g in ("betts", "judge", "soto")]
+    assert [r.result for r in results] == jobs
+    assert {r.size for r in results} == {10}
+    assert not any(r.shared for r in results)
+    assert len(b) == 0 and b.sent == 3
+
+
+async def test_window_closes_after_its_duration_from_the_first_submit() -> None:
+    send = Recorder()
+    b = batcher(send, window=0.05)
+    t0 = time.perf_counter()
+    first = asyncio.ensure_future(b.submit("g", 1, 1))
+    await asyncio.sleep(0.03)
+    second = await b.submit("g", 2, 2)
+    assert 0.045 <= time.perf_counter() - t0 < 0.2
+    assert (await first).size == second.size == 2
+    third = await b.submit("g", 3, 3)  # a new window, a new batch
+    assert third.size == 1 and send.batches == [("g", [1, 2]), ("g", [3])]
+
+
+async def test_full_batch_goes_at_once_and_never_holds_more_than_max_items() -> None:
+    send = Recorder()
+    b = batcher(send, window=10.0, max_items=4)
+    t0 = time.perf_counter()
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit("g", i, i) for i in range(8))), 1.0)
+    assert time.perf_counter() - t0 < 0.5  # not the 10 s window
+    assert send.batches == [("g", [0, 1, 2, 3]), ("g", [4, 5, 6, 7])]
+    assert [r.result for r in results] == [("g", i) for i in range(8)]
+
+
+async def test_identical_items_in_one_window_are_sent_once() -> None:
+    send = Recorder()
+    b = batcher(send)
+    results = await asyncio.gather(*(b.submit("g", i % 3, i % 3) for i in range(9)))
+    assert send.batches == [("g", [0, 1, 2])]
+    assert [r.result for r in results] == [("g", i % 3) for i in range(9)]
+    assert sum(r.shared for r in results) == 6 and b.deduplicated == 6
+    assert {r.size for r in results} == {3}
+
+
+async def test_send_failure_reaches_every_submitter_and_the_next_window_is_fresh() -> None:
+    send = Recorder(fail=RuntimeError("down"))
+    b = batcher(send)
+    results = await asyncio.gather(*(b.submit("g", i, i) for i in range(5)), return_exceptions=True)
+    assert [type(r) for r in results] == [RuntimeError] * 5
+    send.fail = None
+    assert (await b.submit("g", 1, 1)).result == ("g", 1)
+
+
+async def test_wrong_number_of_results_is_an_error_for_everyone() -> None:
+    async def short(group: str, items: list[int]) -> list[int]:
+        return items[:-1]
+
+    b: Batcher[str, int, int, int] = Batcher(short, window=0.01, max_items=10)
+    results = await asyncio.gather(*(b.submit("g", i, i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_cancelled_submitter_never_cancels_the_batch_for_the_others() -> None:
+    send = Recorder(delay=0.05)
+    b = batcher(send)
+    leaver = asyncio.ensure_future(b.submit("g", 1, 1))
+    stayers = [asyncio.ensure_future(b.submit("g", i, i)) for i in (1, 2, 3)]  # 1: the same item as the leaver
+    await asyncio.sleep(0.01)
+    leaver.cancel()  # while the window is open
+    await asyncio.sleep(0.03)
+    stayers.append(asyncio.ensure_future(b.submit("g", 4, 4)))  # next window
+    late_leaver = stayers[-1]
+    await asyncio.sleep(0.03)
+    late_leaver.cancel()  # while its batch is in flight
+    results = await asyncio.gather(*stayers[:3])
+    assert [r.result for r in results] == [("g", 1), ("g", 2), ("g", 3)]
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    await asyncio.sleep(0.06)
+    assert send.batches == [("g", [1, 2, 3]), ("g", [4])]  # the late leaver's batch still went out
+    assert len(b) == 0
+
+
+async def test_batches_in_flight_are_bounded() -> None:
+    send = Recorder(delay=0.05)
+    b = batcher(send, calls=2)
+    await asyncio.gather(*(b.submit(f"g{g}", i, i) for g in range(6) for i in range(3)))
+    assert len(send.batches) == 6
+    assert send.peak == 2
+
+
+async def test_a_semaphore_is_shared_between_batchers() -> None:
+    send = Recorder(delay=0.05)
+    limit = asyncio.Semaphore(1)
+    b1, b2 = batcher(send, calls=limit), batcher(send, calls=limit)
+    await asyncio.gather(b1.submit("a", 1, 1), b2.submit("b", 1, 1), b1.submit("c", 1, 1))
+    assert send.peak == 1 and len(send.batches) == 3
+
+
+async def test_flush_sends_the_open_window_now() -> None:
+    send = Recorder()
+    b = batcher(send, window=10.0)
+    pending = [asyncio.ensure_future(b.submit("g", i, i)) for i in range(3)]
+    await asyncio.sleep(0)
+    b.flush("g")
+    b.flush("nobody")
+    results = await asyncio.wait_for(asyncio.gather(*pending), 1.0)
+    assert [r.size for r in results] == [3, 3, 3]
+
+
+async def test_aclose_cancels_open_windows() -> None:
+    send = Recorder()
+    b = batcher(send, window=10.0)
+    pending = asyncio.ensure_future(b.submit("g", 1, 1))
+    await asyncio.sleep(0)
+    await b.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert send.batches == [] and len(b) == 0
