@@ -224,7 +224,7 @@ class BatchRoute:
         assert b is not None  # BatchSpec raised otherwise
         self.fallback = b.on_item_error == "fallback"
         self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
-            self._send, window=float(b.window), max_items=b.max_items, calls=calls
+            self._send, window=float(b.window), max_items=b.max_items, calls=calls, idle=float(b.idle)
         )
 
     async def fetch(

@@ -27,29 +27,37 @@ class Batched(Generic[R]):
 class _Open(Generic[K, T, R]):
     """A group's batch while its window is open; items and futures line up by index."""
 
-    __slots__ = ("index", "items", "futures", "timer")
+    __slots__ = ("index", "items", "futures", "timer", "opened", "last")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.index: dict[K, int] = {}
         self.items: list[T] = []
         self.futures: list[asyncio.Future[R]] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.opened = now  # the window closes `window` after this at the latest
+        self.last = now  # with `idle`, it closes `idle` after the last new item
 
 
 class Batcher(Generic[G, K, T, R]):
     """The first submit of a group opens a window; the batch goes when it closes or holds `max_items` (never more).
+
+    With `idle` > 0 the window also closes once no new item has joined for that long (Kafka's linger, Nagle's
+    idea): a burst still fills one batch, while a lone request, or a client that sends one request at a time
+    over a few connections, waits `idle` rather than the whole window.
 
     `send(group, items)` returns one result per item, in item order. It runs as its own task, so a submitter that
     is cancelled (its client went away) never cancels the batch for the others; at most `calls` sends run at once.
     """
 
     def __init__(
-        self, send: Send[G, T, R], *, window: float, max_items: int, calls: int | asyncio.Semaphore = 8
+        self, send: Send[G, T, R], *, window: float, max_items: int, calls: int | asyncio.Semaphore = 8,
+        idle: float = 0.0,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"`max_items` must be at least 1, got {max_items}")
         self._send = send
         self.window = window
+        self.idle = idle if 0 < idle < window else 0.0
         self.max_items = max_items
         self._calls = calls if isinstance(calls, asyncio.Semaphore) else asyncio.Semaphore(calls)
         self._open: dict[G, _Open[K, T, R]] = {}
@@ -66,11 +74,12 @@ class Batcher(Generic[G, K, T, R]):
         loop = asyncio.get_running_loop()
         batch = self._open.get(group)
         if batch is None:
-            batch = self._open[group] = _Open()
-            batch.timer = loop.call_later(self.window, self._flush, group, batch)
+            batch = self._open[group] = _Open(loop.time())
+            batch.timer = loop.call_later(self.idle or self.window, self._due, group, batch)
         i = batch.index.get(key)
         shared = i is not None
         if i is None:
+            batch.last = loop.time()
             i = batch.index[key] = len(batch.items)
             batch.items.append(item)
             batch.futures.append(loop.create_future())
@@ -100,6 +109,17 @@ class Batcher(Generic[G, K, T, R]):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _due(self, group: G, batch: _Open[K, T, R]) -> None:
+        """The timer: flush if the window is over or the group went idle, else look again when one of them ends."""
+        loop = asyncio.get_running_loop()
+        end = batch.opened + self.window
+        if self.idle:
+            end = min(end, batch.last + self.idle)
+        if loop.time() >= end - 0.0005 or self._open.get(group) is not batch:
+            self._flush(group, batch)
+        else:
+            batch.timer = loop.call_at(end, self._due, group, batch)
 
     def _flush(self, group: G, batch: _Open[K, T, R]) -> None:
         if self._open.get(group) is not batch:

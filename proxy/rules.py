@@ -32,6 +32,7 @@ class Batch(_Strict):
     item: dict[str, str]
     body: dict[str, Any]
     window: Duration = Duration.of("200ms")
+    idle: Duration = Duration.of("0s")  # "0s": off; else also send once no item has joined for this long
     max_items: Annotated[int, Meta(ge=1, le=1000)] = 50
     results: str = "successful"
     failures: str = "failed"

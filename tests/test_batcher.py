@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from proxy.batcher import Batcher
+from proxy.batcher import Batched, Batcher
 
 
 class Recorder:
@@ -158,3 +158,48 @@ async def test_aclose_cancels_open_windows() -> None:
     with pytest.raises(asyncio.CancelledError):
         await pending
     assert send.batches == [] and len(b) == 0
+
+
+async def test_idle_closes_the_window_early_once_no_item_joins() -> None:
+    sent: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def send(group: str, items: list[int]) -> list[int]:
+        sent.append((loop.time() - t0, items))
+        return items
+
+    b: Batcher[str, int, int, int] = Batcher(send, window=0.5, max_items=50, idle=0.03)
+
+    async def later(delay: float, n: int) -> Batched[int]:
+        await asyncio.sleep(delay)
+        return await b.submit("g", n, n)
+
+    # a burst whose items keep arriving within `idle` of each other stays one batch...
+    results = await asyncio.gather(*(later(0.01 * i, i) for i in range(5)))
+    assert [r.result for r in results] == list(range(5))
+    assert len(sent) == 1 and sent[0][1] == list(range(5))
+    assert 0.06 <= sent[0][0] < 0.2  # ...and goes about `idle` after its last item, long before the 0.5 s window
+    # a lone item waits `idle`, not the window
+    t1 = loop.time()
+    assert (await b.submit("g", 99, 99)).result == 99
+    assert loop.time() - t1 < 0.2
+
+
+async def test_idle_never_extends_past_the_window() -> None:
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def send(group: str, items: list[int]) -> list[int]:
+        sent.append(loop.time() - t0)
+        return items
+
+    b: Batcher[str, int, int, int] = Batcher(send, window=0.1, max_items=50, idle=0.04)
+
+    async def later(delay: float, n: int) -> None:
+        await asyncio.sleep(delay)
+        await b.submit("g", n, n)
+
+    await asyncio.gather(*(later(0.02 * i, i) for i in range(10)))  # one every 20 ms for 200 ms
+    assert 0.09 <= sent[0] < 0.16  # the first batch still goes when its 100 ms window ends
