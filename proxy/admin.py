@@ -1,8 +1,10 @@
-"""The admin listener (Envoy-style, never on the proxy port): health, stats, metrics, rules, purge."""
+"""The admin listener (Envoy-style, never on the proxy port): health, stats, metrics, dashboard, rules, purge, warm."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from importlib import resources
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -11,14 +13,20 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
-from . import __version__
+from .errors import ConfigError
 from .keys import cache_key
+from .metrics import Metrics
+from .snapshots import Snapshot, merge
+from .stats import stats_of
 from .units import enc_hook
+from .warm import WarmItem, WarmRequest, WarmResult, items_for, warm
+from .workers import TICK
 
 if TYPE_CHECKING:
     from .app import Sidecar
 
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
+DASHBOARD: web.AppKey[bytes] = web.AppKey("dashboard")
 
 
 class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -35,36 +43,30 @@ class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
             raise ValueError("give exactly one of `url`, `route`, `tag` or `all`")
 
 
-class RouteStats(msgspec.Struct):
-    requests: int
-    outcomes: dict[str, int]
-    upstream_calls: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-
-class Stats(msgspec.Struct):
-    version: str
-    uptime_s: float
-    requests: int
-    hits: int
-    hit_ratio: float
-    upstream_calls: int
-    upstream_calls_saved: int
-    memory: dict[str, int]
-    routes: dict[str, RouteStats]
-
-
 def build_admin_app(sidecar: Sidecar) -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[SIDECAR] = sidecar
+    app[DASHBOARD] = (resources.files(__package__) / "dashboard.html").read_bytes()
+    app.router.add_get("/", _dashboard)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/stats", _stats)
+    app.router.add_get("/stats/history", _history)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/rules", _rules)
+    app.router.add_post("/rules/reload", _reload)
     app.router.add_post("/purge", _purge)
+    app.router.add_post("/warm", _warm)
+    return app
+
+
+def build_metrics_app(sidecar: Sidecar) -> web.Application:
+    """The read-only listener (`[server] metrics`): safe to expose to Prometheus and probes, nothing mutates."""
+    app = web.Application()
+    app[SIDECAR] = sidecar
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     return app
 
 
@@ -84,7 +86,9 @@ async def _auth(request: web.Request, handler: web.Handler) -> web.StreamRespons
     token = request.app[SIDECAR].admin_token
     if token and request.method not in ("GET", "HEAD"):
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # Digests first: compare_digest's time then depends on neither the token's length nor its content.
+        expected = hashlib.sha256(f"Bearer {token}".encode()).digest()
+        if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), expected):
             return problem(401, "unauthorized", "this call needs `Authorization: Bearer <SIDECACHE_ADMIN_TOKEN>`")
     return await handler(request)
 
@@ -105,39 +109,33 @@ async def _readyz(request: web.Request) -> web.Response:
     return _json({"status": "ready", "upstream": upstream, "redis": {"status": "not configured"}})
 
 
-def stats_of(sidecar: Sidecar) -> Stats:
-    m = sidecar.metrics
-    routes: dict[str, RouteStats] = {}
-    for route, h in m.latency.items():
-        outcomes = {o: n for (r, o), n in m.requests.items() if r == route}
-        calls = sum(n for (r, _), n in m.upstream.items() if r == route)
-        routes[route] = RouteStats(
-            requests=sum(outcomes.values()), outcomes=outcomes, upstream_calls=calls,
-            p50_ms=round(h.quantile(0.5) * 1000, 3), p95_ms=round(h.quantile(0.95) * 1000, 3),
-            p99_ms=round(h.quantile(0.99) * 1000, 3),
-        )
-    total = sum(m.requests.values())
-    hits = sum(n for (_, o), n in m.requests.items() if o in ("hit", "stale", "collapsed", "batched"))
-    upstream_calls = sum(m.upstream.values())
-    cached_routes = sum(r.requests for name, r in routes.items() if name != "-")
-    return Stats(
-        version=__version__, uptime_s=round(sidecar.clock() - sidecar.started_at, 3), requests=total, hits=hits,
-        hit_ratio=round(hits / total, 4) if total else 0.0, upstream_calls=upstream_calls,
-        upstream_calls_saved=max(0, cached_routes - sum(n for (r, _), n in m.upstream.items() if r != "-")),
-        memory={"entries": len(sidecar.memory), "bytes": sidecar.memory.bytes,
-                "max_entries": sidecar.memory.max_entries, "max_bytes": sidecar.memory.max_bytes,
-                "evictions": sidecar.memory.evictions},
-        routes=routes,
-    )
+def view_of(sidecar: Sidecar) -> tuple[Metrics, list[Snapshot]]:
+    """Every worker's numbers merged: this one's live, the others' as of their last snapshot (at most 1 s old)."""
+    snaps = sidecar.snapshots()
+    return merge(snaps), snaps
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return _json(stats_of(request.app[SIDECAR]))
+    sidecar = request.app[SIDECAR]
+    view, snaps = view_of(sidecar)
+    return _json(stats_of(view, snaps, rules=sidecar.rules, history=sidecar.history, now=sidecar.clock(),
+                          started_at=sidecar.started_at))
+
+
+async def _history(request: web.Request) -> web.Response:
+    """The last 10 minutes of running totals, one sample a second: the dashboard's past when it opens."""
+    return _json({"interval_s": TICK, "samples": list(request.app[SIDECAR].history.samples)})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[SIDECAR].metrics.registry()
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    view, snaps = view_of(request.app[SIDECAR])
+    view.gauges["sidecache_workers"] = lambda: [({}, float(len(snaps)))]
+    return web.Response(body=generate_latest(view.registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[DASHBOARD], content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
 
 
 async def _rules(request: web.Request) -> web.Response:
@@ -170,3 +168,33 @@ async def _purge(request: web.Request) -> web.Response:
         key = cache_key(rule, params, url.query, {})
         n = await sidecar.tiers.purge(lambda k, e: k == key)
     return _json({"purged": n})
+
+
+async def _reload(request: web.Request) -> web.Response:
+    """Both files again, all or nothing; the other workers follow within a second."""
+    sidecar = request.app[SIDECAR]
+    try:
+        done = sidecar.reload()
+    except ConfigError as exc:
+        return _json({"error": "invalid_config", "status": 422, "problems": exc.problems,
+                      "message": f"nothing was reloaded; the {len(sidecar.rules.rules)} rules loaded before stay "
+                                 "in force"}, 422)
+    if sidecar.workers is not None:
+        sidecar.workers.announce_reload()
+    return _json(done)
+
+
+async def _warm(request: web.Request) -> web.Response:
+    try:
+        body = msgspec.json.decode(await request.read(), type=WarmRequest)
+    except msgspec.DecodeError as exc:
+        return problem(400, "bad_request", f"warm body: {exc}; expected {{\"requests\": [{{\"path\": ..., "
+                       "\"query\": ...}]} or {\"route\": NAME, \"params\": [{...}]}")
+    sidecar = request.app[SIDECAR]
+    items: list[WarmItem | WarmResult] = list(body.requests or [])
+    if body.route is not None:
+        rule = sidecar.rules.by_name.get(body.route)
+        if rule is None:
+            return problem(404, "unknown_route", f"no rule is named {body.route!r}; see GET /rules")
+        items = items_for(rule, body.params or [])
+    return _json(await warm(sidecar.proxy_url, sidecar.rules, items, body.concurrency))

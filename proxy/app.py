@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from . import admin
+from .access_log import AccessLog
 from .config import Config, check_admin_exposure, parse_hostport
 from .errors import ConfigError
 from .handler import ProxyHandler
 from .memory_tier import MemoryTier
 from .metrics import Metrics
+from .reload import Reloaded, Sources, live_config, load_sources
 from .rules import RuleSet
+from .snapshots import Snapshot, merge, snapshot_of
+from .stats import History, sample_of
 from .tiers import TieredCache
 from .upstream import UpstreamClient
+from .workers import TICK, WorkerDir
 
 log = logging.getLogger("sidecache")
 
@@ -34,6 +42,9 @@ class Sidecar:
         clock: Callable[[], float] = time.time,
         reuse_port: bool = False,
         serve_admin: bool = True,
+        sources: Sources | None = None,
+        worker_index: int = 0,
+        state_dir: Path | None = None,
     ) -> None:
         if problems := check_admin_exposure(config, admin_token if serve_admin else "n/a"):
             raise ConfigError(problems)
@@ -52,6 +63,13 @@ class Sidecar:
         )
         self.tiers = TieredCache(self.memory, clock)
         self.started_at = clock()
+        self.memory.on_expired = lambda e, now: self.metrics.expired_miss(e.route, now - e.expires_at)
+        self.sources = sources  # the files to reload on POST /rules/reload and SIGHUP
+        self.worker_index = worker_index
+        self.workers = WorkerDir(state_dir, worker_index) if state_dir is not None else None
+        self.history = History(self.started_at)
+        self._ticker: asyncio.Task[None] | None = None
+        self.metrics_url = ""
         self._runners: list[web.BaseRunner] = []
         self.upstream: UpstreamClient | None = None
         self.handler: ProxyHandler | None = None
@@ -70,6 +88,7 @@ class Sidecar:
         self.upstream = UpstreamClient(self.config.upstream)
         self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock)
         self._register_gauges()
+        self.handler.access_log = self._access_log()
         server = web.Server(self.handler, access_log=None, handler_cancellation=True)
         runner = web.ServerRunner(server, handle_signals=False, access_log=None, shutdown_timeout=5)
         await runner.setup()
@@ -86,8 +105,21 @@ class Sidecar:
             asite = web.TCPSite(admin_runner, ahost, aport)
             await asite.start()
             self.admin_url = _url_of(admin_runner)
+            if self.config.server.metrics:
+                metrics_runner = web.AppRunner(admin.build_metrics_app(self), handle_signals=False, access_log=None)
+                await metrics_runner.setup()
+                self._runners.append(metrics_runner)
+                mhost, mport = parse_hostport(self.config.server.metrics)
+                await web.TCPSite(metrics_runner, mhost, mport).start()
+                self.metrics_url = _url_of(metrics_runner)
+        self._ticker = asyncio.ensure_future(self._tick())
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.wait([self._ticker])
+            self._ticker = None
+            self._publish()  # the last numbers of a worker that stops still count in worker 0's sums
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -101,6 +133,60 @@ class Sidecar:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def snapshots(self) -> list[Snapshot]:
+        """This worker's live numbers and the other workers' latest ones (only worker 0 has others)."""
+        own = snapshot_of(self.metrics, worker=self.worker_index, started_at=self.started_at, now=self.clock())
+        return [own, *(self.workers.others() if self.workers is not None and not self.worker_index else [])]
+
+    def reload(self) -> Reloaded:
+        """Re-read the files this process started with and apply them at once; on any problem nothing changes."""
+        if self.sources is None:
+            raise ConfigError(["this sidecache was started without files to reload"])
+        try:
+            config, rules = load_sources(self.sources)
+        except ConfigError:
+            self.metrics.reloads["rejected"] += 1
+            raise
+        self.config, applied, waiting = live_config(self.config, config)
+        self.rules = rules  # no await from here to the end: a request sees the old set or the new one
+        if self.handler is not None:
+            self.handler.use_rules(rules)
+            self.handler.access_log = self._access_log()
+        mem = self.config.memory
+        self.memory.resize(max_entries=mem.max_entries, max_bytes=mem.max_bytes, max_entry_bytes=mem.max_entry_bytes)
+        self.metrics.reloads["ok"] += 1
+        log.info("worker %d: reloaded %d rules; %s", self.worker_index, len(rules.rules),
+                 "; ".join(applied + waiting) or "config unchanged")
+        return Reloaded(rules=len(rules.rules), applied=applied, restart_required=waiting)
+
+    def reload_logged(self) -> None:
+        """SIGHUP's reload: the outcome goes to the log, as there is no one to answer."""
+        try:
+            self.reload()
+        except ConfigError as exc:
+            log.error("worker %d: reload rejected, the old config and rules stay in force:\n%s", self.worker_index, exc)
+
+    def _access_log(self) -> AccessLog | None:
+        return AccessLog(sys.stdout.buffer) if self.config.server.access_log else None
+
+    async def _tick(self) -> None:
+        """Once a second: the dashboard's history, this worker's numbers for worker 0, reloads worker 0 asked for."""
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._publish()
+            except OSError as exc:  # the shared folder went away: the supervisor is stopping us
+                log.warning("worker %d: cannot publish metrics: %s", self.worker_index, exc)
+            if self.workers is not None and self.worker_index and self.workers.reload_requested():
+                self.reload_logged()
+
+    def _publish(self) -> None:
+        if self.serve_admin:
+            self.history.record(sample_of(merge(self.snapshots()), self.clock()))
+        if self.workers is not None and self.worker_index:
+            self.workers.write(snapshot_of(self.metrics, worker=self.worker_index, started_at=self.started_at,
+                                           now=self.clock()))
+
     def _register_gauges(self) -> None:
         m, mem = self.metrics, self.memory
         m.gauges["sidecache_cache_entries"] = lambda: [({"tier": "memory"}, float(len(mem)))]
@@ -109,6 +195,9 @@ class Sidecar:
         handler = self.handler
         assert handler is not None
         m.gauges["sidecache_inflight_fills"] = lambda: [({}, float(len(handler.coalescer)))]
+        m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters))]
+        m.gauges["sidecache_cache_max_entries"] = lambda: [({"tier": "memory"}, float(mem.max_entries))]
+        m.gauges["sidecache_cache_max_bytes"] = lambda: [({"tier": "memory"}, float(mem.max_bytes))]
 
 
 

@@ -6,14 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .config import Config, apply_overrides, check_admin_exposure, load_config
 from .errors import ConfigError
+from .reload import Overrides, Sources
 from .rules import RuleSet, load_rules
 
 
@@ -34,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:9901)")
     serve.add_argument("--workers", type=int, help="processes sharing the proxy port (SO_REUSEPORT)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--metrics", help="read-only listener HOST:PORT for Prometheus: /metrics, /healthz, /readyz")
+    serve.add_argument("--access-log", action="store_const", const=True, default=None,
+                       help="one JSON line per request on stdout (config: [server] access_log)")
+    serve.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)  # the supervisor's, for workers
     check = sub.add_parser("check", help="validate config and rules; exit 2 on error")
     _common(check)
     demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers")
@@ -104,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     config, rules = load(args)
     config = apply_overrides(
         config, upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
-        workers=args.workers,
+        workers=args.workers, metrics=args.metrics, access_log=args.access_log,
     )
     token = os.environ.get("SIDECACHE_ADMIN_TOKEN")
     if problems := check_admin_exposure(config, token):
@@ -112,7 +119,14 @@ def _serve(args: argparse.Namespace) -> int:
     if config.server.workers > 1 and args.worker_index is None:
         return _supervise(config.server.workers)
     _install_uvloop()
-    return asyncio.run(_run_one(config, rules, token, args.worker_index or 0, config.server.workers > 1))
+    sources = Sources(  # what POST /rules/reload and SIGHUP read again
+        config=args.config, rules=default_rules(args.rules),
+        overrides=Overrides(upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
+                            workers=args.workers, metrics=args.metrics, access_log=args.access_log),
+        env={k: v for k, v in os.environ.items() if k.startswith("SIDECACHE_")},
+    )
+    return asyncio.run(_run_one(config, rules, token, args.worker_index or 0, config.server.workers > 1, sources,
+                                args.state_dir))
 
 
 def _install_uvloop() -> None:
@@ -123,11 +137,13 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int, shared_port: bool) -> int:
+async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int, shared_port: bool,
+                   sources: Sources, state_dir: Path | None) -> int:
     from .app import Sidecar
 
     log = logging.getLogger("sidecache")
-    sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0)
+    sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0,
+                      sources=sources, worker_index=index, state_dir=state_dir)
     await sidecar.start()
     log.info("worker %d: proxy on %s -> %s; admin on %s; %d rules", index, sidecar.proxy_url,
              config.upstream.url, sidecar.admin_url or "(worker 0)", len(rules.rules))
@@ -135,6 +151,7 @@ async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reload_logged)
     await stop.wait()
     await sidecar.stop()
     return 0
@@ -143,8 +160,10 @@ async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int
 def _supervise(workers: int) -> int:
     """Start N workers on one port (SO_REUSEPORT); stop them all when one dies or a signal arrives."""
     argv = sys.argv[1:]
+    state = tempfile.mkdtemp(prefix="sidecache-workers-")  # metric snapshots and reload requests (workers.py)
     children = [
-        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-index", str(i)]) for i in range(workers)
+        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-index", str(i), "--state-dir", state])
+        for i in range(workers)
     ]
 
     def stop(*_: object) -> None:
@@ -152,11 +171,19 @@ def _supervise(workers: int) -> int:
             if c.poll() is None:
                 c.terminate()
 
+    def reload(*_: object) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     try:
         while all(c.poll() is None for c in children):
             time.sleep(0.2)
     finally:
         stop()
-    return max(c.wait() for c in children)
+        code = max(c.wait() for c in children)
+        shutil.rmtree(state, ignore_errors=True)
+    return code

@@ -15,6 +15,7 @@ class Coalescer(Generic[K, V]):
 
     def __init__(self) -> None:
         self._inflight: dict[K, asyncio.Task[V]] = {}
+        self.waiters = 0  # callers waiting on a fetch someone else started
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -28,7 +29,12 @@ class Coalescer(Generic[K, V]):
         joined = task is not None
         if task is None:
             task = self.start(key, fetch)
-        return await asyncio.shield(task), joined
+            return await asyncio.shield(task), joined
+        self.waiters += 1
+        try:
+            return await asyncio.shield(task), joined
+        finally:
+            self.waiters -= 1
 
     def start(self, key: K, fetch: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
         """Start (or return) the fetch for key without waiting: background refreshes use this."""

@@ -77,10 +77,14 @@ class ListenConfig(_Strict):
     listen: str = "127.0.0.1:8080"
     admin: str = "127.0.0.1:9901"
     workers: Count = 1
+    metrics: str = ""  # HOST:PORT of a read-only listener (/metrics, /healthz, /readyz) for Prometheus; "" = none
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         for name in ("listen", "admin"):
             parse_hostport(getattr(self, name), field=name)
+        if self.metrics:
+            parse_hostport(self.metrics, field="metrics")
 
 
 class Config(_Strict):
@@ -125,6 +129,8 @@ def apply_overrides(
     listen: str | None = None,
     admin: str | None = None,
     workers: int | None = None,
+    metrics: str | None = None,
+    access_log: bool | None = None,
     env: dict[str, str] | None = None,
 ) -> Config:
     """Layer env variables, then command-line flags, over the file (flags win), re-validating the result."""
@@ -132,7 +138,7 @@ def apply_overrides(
     upstream = upstream or env.get("SIDECACHE_UPSTREAM") or None
     redis = redis if redis is not None else env.get("SIDECACHE_REDIS_URL")
     data = msgspec.to_builtins(config, enc_hook=enc_hook)
-    flags = {"listen": listen, "admin": admin, "workers": workers}
+    flags = {"listen": listen, "admin": admin, "workers": workers, "metrics": metrics, "access_log": access_log}
     data["server"].update({k: v for k, v in flags.items() if v is not None})
     if upstream:
         data["upstream"]["url"] = upstream

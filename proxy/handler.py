@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import forward
+from .access_log import AccessLog
 from .batch_merge import BatchMerge
 from .batch_route import batch_routes
 from .coalescer import Coalescer
@@ -75,10 +76,15 @@ class ProxyHandler:
         self.metrics = metrics
         self.clock = clock
         self.coalescer: Coalescer[str, Fill] = Coalescer()
+        self.access_log: AccessLog | None = None  # None (off) costs one test per request
         self.batches = batch_routes(rules, upstream, metrics)  # rule name -> its [route.batch], behind the coalescer
         merges = (BatchMerge(b, tiers, clock) for b in self.batches.values())
         # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
         self.incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
+
+    def use_rules(self, rules: RuleSet) -> None:
+        """Swap in reloaded rules: one assignment, so each request sees either the old set or the new one."""
+        self.rules = rules
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -104,6 +110,8 @@ class ProxyHandler:
                 self.coalescer.start(key, lambda: self._fill(request, rule, params, key))
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-while-revalidate"
                 return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
+            self.metrics.expired_miss(rule.name, now - entry.expires_at)
+        fill_started = time.perf_counter()
         try:
             fill, joined = await self.coalescer.run(key, lambda: self._fill(request, rule, params, key))
         except UpstreamError as exc:
@@ -112,7 +120,7 @@ class ProxyHandler:
                 status = (f"sidecache; fwd=stale; fwd-status={_error_status(exc)}; ttl={int(entry.expires_at - now)}; "
                           "detail=stale-if-error")
                 return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
-            return self._error(rule.name, exc, started)
+            return self._error(rule.name, exc, started, request)
         if joined and fill.reason in _PERSONAL:
             return await self._pass(request, rule.name, f"uncacheable-{fill.reason}", started)
         outcome = "collapsed" if joined else "batched" if fill.batch_size else "miss"
@@ -121,7 +129,8 @@ class ProxyHandler:
             "; collapsed" if joined else "") + ("; stored" if fill.stored and not joined else "") + (
             f"; detail={detail}" if detail else "") + (f"; batch-size={fill.batch_size}" if fill.batch_size else "")
         headers = fill.headers.copy()
-        return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started)
+        return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started,
+                             upstream_s=time.perf_counter() - fill_started)
 
     async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
         """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
@@ -156,6 +165,8 @@ class ProxyHandler:
             stored = self.tiers.store(key, entry)
             if not stored:
                 reason = "too-large"
+        if reason is not None:
+            self.metrics.not_storable(rule.name, reason)
         return Fill(resp.status, out_headers, resp.body, stored, reason, batch_size)
 
     async def _merge(self, request: web.BaseRequest, merge: BatchMerge, started: float) -> web.StreamResponse:
@@ -186,12 +197,16 @@ class ProxyHandler:
     def _respond(
         self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], status: int,
         headers: CIMultiDict[str], body: bytes, cache_status: str, outcome: str, started: float,
+        *, upstream_s: float | None = None,
     ) -> web.Response:
         if rule.echo:
             body = _echo(body, rule, params, request)
         headers["Cache-Status"] = cache_status
         headers.add("Via", VIA)
         self.metrics.request(rule.name, outcome, time.perf_counter() - started)
+        if self.access_log is not None:
+            self.access_log.write(request.method, request.raw_path, rule.name, cache_status, status, len(body),
+                                  time.perf_counter() - started, upstream_s)
         return web.Response(status=status, headers=headers, body=body)
 
     async def _pass(self, request: web.BaseRequest, route: str, detail: str, started: float) -> web.StreamResponse:
@@ -199,21 +214,28 @@ class ProxyHandler:
             resp = await forward.forward(request, self.upstream, f"sidecache; fwd=bypass; detail={detail}")
         except UpstreamError as exc:
             self.metrics.upstream_error(route, type(exc).__name__)
-            return self._error(route, exc, started)
+            return self._error(route, exc, started, request)
         self.metrics.request(route, "bypass", time.perf_counter() - started)
+        if self.access_log is not None:  # streamed: the whole exchange was the upstream's
+            took = time.perf_counter() - started
+            self.access_log.write(request.method, request.raw_path, route, resp.headers.get("Cache-Status", ""),
+                                  resp.status, resp.body_length, took, took)
         return resp
 
-    def _error(self, route: str, exc: UpstreamError, started: float) -> web.Response:
+    def _error(
+        self, route: str, exc: UpstreamError, started: float, request: web.BaseRequest | None = None
+    ) -> web.Response:
         status = _error_status(exc)
         log.warning("route %s: %s", route, exc)
         self.metrics.request(route, "error", time.perf_counter() - started)
         kind = "upstream_timeout" if status == 504 else "upstream_unavailable"
-        return web.Response(
-            status=status,
-            body=msgspec.json.encode({"error": kind, "message": str(exc), "status": status}),
-            content_type="application/json",
-            headers={"Cache-Status": f"sidecache; fwd=miss; detail={kind.replace('_', '-')}", "Via": VIA},
-        )
+        body = msgspec.json.encode({"error": kind, "message": str(exc), "status": status})
+        cache_status = f"sidecache; fwd=miss; detail={kind.replace('_', '-')}"
+        if self.access_log is not None and request is not None:
+            took = time.perf_counter() - started
+            self.access_log.write(request.method, request.raw_path, route, cache_status, status, len(body), took, None)
+        return web.Response(status=status, body=body, content_type="application/json",
+                            headers={"Cache-Status": cache_status, "Via": VIA})
 
 
 def _error_status(exc: UpstreamError) -> int:

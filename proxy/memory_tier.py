@@ -19,6 +19,8 @@ class MemoryTier:
         self._data: OrderedDict[str, CachedResponse] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
+        # Told of each entry dropped for age on a lookup (that lookup then misses): the stats count TTL misses.
+        self.on_expired: Callable[[CachedResponse, float], None] | None = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -28,8 +30,11 @@ class MemoryTier:
         entry = self._data.get(key)
         if entry is None:
             return None
-        if entry.keep_until <= self._clock():
+        now = self._clock()
+        if entry.keep_until <= now:
             self._drop(key)
+            if self.on_expired is not None:
+                self.on_expired(entry, now)
             return None
         self._data.move_to_end(key)
         return entry
@@ -48,6 +53,13 @@ class MemoryTier:
             self._drop(oldest)
             self.evictions += 1
         return True
+
+    def resize(self, *, max_entries: int, max_bytes: int, max_entry_bytes: int) -> None:
+        """New bounds from a reloaded config; evicts least recently used entries until they fit."""
+        self.max_entries, self.max_bytes, self.max_entry_bytes = max_entries, max_bytes, max_entry_bytes
+        while self._data and (len(self._data) > self.max_entries or self.bytes > self.max_bytes):
+            self._drop(next(iter(self._data)))
+            self.evictions += 1
 
     def delete(self, key: str) -> bool:
         return self._drop(key)

@@ -20,6 +20,9 @@ LATENCY_BUCKETS: Final = (
 )
 BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 OUTCOMES: Final = ("hit", "miss", "stale", "collapsed", "batched", "bypass", "error")
+EXPIRY_BUCKETS: Final = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# Hooks other parts register into `gauges`/`counters`; named here so dashboards can rely on them before they do.
+RESERVED: Final = {"sidecache_redis_up": "gauge", "sidecache_redis_errors": "counter"}
 
 
 class Histogram:
@@ -78,6 +81,21 @@ class Metrics:
         self.batch_items: dict[str, Histogram] = {}  # route -> items per batch call
         self.batch_deduplicated: Counter[str] = Counter()  # route -> items that joined an identical one
         self.batch_fallbacks: Counter[tuple[str, str]] = Counter()  # (route, reason) -> items re-issued alone
+        self.expired: dict[str, Histogram] = {}  # route -> how long past its TTL the entry a lookup found was
+        self.not_stored: Counter[tuple[str, str]] = Counter()  # (route, reason) of fills that were not stored
+        self.reloads: Counter[str] = Counter()  # "ok" | "rejected"
+        # Across `--workers`, a registered gauge's samples are summed unless named here ("max" or "min").
+        self.gauge_merge: dict[str, str] = {"sidecache_redis_up": "min"}
+
+    def expired_miss(self, route: str, seconds_past_ttl: float) -> None:
+        """A lookup found an entry too old to use: the insights tell a TTL a little too short from a cold key."""
+        h = self.expired.get(route)
+        if h is None:
+            h = self.expired[route] = Histogram(EXPIRY_BUCKETS)
+        h.observe(seconds_past_ttl)
+
+    def not_storable(self, route: str, reason: str) -> None:
+        self.not_stored[(route, reason)] += 1
 
     def batch_sent(self, route: str, items: int) -> None:
         self.batches[route] += 1
@@ -155,10 +173,34 @@ class _Exporter(Collector):
         for (route, reason), n in sorted(m.batch_fallbacks.items()):
             c.add_metric([route, reason], n)
         yield c
+        yield from _operations(m)
         for name, read in sorted(m.gauges.items()):
             yield _family(GaugeMetricFamily, name, read())
         for name, read in sorted(m.counters.items()):
             yield _family(CounterMetricFamily, name, read())
+
+
+def _operations(m: Metrics) -> Iterator[Metric]:
+    """The families the insights and operators rely on: expiries, unstored fills, reloads, reserved hooks."""
+    fam = HistogramMetricFamily("sidecache_miss_after_expiry_seconds",
+                                "Lookups that found an entry past its TTL, by how long past, by route.",
+                                labels=["route"])
+    for route, h in sorted(m.expired.items()):
+        fam.add_metric([route], h.cumulative(), h.sum)
+    yield fam
+    c = CounterMetricFamily("sidecache_fills_not_stored", "Upstream answers that were not stored, by route and reason.",
+                            labels=["route", "reason"])
+    for (route, reason), n in sorted(m.not_stored.items()):
+        c.add_metric([route, reason], n)
+    yield c
+    c = CounterMetricFamily("sidecache_config_reloads", "Config and rules reloads by result (ok, rejected).",
+                            labels=["result"])
+    for result, n in sorted(m.reloads.items()):
+        c.add_metric([result], n)
+    yield c
+    for name, kind in RESERVED.items():
+        if name not in m.gauges and name not in m.counters:
+            yield (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, name.replace("_", " "))
 
 
 def _family(

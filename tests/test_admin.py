@@ -54,7 +54,7 @@ async def test_stats_and_metrics_count_what_happened(make_proxy: ProxyFactory, u
     assert stats["routes"]["player"]["upstream_calls"] == 1
     assert stats["routes"]["-"]["outcomes"] == {"bypass": 1}
     assert stats["upstream_calls_saved"] == 2
-    assert stats["memory"]["entries"] == 1
+    assert stats["tiers"]["memory"]["entries"] == 1
     async with http.get(proxy.admin_url + "/metrics") as r:
         text = await r.text()
     assert 'sidecache_requests_total{outcome="hit",route="player"} 2.0' in text
@@ -89,18 +89,37 @@ async def test_purge_by_url_route_tag_and_all(make_proxy: ProxyFactory, upstream
         assert r.status == 400 and r.content_type == "application/json"
 
 
-async def test_token_guards_mutating_calls(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+MUTATING = [("/purge", {"all": True}), ("/warm", {"requests": []}), ("/rules/reload", None)]
+
+
+async def test_token_guards_every_mutating_call(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
     proxy = await make_proxy(RULES, admin_token="s3cret")
-    async with http.post(proxy.admin_url + "/purge", json={"all": True}) as r:
-        assert r.status == 401
-        assert (await r.json())["error"] == "unauthorized"
-    async with http.post(proxy.admin_url + "/purge", json={"all": True},
-                         headers={"Authorization": "Bearer wrong"}) as r:
-        assert r.status == 401
-    async with http.post(proxy.admin_url + "/purge", json={"all": True},
-                         headers={"Authorization": "Bearer s3cret"}) as r:
+    for path, body in MUTATING:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                        {"Authorization": "Bearer s3cret2"}, {"Authorization": "Bearer "}):
+            async with http.post(proxy.admin_url + path, json=body, headers=headers) as r:
+                assert r.status == 401, (path, headers)
+                assert await r.json() == {"error": "unauthorized", "status": 401, "message":
+                                          "this call needs `Authorization: Bearer <SIDECACHE_ADMIN_TOKEN>`"}
+    for method in ("PUT", "DELETE", "PATCH"):  # whatever the method, only reading is free
+        async with http.request(method, proxy.admin_url + "/purge") as r:
+            assert r.status == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    async with http.post(proxy.admin_url + "/purge", json={"all": True}, headers=auth) as r:
         assert r.status == 200
-    async with http.get(proxy.admin_url + "/stats") as r:
+    async with http.post(proxy.admin_url + "/warm", json={"requests": []}, headers=auth) as r:
+        assert r.status == 200
+    async with http.post(proxy.admin_url + "/rules/reload", headers=auth) as r:
+        assert r.status == 422  # past the token: this test proxy has no files to reload
+    for path in ("/", "/stats", "/stats/history", "/metrics", "/rules", "/healthz", "/readyz"):
+        async with http.get(proxy.admin_url + path) as r:
+            assert r.status == 200, path
+
+
+async def test_without_a_token_mutating_calls_are_open_on_loopback(make_proxy: ProxyFactory,
+                                                                   http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    async with http.post(proxy.admin_url + "/purge", json={"all": True}) as r:
         assert r.status == 200
 
 
