@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from .errors import ConfigError
+from .events import Selector
 from .keys import cache_key
 from .metrics import Metrics
 from .snapshots import Snapshot, merge
@@ -106,7 +107,7 @@ async def _readyz(request: web.Request) -> web.Response:
             upstream = {"status": "up", "http_status": resp.status}
     except Exception as exc:  # any failure means "not ready", with the reason shown
         return _json({"status": "not ready", "upstream": {"status": "down", "error": str(exc)}}, 503)
-    return _json({"status": "ready", "upstream": upstream, "redis": {"status": "not configured"}})
+    return _json({"status": "ready", "upstream": upstream, "redis": sidecar.tiers.redis_status()})  # not required
 
 
 def view_of(sidecar: Sidecar) -> tuple[Metrics, list[Snapshot]]:
@@ -151,13 +152,13 @@ async def _purge(request: web.Request) -> web.Response:
                        "{\"route\": NAME}, {\"tag\": TAG} or {\"all\": true}")
     sidecar = request.app[SIDECAR]
     if body.all:
-        n = await sidecar.tiers.purge(lambda k, e: True)
+        n = await sidecar.tiers.purge(Selector("all"))
     elif body.route is not None:
         if body.route not in sidecar.rules.by_name:
             return problem(404, "unknown_route", f"no rule is named {body.route!r}; see GET /rules")
-        n = await sidecar.tiers.purge(lambda k, e: e.route == body.route)
+        n = await sidecar.tiers.purge(Selector("route", body.route))
     elif body.tag is not None:
-        n = await sidecar.tiers.purge(lambda k, e: body.tag in e.tags)
+        n = await sidecar.tiers.purge(Selector("tag", body.tag))
     else:
         assert body.url is not None
         url = URL(body.url)
@@ -166,7 +167,7 @@ async def _purge(request: web.Request) -> web.Response:
             return problem(404, "no_rule", f"no rule caches GET {url.path}")
         rule, params = matched
         key = cache_key(rule, params, url.query, {})
-        n = await sidecar.tiers.purge(lambda k, e: k == key)
+        n = await sidecar.tiers.purge(Selector("key", key))
     return _json({"purged": n})
 
 

@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .handler import ProxyHandler
 from .memory_tier import MemoryTier
 from .metrics import Metrics
+from .redis_tier import open_redis
 from .reload import Reloaded, Sources, live_config, load_sources
 from .rules import RuleSet
 from .snapshots import Snapshot, merge, snapshot_of
@@ -61,7 +62,7 @@ class Sidecar:
             max_entry_bytes=config.memory.max_entry_bytes,
             clock=clock,
         )
-        self.tiers = TieredCache(self.memory, clock)
+        self.tiers = TieredCache(self.memory, clock, open_redis(config.redis), lease=config.redis.lease)
         self.started_at = clock()
         self.memory.on_expired = lambda e, now: self.metrics.expired_miss(e.route, now - e.expires_at)
         self.sources = sources  # the files to reload on POST /rules/reload and SIGHUP
@@ -85,6 +86,7 @@ class Sidecar:
             raise
 
     async def _start(self) -> None:
+        await self.tiers.start()  # a Redis that does not answer degrades the cache, never stops the start
         self.upstream = UpstreamClient(self.config.upstream)
         self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock)
         self._register_gauges()
@@ -125,6 +127,7 @@ class Sidecar:
         self._runners.clear()
         if self.upstream is not None:
             await self.upstream.close()
+        await self.tiers.close()
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -198,6 +201,10 @@ class Sidecar:
         m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters))]
         m.gauges["sidecache_cache_max_entries"] = lambda: [({"tier": "memory"}, float(mem.max_entries))]
         m.gauges["sidecache_cache_max_bytes"] = lambda: [({"tier": "memory"}, float(mem.max_bytes))]
+        if (redis := self.tiers.redis) is not None:
+            m.gauges["sidecache_redis_up"] = lambda: [({}, 1.0 if redis.breaker.closed else 0.0)]
+            m.counters["sidecache_redis_errors"] = lambda: [
+                ({"error": e}, float(n)) for e, n in sorted(redis.errors.items())]
 
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -63,6 +64,25 @@ class RedisConfig(_Strict):
     pool_size: Count = 20
     timeout: Duration = Duration.of("50ms")
     prefix: str = "sidecache:v1"
+    lease: Duration = Duration.of("5s")
+    breaker_failures: Count = 3
+    probe_min: Duration = Duration.of("500ms")
+    probe_max: Duration = Duration.of("10s")
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            # the value is not echoed: a URL may carry a password
+            raise ValueError("`url` must start with redis://, rediss:// or unix://")
+        db = urlsplit(self.url).path.strip("/") if self.url.startswith("redis") else ""
+        if db and not db.isdigit():  # redis-py would quietly use db 0, where the backend keeps its own keys
+            raise ValueError("`url` must end in a database number such as /1, or nothing for db 0")
+        if not self.prefix.strip():
+            raise ValueError("`prefix` must not be empty: it keeps sidecache's keys apart from the backend's")
+        for name in ("timeout", "lease", "probe_min"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be longer than 0s")
+        if self.probe_max < self.probe_min:
+            raise ValueError("`probe_max` must not be shorter than `probe_min`")
 
 
 class DefaultsConfig(_Strict):

@@ -42,7 +42,15 @@ class _Envelope(msgspec.Struct, array_like=True):
     entry: CachedResponse
 
 
-_encoder: Final = msgspec.msgpack.Encoder()
+def _plain(value: object) -> object:
+    """Subclasses msgpack does not know (a CIMultiDict's `istr` names, a rule's `Duration`) stored as the base type."""
+    for base in (str, float, int):
+        if isinstance(value, base):
+            return base(value)
+    raise NotImplementedError(f"cannot encode {type(value)!r}")
+
+
+_encoder: Final = msgspec.msgpack.Encoder(enc_hook=_plain)
 _decoder: Final = msgspec.msgpack.Decoder(_Envelope)
 
 

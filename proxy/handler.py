@@ -56,6 +56,7 @@ class Fill:
     stored: bool
     reason: str | None  # why it was not stored
     batch_size: int | None = None  # a batched rule's fill: items in the batch that answered it, 0 for a single call
+    collapsed: bool = False  # another process fetched it (Redis lease); this one read its stored entry
 
 
 class ProxyHandler:
@@ -107,13 +108,13 @@ class ProxyHandler:
                 status = f"sidecache; hit; ttl={int(entry.expires_at - now)}"
                 return self._answer(request, rule, params, entry, status, "hit", started, age=now - entry.stored_at)
             if st is State.STALE_REVALIDATE:
-                self.coalescer.start(key, lambda: self._fill(request, rule, params, key))
+                self.coalescer.start(key, lambda: self._fill_once(request, rule, params, key))
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-while-revalidate"
                 return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
             self.metrics.expired_miss(rule.name, now - entry.expires_at)
         fill_started = time.perf_counter()
         try:
-            fill, joined = await self.coalescer.run(key, lambda: self._fill(request, rule, params, key))
+            fill, joined = await self.coalescer.run(key, lambda: self._fill_once(request, rule, params, key))
         except UpstreamError as exc:
             if entry is not None and usable_on_error(entry, self.clock()):
                 now = self.clock()
@@ -121,6 +122,7 @@ class ProxyHandler:
                           "detail=stale-if-error")
                 return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
             return self._error(rule.name, exc, started, request)
+        joined = joined or fill.collapsed
         if joined and fill.reason in _PERSONAL:
             return await self._pass(request, rule.name, f"uncacheable-{fill.reason}", started)
         outcome = "collapsed" if joined else "batched" if fill.batch_size else "miss"
@@ -131,6 +133,10 @@ class ProxyHandler:
         headers = fill.headers.copy()
         return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started,
                              upstream_s=time.perf_counter() - fill_started)
+
+    async def _fill_once(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
+        """`_fill` under the key's Redis lease: one process of all that share Redis fetches, the others adopt."""
+        return await self.tiers.fill_once(key, lambda: self._fill(request, rule, params, key), _adopt)
 
     async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
         """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
@@ -201,6 +207,8 @@ class ProxyHandler:
     ) -> web.Response:
         if rule.echo:
             body = _echo(body, rule, params, request)
+        if self.tiers.degraded:  # RFC 9211 detail: say the shared tier was skipped
+            cache_status += "; detail=redis-unavailable"
         headers["Cache-Status"] = cache_status
         headers.add("Via", VIA)
         self.metrics.request(rule.name, outcome, time.perf_counter() - started)
@@ -240,6 +248,11 @@ class ProxyHandler:
 
 def _error_status(exc: UpstreamError) -> int:
     return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+def _adopt(entry: CachedResponse) -> Fill:
+    """Another process's fill, read back from Redis, answers this process's waiters as a collapsed fill."""
+    return Fill(entry.status, CIMultiDict(entry.headers), entry.body, True, None, collapsed=True)
 
 
 def _echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import Sidecar
 from proxy.config import Config, apply_overrides
 from proxy.rules import RuleSet, load_rules
+
+from .processes import REDIS_SERVER, RedisServer
 
 
 @dataclass
@@ -119,3 +123,61 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain client, as a browser would be: no cookies kept, no decompression surprises."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield session
+
+
+def _need_redis_server() -> None:
+    """A laptop without redis-server skips the Redis tests; CI must have it, so there it is a failure."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed, and CI=true: install it (`.ci/run` does)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session on a free loopback port, no persistence; stopped by PID at the end."""
+    _need_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    """redis://127.0.0.1:<port>/1 of the session server, flushed before the test."""
+    url = redis_server.url(db=1)
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of our own, to assert what Redis holds (redis-py style: one per test, closed after)."""
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+RedisFactory = Callable[..., RedisServer]
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
+    """Start private redis-servers (extra args allowed) for tests that kill, pause or restart one."""
+    _need_redis_server()
+    started: list[RedisServer] = []
+
+    def make(*extra: str) -> RedisServer:
+        directory = tmp_path / f"redis{len(started)}"
+        directory.mkdir()
+        server = RedisServer(directory, *extra)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -11,9 +11,9 @@ PROXY = Path(__file__).resolve().parent.parent / "proxy"
 LAYERS = [
     {"errors", "units"},
     {"config", "rules"},
-    {"keys", "freshness", "entry", "headers", "validators", "origin", "insights"},
-    {"memory_tier", "redis_tier", "upstream", "metrics", "access_log", "snapshots"},
-    {"tiers", "coalescer", "batcher", "stats", "reload", "workers"},
+    {"keys", "freshness", "entry", "headers", "insights", "events", "validators", "origin"},
+    {"memory_tier", "redis_tier", "breaker", "upstream", "metrics", "access_log", "snapshots"},
+    {"tiers", "coalescer", "batcher", "lease", "stats", "reload", "workers"},
     {"handler", "forward", "batch_route", "batch_merge", "warm"},
     {"app", "admin"},
     {"cli", "__main__", "demo", "bench", "loadgen", "sample_backend", "__init__"},

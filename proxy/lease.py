@@ -1,0 +1,118 @@
+"""Single flight across processes: a Redis lease per key; the holder fetches, the others wait to be told."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Final, TypeVar
+
+from .entry import CachedResponse
+from .errors import CacheBackendError
+from .events import Released, encode_event
+from .redis_tier import RedisTier
+
+V = TypeVar("V")
+
+_GRACE: Final = 0.05  # past the holder's lease before looking again: its last event may still be on the wire
+_ROUNDS: Final = 4  # takeovers before giving up on the lease and fetching regardless
+
+
+class LeaseCoalescer:
+    """Runs after the in-process Coalescer, so each process asks for a key's lease at most once at a time.
+
+    The holder fetches; its store (TieredCache.store) writes the entry, releases the lease and publishes a
+    `Filled` event in one script. Others wait for that event (pub/sub, never polling) for at most the time left
+    on the lease, then look again: a fresh entry is adopted; a lapsed lease is taken over. Without a healthy
+    Redis, everyone just fetches.
+    """
+
+    def __init__(
+        self,
+        redis: RedisTier,
+        *,
+        lease: float,
+        origin: str,
+        clock: Callable[[], float],
+        spawn: Callable[[Coroutine[object, object, None]], object],
+    ) -> None:
+        self.redis = redis
+        self.lease_ms = max(1, int(lease * 1000))
+        self.origin = origin
+        self.clock = clock
+        self._spawn = spawn
+        self._tokens: dict[str, str] = {}  # key -> token of a lease this process holds and has not released
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def token_for(self, key: str) -> str:
+        """Hand the lease on key to the store that fills it (which releases it); empty when none is held."""
+        return self._tokens.pop(key, "")
+
+    def notify(self, key: str) -> None:
+        """An event about key arrived: whoever waits on it looks again."""
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def notify_all(self) -> None:
+        """Redis went down: nobody should wait for an event that may never come."""
+        for key in list(self._waiters):
+            self.notify(key)
+
+    async def run(self, key: str, fetch: Callable[[], Awaitable[V]], adopt: Callable[[CachedResponse], V]) -> V:
+        """fetch() under the key's lease, or adopt() the entry another process stored meanwhile."""
+        for _ in range(_ROUNDS):
+            if not self.redis.breaker.healthy:
+                return await fetch()
+            token = secrets.token_hex(8)
+            waiter = self._wait(key)  # before asking, so an event that lands in between is not lost
+            try:
+                try:
+                    claim = await self.redis.acquire(key, token, self.lease_ms)
+                except CacheBackendError:
+                    return await fetch()
+                if claim.entry is not None and claim.entry.expires_at > self.clock():
+                    if claim.acquired:
+                        self._spawn(self._give_back(key, token, notify=False))
+                    return adopt(claim.entry)
+                if claim.acquired:
+                    return await self._hold(key, token, fetch)
+                try:
+                    async with asyncio.timeout(claim.lease_left + _GRACE):
+                        await waiter
+                except TimeoutError:
+                    pass  # the holder went quiet: look again, and take over if its lease has lapsed
+            finally:
+                self._unwait(key, waiter)
+        return await fetch()
+
+    async def _hold(self, key: str, token: str, fetch: Callable[[], Awaitable[V]]) -> V:
+        self._tokens[key] = token
+        try:
+            return await fetch()
+        finally:
+            if self._tokens.get(key) == token:  # nothing was stored: tell the waiters to fetch for themselves
+                del self._tokens[key]
+                self._spawn(self._give_back(key, token, notify=True))
+
+    async def _give_back(self, key: str, token: str, *, notify: bool) -> None:
+        event = encode_event(Released(self.origin, key)) if notify else b""
+        try:
+            await self.redis.release(key, token, event)
+        except CacheBackendError:
+            return  # counted by the tier; the lease lapses by itself and waiters look again then
+
+    def _wait(self, key: str) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, set()).add(waiter)
+        return waiter
+
+    def _unwait(self, key: str, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[key]
