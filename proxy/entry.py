@@ -21,6 +21,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     stale_if_error: float = 0.0
     tags: list[str] = []
     route: str = ""
+    vary: list[str] = []  # set on a variant marker (status 0): the request headers that pick the variant
 
     @property
     def expires_at(self) -> float:

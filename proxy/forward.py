@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from .errors import UpstreamError
 from .headers import VIA, add_forwarding, end_to_end
@@ -15,27 +18,68 @@ from .upstream import UpstreamClient
 CHUNK: Final = 64 * 1024
 
 
-async def forward(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str) -> web.StreamResponse:
-    """Stream the request to the upstream and its answer back, holding at most a chunk in memory."""
+@dataclass
+class Tee:
+    """A copy of a streamed body kept for the cache, abandoned as soon as it outgrows `limit`."""
+
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self.limit:
+            self.limit = -1  # over the cap: stop keeping, keep streaming
+            self.chunks.clear()
+        elif self.limit >= 0:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+
+    @property
+    def body(self) -> bytes | None:
+        return b"".join(self.chunks) if self.complete and self.limit >= 0 else None
+
+
+# Given the upstream's status and headers, before anything reaches the client: the Cache-Status to send,
+# and a Tee when the body should also be kept for the cache.
+Decide = Callable[[int, CIMultiDictProxy[str]], tuple[str, Tee | None]]
+
+
+async def forward(
+    request: web.BaseRequest,
+    upstream: UpstreamClient,
+    cache_status: str | Decide,
+    *,
+    extra: dict[str, str] | None = None,
+) -> tuple[web.StreamResponse, Tee | None]:
+    """Stream the request to the upstream and its answer back, holding at most a chunk in memory (plus what a
+    Tee keeps, bounded by its limit)."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await _websocket(request, upstream, cache_status)
+        assert isinstance(cache_status, str)
+        return await _websocket(request, upstream, cache_status), None
     headers = add_forwarding(
         end_to_end(request.headers, drop=("Host",)), client_ip=request.remote, proto=request.scheme, host=request.host
     )
+    headers.update(extra or {})
     body = request.content if request.body_exists else None
     async with upstream.open(request.method, request.raw_path, headers, body) as up:
+        status, tee = cache_status(up.status, up.headers) if callable(cache_status) else (cache_status, None)
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=end_to_end(up.headers))
-        resp.headers["Cache-Status"] = cache_status
+        resp.headers["Cache-Status"] = status
         resp.headers.add("Via", VIA)
         await resp.prepare(request)
         try:
             async for chunk in up.content.iter_chunked(CHUNK):
+                if tee is not None:
+                    tee.add(chunk)
                 await resp.write(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Headers are gone already: the only honest signal left is to cut the connection.
             raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc
         await resp.write_eof()
-        return resp
+        if tee is not None:
+            tee.complete = True
+        return resp, tee
 
 
 async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str) -> web.StreamResponse:

@@ -219,7 +219,7 @@ class ProxyHandler:
 
     async def _pass(self, request: web.BaseRequest, route: str, detail: str, started: float) -> web.StreamResponse:
         try:
-            resp = await forward.forward(request, self.upstream, f"sidecache; fwd=bypass; detail={detail}")
+            resp, _ = await forward.forward(request, self.upstream, f"sidecache; fwd=bypass; detail={detail}")
         except UpstreamError as exc:
             self.metrics.upstream_error(route, type(exc).__name__)
             return self._error(route, exc, started, request)
