@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from .loadgen import run_load
-from .sample_backend import ROSTER, player_id, player_team
+from .sample_data import ROSTER, player_id, player_team
 
 HIT_PATH = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits&stat_types=runs"
 BENCH_CONFIG = """

@@ -14,7 +14,8 @@ from aiohttp import web
 from .app import Sidecar
 from .config import Config, apply_overrides
 from .rules import RuleSet
-from .sample_backend import ROSTER, SampleBackend, player_id, player_team
+from .sample_backend import SampleBackend
+from .sample_data import ROSTER, player_id, player_team
 
 LATENCY = 0.05
 PLAYERS = ROSTER[:10]

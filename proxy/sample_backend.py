@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -16,29 +15,20 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-_STARS: Final = {
-    "Aaron Judge": "NYY",
-    "Mookie Betts": "LAD",
-    "Shohei Ohtani": "LAD",
-    "Juan Soto": "NYM",
-    "Freddie Freeman": "LAD",
-    "Mike Trout": "LAA",
-}
-_TEAMS: Final = (
-    "ARI ATL BAL BOS CHC CWS CIN CLE COL DET HOU KC LAA LAD MIA "
-    "MIL MIN NYM NYY ATH PHI PIT SD SF SEA STL TB TEX TOR WSH"
-).split()
-ROSTER: Final[tuple[str, ...]] = (*_STARS, *(f"Player {n:03d}" for n in range(1, 251)))
-_BY_ID: Final = {600000 + index: name for index, name in enumerate(ROSTER)}
-_IDS: Final = {name.lower(): pid for pid, name in _BY_ID.items()}
+from .sample_data import (
+    BENCHMARK_PLAYERS,
+    DEFAULT_STAT_TYPES,
+    EnrichedProp,
+    PropFields,
+    analyse_prop,
+    hitting_stats,
+    player_id,
+    player_name,
+    stat_data,
+)
 
-DEFAULT_STAT_TYPES: Final = ("hits", "runs", "home_runs")
-BENCHMARK_PLAYERS: Final = ("Aaron Judge", "Mookie Betts", "Shohei Ohtani")
 MAX_BATCH: Final = 50  # batch_prop_analysis_service.py:101 drops the rest silently
 _CACHE_SIZE: Final = 500
-_POSITIONS: Final = ("C", "1B", "2B", "3B", "SS", "LF", "CF", "RF", "DH")
-_LABELS: Final = ("L5 Games", "L10 Games", "Season Avg", "vs Opponent", "Home/Away", "Recent Form")
-_RATES: Final = dict(hits=(0.6, 1.4), runs=(0.3, 0.9), home_runs=(0.05, 0.35), rbi=(0.3, 1.0), walks=(0.2, 0.7))
 _HEADERS: Final = {  # SecurityMiddleware's; upstream sends no Cache-Control, ETag or Last-Modified
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -57,110 +47,6 @@ _MESSAGES: Final = {  # pydantic 2's wording, which FastAPI's 422 bodies carry
     "string_type": "Input should be a valid string",
     "model_attributes_type": "Input should be a valid dictionary or object to extract fields from",
 }
-
-
-def player_id(name: str) -> int | None:
-    """The roster id, found case-insensitively and ignoring surrounding spaces, as upstream groups names."""
-    return _IDS.get(name.lower().strip())
-
-
-def player_team(name: str) -> str | None:
-    """The roster team, so demo traffic can send the `team` and `matchup` the UI would."""
-    pid = player_id(name)
-    return None if pid is None else _STARS.get(_BY_ID[pid], _TEAMS[pid % len(_TEAMS)])
-
-
-class PlayerInfo(msgspec.Struct):
-    name: str
-    team: str
-    position: str
-    image_url: str | None = None
-    score: float | None = None
-
-
-class Statistic(msgspec.Struct):
-    label: str
-    value: float
-
-
-class Insight(msgspec.Struct):
-    type: str
-    text: str
-
-
-class EnrichedProp(msgspec.Struct):
-    """The per-prop analysis (backend/models/api_models.py), a Struct so its key order is the same everywhere."""
-
-    player_info: PlayerInfo
-    summary: str
-    deep_analysis: str
-    statistics: list[Statistic]
-    insights: list[Insight]
-    prop_id: str | None
-    stat_type: str | None
-    line: float
-    recommendation: str = ""  # "Will be filled by ML service", which never happens
-    confidence: float = 0.0
-
-
-class PropFields(msgspec.Struct, frozen=True):
-    """The five inputs an analysis depends on; `prop_id` is only echoed, so it is not one of them."""
-
-    player_name: str
-    stat_type: str
-    line: float
-    team: str
-    matchup: str
-
-
-def _seed(*parts: object) -> bytes:
-    """Stable pseudo-random bytes: upstream uses per-process `hash()`, but demos and tests want the same text."""
-    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest()
-
-
-def _position(name: str) -> str:
-    return _POSITIONS[_seed(name.lower())[0] % len(_POSITIONS)]
-
-
-def analyse_prop(prop_id: str | None, fields: PropFields) -> EnrichedProp:
-    """The one builder of an EnrichedProp, so the single GET, the POST and the batch give identical bodies."""
-    seed, line, name = _seed(*msgspec.structs.astuple(fields)), fields.line, fields.player_name
-    stats = [
-        Statistic(label, round(line + (seed[i] - 128) / 256 * max(abs(line), 1), 2)) for i, label in enumerate(_LABELS)
-    ]
-    season, lean = stats[2].value, "over" if stats[2].value > line else "under"
-    insights = [
-        Insight("performance_trend", f"{name} is at {stats[5].value} {fields.stat_type} in recent form."),
-        Insight("matchup_advantage", f"{fields.team} in {fields.matchup}: {stats[3].value} against this opponent."),
-        Insight("statistical_edge", f"Season average {season} against a {line} line: edge {season - line:+.2f}."),
-    ]
-    if seed[8] % 3 == 0:
-        insights.append(Insight("weather_impact", f"Conditions for {fields.matchup} slightly favour hitters."))
-    summary = f"{name} {fields.stat_type} line {line}: season average {season}, leaning {lean} in {fields.matchup}."
-    deep = "\n".join([summary, *(f"{stat.label}: {stat.value}" for stat in stats)])
-    info = PlayerInfo(name, fields.team, _position(name))
-    return EnrichedProp(info, summary, deep, stats, insights, prop_id, fields.stat_type, line)
-
-
-def _hitting(pid: int, games: int) -> dict[str, int]:
-    """Invented counting stats at per-game rates that are stable for a player."""
-    seed = _seed(pid, games)
-    rates = {
-        key: round(games * (low + seed[i] / 255 * (high - low))) for i, (key, (low, high)) in enumerate(_RATES.items())
-    }
-    return {"games": games, "at_bats": 4 * games, **rates}
-
-
-def _stat_data(pid: int, kind: str) -> dict[str, Any]:
-    """What `statsapi.player_stat_data(pid, type=kind)` returns, with invented numbers."""
-    name, seed = _BY_ID[pid], _seed(pid)
-    first, _, last = name.partition(" ")
-    group = dict(type=kind, group="hitting", season="2025", stats=_hitting(pid, 1 if kind == "gameLog" else 120))
-    person = dict(id=pid, first_name=first, last_name=last, active=True, current_team=player_team(name))
-    bats, throws = ("Right", "Left", "Switch")[seed[2] % 3], ("Right", "Left")[seed[3] % 2]
-    debut = f"{2012 + seed[0] % 12}-04-{1 + seed[1] % 28:02d}"
-    details = dict(nickname=None, last_played="2025-07-30", mlb_debut=debut, bat_side=bats, pitch_hand=throws)
-    return {**person, "position": _position(name), **details, "stats": [group]}
 
 
 class _Rejected(Exception):
@@ -451,8 +337,8 @@ class SampleBackend:
         if pid is None or self._fails(name):
             raise _Failed(404, f"Player data not found for {name}")
         hit, fetched_at = self._lookup(name, stat_types, refresh)  # a hit reports when it was cached
-        season = {stat: _stat_data(pid, "season") for stat in stat_types}  # stat_type never reaches the MLB call
-        data = dict(player_id=pid, player_info={}, game_logs=_stat_data(pid, "gameLog"), season_stats=season)
+        season = {stat: stat_data(pid, "season") for stat in stat_types}  # stat_type never reaches the MLB call
+        data = dict(player_id=pid, player_info={}, game_logs=stat_data(pid, "gameLog"), season_stats=season)
         if not hit:  # a memory-cache hit rebuilds the dict without `stat_types`
             data["stat_types"] = stat_types
         data["fetched_at"] = fetched_at
@@ -544,24 +430,24 @@ class SampleBackend:
         pid = player_id(name)
         if pid is None or self._fails(name):
             raise _Failed(404, f"Player not found: {name}")
-        return _json({"player_name": _BY_ID[pid], "player_id": pid})
+        return _json({"player_name": player_name(pid), "player_id": pid})
 
     def _known_id(self, request: web.Request) -> int:
         raw = request.match_info["player_id"]
-        pid = int(raw) if raw.isdigit() else None
-        if pid is None or pid not in _BY_ID or self._fails(_BY_ID[pid]):
+        name = player_name(int(raw)) if raw.isdigit() else None
+        if name is None or self._fails(name):
             raise _Failed(404, f"Player data not found for {raw}")
-        return pid
+        return int(raw)
 
     async def _game_logs(self, request: web.Request) -> web.Response:
         pid = self._known_id(request)
-        return _json({"player_id": pid, "stats": _stat_data(pid, "gameLog")["stats"]})
+        return _json({"player_id": pid, "stats": stat_data(pid, "gameLog")["stats"]})
 
     async def _season_stats(self, request: web.Request) -> web.Response:
         pid = self._known_id(request)
         if "stat_type" not in request.query:
             raise _Rejected(_problem("missing", ["query", "stat_type"], None))
-        return _json({"player_id": pid, "stat_type": request.query["stat_type"], "stats": _hitting(pid, 120)})
+        return _json({"player_id": pid, "stat_type": request.query["stat_type"], "stats": hitting_stats(pid, 120)})
 
 
 def main(argv: list[str] | None = None) -> None:

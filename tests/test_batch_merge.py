@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from proxy.sample_backend import PropFields, analyse_prop
+from proxy.sample_data import PropFields, analyse_prop
 
 from . import test_batch_route as batching
 from .conftest import ProxyFactory

@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from proxy.config import Config, UpstreamConfig
-from proxy.sample_backend import SampleBackend, player_team
+from proxy.sample_backend import SampleBackend
+from proxy.sample_data import player_team
 from proxy.units import Duration
 
 from .conftest import ProxyFactory

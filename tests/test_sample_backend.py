@@ -15,7 +15,8 @@ import msgspec
 import pytest
 from aiohttp import ClientSession, web
 
-from proxy.sample_backend import ROSTER, PropFields, SampleBackend, analyse_prop, player_id, player_team
+from proxy.sample_backend import SampleBackend
+from proxy.sample_data import ROSTER, PropFields, analyse_prop, player_id, player_team
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
