@@ -18,14 +18,16 @@ def from_entry(
     request: web.BaseRequest,
     entry: CachedResponse,
     cache_status: str,
-    age: float,
+    age: float | None,
     *,
     body: bytes | None = None,
     etag: str | None = None,
 ) -> web.Response:
     """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is."""
     headers = entry.headers
-    extra = [("Age", str(max(0, int(age)))), ("Cache-Status", cache_status), ("Via", VIA)]
+    extra = [("Cache-Status", cache_status), ("Via", VIA)]
+    if age is not None:
+        extra.append(("Age", str(max(0, int(age)))))
     if etag is not None:
         headers = [h for h in headers if h[0].lower() != "etag"]
         extra.append(("ETag", etag))

@@ -24,6 +24,7 @@ from .rules import RuleSet
 from .snapshots import Snapshot, merge, snapshot_of
 from .stats import History, sample_of
 from .tiers import TieredCache
+from .unruled import OriginCache
 from .upstream import UpstreamClient
 from .workers import TICK, WorkerDir
 
@@ -88,7 +89,12 @@ class Sidecar:
     async def _start(self) -> None:
         await self.tiers.start()  # a Redis that does not answer degrades the cache, never stops the start
         self.upstream = UpstreamClient(self.config.upstream)
-        self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock)
+        origin = None
+        if self.config.defaults.unruled == "origin":
+            origin = OriginCache(self.tiers, self.upstream, self.metrics,
+                                 max_entry_bytes=self.config.memory.max_entry_bytes, clock=self.clock)
+        self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock,
+                                    origin=origin)
         self._register_gauges()
         self.handler.access_log = self._access_log()
         server = web.Server(self.handler, access_log=None, handler_cancellation=True)

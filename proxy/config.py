@@ -88,7 +88,7 @@ class RedisConfig(_Strict):
 class DefaultsConfig(_Strict):
     """What happens to requests no rule matches."""
 
-    unruled: Literal["pass"] = "pass"
+    unruled: Literal["origin", "pass"] = "origin"  # origin: RFC 9111, as the origin's own headers allow
 
 
 class ListenConfig(_Strict):

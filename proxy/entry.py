@@ -22,6 +22,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     tags: list[str] = []
     route: str = ""
     vary: list[str] = []  # set on a variant marker (status 0): the request headers that pick the variant
+    keep: float = 0.0  # kept this long past every window, only to be revalidated with the origin (Varnish's keep)
 
     @property
     def expires_at(self) -> float:
@@ -30,7 +31,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     @property
     def keep_until(self) -> float:
         """After this, no stale window can use the entry and a tier may drop it."""
-        return self.stored_at + self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
+        return self.stored_at + self.ttl + max(self.stale_while_revalidate, self.stale_if_error) + self.keep
 
     @property
     def size(self) -> int:

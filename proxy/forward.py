@@ -26,6 +26,7 @@ class Tee:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     complete: bool = False
+    headers: CIMultiDictProxy[str] | None = None  # the upstream's own, before the proxy added anything
 
     def add(self, chunk: bytes) -> None:
         if self.size + len(chunk) > self.limit:
@@ -64,6 +65,8 @@ async def forward(
     body = request.content if request.body_exists else None
     async with upstream.open(request.method, request.raw_path, headers, body) as up:
         status, tee = cache_status(up.status, up.headers) if callable(cache_status) else (cache_status, None)
+        if tee is not None:
+            tee.headers = up.headers
         resp = web.StreamResponse(status=up.status, reason=up.reason, headers=end_to_end(up.headers))
         resp.headers["Cache-Status"] = status
         resp.headers.add("Via", VIA)

@@ -33,6 +33,15 @@ def state(entry: CachedResponse, now: float) -> State:
     return State.EXPIRED
 
 
+def client_wants_revalidation(headers: Mapping[str, str], rule: CompiledRule) -> bool:
+    """`Cache-Control: no-cache` or `max-age=0` from the client, honoured only where the rule says so: by default
+    a frontend must not be able to defeat the cache by accident (RFC 9111 5.2.1 lets a cache decide)."""
+    if rule.route.client_no_cache == "ignore":
+        return False
+    cc = cache_control(headers.get("Cache-Control"))
+    return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
+
+
 def usable_on_error(entry: CachedResponse, now: float) -> bool:
     """Within the entry's stale-if-error window, so an upstream failure can be answered from it (RFC 5861 4)."""
     return now - entry.stored_at < entry.ttl + entry.stale_if_error

@@ -10,17 +10,20 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import forward
 from .access_log import AccessLog
+from .answer import from_entry
 from .batch_merge import BatchMerge
 from .batch_route import batch_routes
 from .coalescer import Coalescer
 from .entry import CachedResponse
 from .errors import UpstreamError, UpstreamTimeout
+from .events import Selector
 from .freshness import (
     State,
+    client_wants_revalidation,
     private_request_reason,
     state,
     stored_headers,
@@ -32,7 +35,9 @@ from .keys import cache_key, tags_for
 from .metrics import Metrics
 from .rules import CompiledRule, RuleSet, field_value
 from .tiers import TieredCache
+from .unruled import OriginCache, origin_key
 from .upstream import UpstreamClient
+from .validators import derived_etag, keep_for, revalidation_headers
 
 log = logging.getLogger("sidecache")
 
@@ -44,6 +49,7 @@ _FILL_DROP: Final = (
 # Reasons an answer belongs to the one client that asked: collapsed waiters must ask for their own.
 _PERSONAL: Final = frozenset({"set-cookie", "private", "no-store"})
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
+_UNSAFE: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,8 @@ class Fill:
     reason: str | None  # why it was not stored
     batch_size: int | None = None  # a batched rule's fill: items in the batch that answered it, 0 for a single call
     collapsed: bool = False  # another process fetched it (Redis lease); this one read its stored entry
+    entry: CachedResponse | None = None  # what was stored, answered from (ETag, client conditions) like a hit
+    revalidated: bool = False  # the origin's 304 confirmed the stored answer
 
 
 class ProxyHandler:
@@ -70,8 +78,10 @@ class ProxyHandler:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        origin: OriginCache | None = None,
     ) -> None:
         self.rules = rules
+        self.origin = origin  # None: `[defaults] unruled = "pass"`
         self.tiers = tiers
         self.upstream = upstream
         self.metrics = metrics
@@ -93,6 +103,8 @@ class ProxyHandler:
         if matched is None:
             if (merge := self.incoming.get((request.method, request.path))) is not None:
                 return await self._merge(request, merge, started)
+            if self.origin is not None and request.method in ("GET", "HEAD") and "Upgrade" not in request.headers:
+                return await self._origin(request, started)
             return await self._pass(request, "-", "no-rule", started)
         rule, params = matched
         if not rule.cacheable or request.method not in ("GET", "HEAD"):
@@ -102,51 +114,62 @@ class ProxyHandler:
         key = cache_key(rule, params, request.query, request.headers)
         entry = self.tiers.local(key) or await self.tiers.shared(key)
         now = self.clock()
-        if entry is not None:
+        if entry is not None and not client_wants_revalidation(request.headers, rule):
             st = state(entry, now)
             if st is State.FRESH:
                 status = f"sidecache; hit; ttl={int(entry.expires_at - now)}"
-                return self._answer(request, rule, params, entry, status, "hit", started, age=now - entry.stored_at)
+                return self._answer(request, rule, params, entry, status, "hit", started, now)
             if st is State.STALE_REVALIDATE:
-                self.coalescer.start(key, lambda: self._fill_once(request, rule, params, key))
+                self.coalescer.start(key, lambda: self._fill_once(request, rule, params, key, entry))
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-while-revalidate"
-                return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
+                return self._answer(request, rule, params, entry, status, "stale", started, now)
             self.metrics.expired_miss(rule.name, now - entry.expires_at)
         fill_started = time.perf_counter()
         try:
-            fill, joined = await self.coalescer.run(key, lambda: self._fill_once(request, rule, params, key))
+            fill, joined = await self.coalescer.run(key, lambda: self._fill_once(request, rule, params, key, entry))
         except UpstreamError as exc:
-            if entry is not None and usable_on_error(entry, self.clock()):
-                now = self.clock()
+            if entry is not None and usable_on_error(entry, now := self.clock()):
                 status = (f"sidecache; fwd=stale; fwd-status={_error_status(exc)}; ttl={int(entry.expires_at - now)}; "
                           "detail=stale-if-error")
-                return self._answer(request, rule, params, entry, status, "stale", started, age=now - entry.stored_at)
+                return self._answer(request, rule, params, entry, status, "stale", started, now)
             return self._error(rule.name, exc, started, request)
         joined = joined or fill.collapsed
         if joined and fill.reason in _PERSONAL:
             return await self._pass(request, rule.name, f"uncacheable-{fill.reason}", started)
         outcome = "collapsed" if joined else "batched" if fill.batch_size else "miss"
-        detail = fill.reason or ("batched" if fill.batch_size else "batch-fallback" if fill.batch_size == 0 else None)
-        status = f"sidecache; fwd=miss; fwd-status={fill.status}" + (
+        detail = fill.reason or ("batched" if fill.batch_size else "batch-fallback" if fill.batch_size == 0
+                                 else "revalidated" if fill.revalidated else None)
+        fwd = "stale" if entry is not None else "miss"
+        status = f"sidecache; fwd={fwd}; fwd-status={304 if fill.revalidated else fill.status}" + (
             "; collapsed" if joined else "") + ("; stored" if fill.stored and not joined else "") + (
             f"; detail={detail}" if detail else "") + (f"; batch-size={fill.batch_size}" if fill.batch_size else "")
-        headers = fill.headers.copy()
-        return self._respond(request, rule, params, fill.status, headers, fill.body, status, outcome, started,
-                             upstream_s=time.perf_counter() - fill_started)
+        upstream_s = time.perf_counter() - fill_started
+        if joined and fill.entry is not None:  # the stored copy: no other client's cookie, and an ETag
+            return self._answer(request, rule, params, fill.entry, status, outcome, started, None,
+                                upstream_s=upstream_s)
+        headers = fill.headers.copy()  # the client that asked gets the upstream's answer whole
+        body = _echo(fill.body, rule, params, request) if rule.echo else fill.body
+        if fill.entry is not None and (etag := derived_etag(body) if rule.echo else _etag_of(fill.entry)):
+            headers["ETag"] = etag
+        return self._respond(request, rule.name, fill.status, headers, body, status, outcome, started, upstream_s)
 
-    async def _fill_once(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
+    async def _fill_once(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
+                         stale: CachedResponse | None) -> Fill:
         """`_fill` under the key's Redis lease: one process of all that share Redis fetches, the others adopt."""
-        return await self.tiers.fill_once(key, lambda: self._fill(request, rule, params, key), _adopt)
+        return await self.tiers.fill_once(key, lambda: self._fill(request, rule, params, key, stale), _adopt)
 
-    async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str) -> Fill:
+    async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
+                    stale: CachedResponse | None = None) -> Fill:
         """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
         headers = add_forwarding(
             end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote, proto=request.scheme,
             host=request.host,
         )
         headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
-        t0 = time.perf_counter()
         batch, batch_size = self.batches.get(rule.name), None
+        conditions = revalidation_headers(CIMultiDict(stale.headers)) if stale is not None and batch is None else {}
+        headers.update(conditions)  # the origin's own validators only (RFC 9111 4.3.1)
+        t0 = time.perf_counter()
         try:
             if batch is None:
                 resp = await self.upstream.fetch("GET", request.raw_path, headers)
@@ -157,23 +180,39 @@ class ProxyHandler:
             raise
         if batch is None:
             self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
+        if resp.status == 304 and conditions and stale is not None:
+            return self._refresh(key, stale, resp.headers)
         out_headers = end_to_end(resp.headers, drop=("Content-Length",))
         reason = unstorable_reason(resp.status, resp.headers, resp.body, rule)
-        stored = False
+        entry = None
         if reason is None:
             r = rule.route
+            kept = stored_headers(out_headers.items())
+            if "ETag" not in resp.headers and not rule.echo:  # echo routes get theirs per answer (see _answer)
+                kept.append(("ETag", derived_etag(resp.body)))
+            negative = resp.status != 200
             entry = CachedResponse(
-                status=resp.status, headers=stored_headers(out_headers.items()), body=resp.body,
-                stored_at=self.clock(), ttl=r.ttl, stale_while_revalidate=r.stale_while_revalidate,
+                status=resp.status, headers=kept, body=resp.body, stored_at=self.clock(),
+                ttl=min(r.ttl, r.negative_ttl) if negative else r.ttl,
+                stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
                 stale_if_error=r.stale_if_error, tags=tags_for(rule, params, request.query, request.headers),
-                route=rule.name,
+                route=rule.name, keep=keep_for(resp.headers) if batch is None else 0.0,
             )
-            stored = self.tiers.store(key, entry)
-            if not stored:
-                reason = "too-large"
+            if not self.tiers.store(key, entry):
+                entry, reason = None, "too-large"
         if reason is not None:
             self.metrics.not_storable(rule.name, reason)
-        return Fill(resp.status, out_headers, resp.body, stored, reason, batch_size)
+        return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry)
+
+    def _refresh(self, key: str, stale: CachedResponse, fresh_headers: CIMultiDictProxy[str]) -> Fill:
+        """A 304 from the origin: the stored body stands, with the 304's headers and a new lifetime (RFC 9111 4.3.4)."""
+        merged = CIMultiDict(stale.headers)
+        for k, v in stored_headers(end_to_end(fresh_headers).items()):
+            merged[k] = v
+        entry = msgspec.structs.replace(stale, headers=list(merged.items()), stored_at=self.clock())
+        stored = self.tiers.store(key, entry)
+        return Fill(entry.status, merged, entry.body, stored, None, entry=entry if stored else None,
+                    revalidated=True)
 
     async def _merge(self, request: web.BaseRequest, merge: BatchMerge, started: float) -> web.StreamResponse:
         """A client's own batch call: cached items from the tiers, the others upstream, one reply."""
@@ -194,28 +233,65 @@ class ProxyHandler:
 
     def _answer(
         self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], entry: CachedResponse,
-        cache_status: str, outcome: str, started: float, *, age: float,
+        cache_status: str, outcome: str, started: float, now: float | None, *, upstream_s: float | None = None,
     ) -> web.Response:
-        headers = CIMultiDict(entry.headers)
-        headers["Age"] = str(max(0, int(age)))
-        return self._respond(request, rule, params, entry.status, headers, entry.body, cache_status, outcome, started)
+        """From a stored entry: the hit path, kept to one header list and no parsing unless the rule echoes.
+
+        `now` None: the entry was fetched for this very request, so it carries no Age (RFC 9111 5.1)."""
+        body = etag = None
+        if rule.echo:
+            body = _echo(entry.body, rule, params, request)
+            etag = derived_etag(body)
+        age = None if now is None else now - entry.stored_at
+        resp = from_entry(request, entry, self._degraded(cache_status), age, body=body, etag=etag)
+        self._count(request, rule.name, outcome, resp, started, upstream_s)
+        return resp
 
     def _respond(
-        self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], status: int,
-        headers: CIMultiDict[str], body: bytes, cache_status: str, outcome: str, started: float,
-        *, upstream_s: float | None = None,
+        self, request: web.BaseRequest, route: str, status: int, headers: CIMultiDict[str], body: bytes,
+        cache_status: str, outcome: str, started: float, upstream_s: float | None,
     ) -> web.Response:
-        if rule.echo:
-            body = _echo(body, rule, params, request)
-        if self.tiers.degraded:  # RFC 9211 detail: say the shared tier was skipped
-            cache_status += "; detail=redis-unavailable"
-        headers["Cache-Status"] = cache_status
+        """The fill's own answer, to the client whose request made it: as the upstream gave it."""
+        headers["Cache-Status"] = self._degraded(cache_status)
         headers.add("Via", VIA)
-        self.metrics.request(rule.name, outcome, time.perf_counter() - started)
+        resp = web.Response(status=status, headers=headers, body=body)
+        self._count(request, route, outcome, resp, started, upstream_s)
+        return resp
+
+    def _degraded(self, cache_status: str) -> str:
+        """RFC 9211 has one `detail`: while Redis is down its token joins any other with a `+`."""
+        if not self.tiers.degraded:
+            return cache_status
+        if "; detail=" in cache_status:
+            head, _, rest = cache_status.partition("; detail=")
+            token, sep, tail = rest.partition(";")
+            return f"{head}; detail={token}+redis-unavailable{sep}{tail}"
+        return cache_status + "; detail=redis-unavailable"
+
+    def _count(self, request: web.BaseRequest, route: str, outcome: str, resp: web.Response, started: float,
+               upstream_s: float | None) -> None:
+        took = time.perf_counter() - started
+        self.metrics.request(route, outcome, took)
         if self.access_log is not None:
-            self.access_log.write(request.method, request.raw_path, rule.name, cache_status, status, len(body),
-                                  time.perf_counter() - started, upstream_s)
-        return web.Response(status=status, headers=headers, body=body)
+            self.access_log.write(request.method, request.raw_path, route, resp.headers.get("Cache-Status", ""),
+                                  resp.status, resp.content_length or 0, took, upstream_s)
+
+    async def _origin(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+        """No rule, `unruled = "origin"`: the origin's own caching headers decide (unruled.py)."""
+        assert self.origin is not None
+        try:
+            return await self.origin.handle(request, started)
+        except UpstreamError as exc:
+            self.metrics.upstream_error("-", type(exc).__name__)
+            return self._error("-", exc, started, request)
+
+    async def _invalidate(self, request: web.BaseRequest) -> None:
+        """After a successful unsafe request, stored answers for its URI are gone (RFC 9111 4.4)."""
+        doomed = [origin_key(request.raw_path)]
+        if (matched := self.rules.match("GET", request.path)) is not None and matched[0].cacheable:
+            doomed.append(cache_key(matched[0], matched[1], request.query, request.headers))
+        for key in doomed:
+            await self.tiers.purge(Selector("key", key))
 
     async def _pass(self, request: web.BaseRequest, route: str, detail: str, started: float) -> web.StreamResponse:
         try:
@@ -224,6 +300,8 @@ class ProxyHandler:
             self.metrics.upstream_error(route, type(exc).__name__)
             return self._error(route, exc, started, request)
         self.metrics.request(route, "bypass", time.perf_counter() - started)
+        if request.method in _UNSAFE and resp.status < 400:
+            await self._invalidate(request)
         if self.access_log is not None:  # streamed: the whole exchange was the upstream's
             took = time.perf_counter() - started
             self.access_log.write(request.method, request.raw_path, route, resp.headers.get("Cache-Status", ""),
@@ -246,13 +324,20 @@ class ProxyHandler:
                             headers={"Cache-Status": cache_status, "Via": VIA})
 
 
+def _etag_of(entry: CachedResponse) -> str | None:
+    for k, v in entry.headers:
+        if k.lower() == "etag":
+            return v
+    return None
+
+
 def _error_status(exc: UpstreamError) -> int:
     return 504 if isinstance(exc, UpstreamTimeout) else 502
 
 
 def _adopt(entry: CachedResponse) -> Fill:
     """Another process's fill, read back from Redis, answers this process's waiters as a collapsed fill."""
-    return Fill(entry.status, CIMultiDict(entry.headers), entry.body, True, None, collapsed=True)
+    return Fill(entry.status, CIMultiDict(entry.headers), entry.body, True, None, collapsed=True, entry=entry)
 
 
 def _echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:

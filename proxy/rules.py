@@ -79,6 +79,8 @@ class Route(_Strict):
     share: Literal["per-user", "all-users"] = "per-user"
     uncacheable_bodies: list[str] = []
     cache_status: list[Annotated[int, Meta(ge=200, le=499)]] = msgspec.field(default_factory=lambda: [200])
+    negative_ttl: Duration = Duration.of("30s")  # for stored statuses other than 200 (capped at `ttl`)
+    client_no_cache: Literal["ignore", "revalidate"] = "ignore"
     batch: Batch | None = None
 
     @property

@@ -144,6 +144,8 @@ class TieredCache:
         return len(gone)
 
     def _drop(self, selector: Selector) -> list[str]:
+        if selector.kind == "key":  # one entry: no scan (every unsafe request invalidates its URI this way)
+            return [selector.value] if self.memory.delete(selector.value) else []
         doomed = [k for k, e in self.memory.items() if selector.matches(k, e)]
         for k in doomed:
             self.memory.delete(k)

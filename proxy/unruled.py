@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .origin import OriginPolicy, origin_policy, variant_suffix
 from .tiers import TieredCache
 from .upstream import UpstreamClient
-from .validators import derived_etag, revalidation_headers
+from .validators import derived_etag, keep_for, revalidation_headers
 
 log = logging.getLogger("sidecache")
 
@@ -80,8 +80,8 @@ class OriginCache:
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-if-error"
                 return self._done(from_entry(request, entry, status, now - entry.stored_at), "stale", started)
             raise
-        if tee is not None and (body := tee.body) is not None:
-            self._store(key, request, resp.status, resp.headers, body)
+        if tee is not None and tee.headers is not None and (body := tee.body) is not None:
+            self._store(key, request, resp.status, tee.headers, body)
         self.metrics.request(ROUTE, "bypass" if tee is None else "miss", time.perf_counter() - started)
         return resp
 
@@ -147,7 +147,8 @@ class OriginCache:
             kept.append(("ETag", derived_etag(body)))
         age = float(a) if (a := headers.get("Age", "")).isdigit() else 0.0  # time spent upstream (RFC 9111 4.2.3)
         common = dict(stored_at=now - age, ttl=policy.ttl + age, stale_while_revalidate=policy.stale_while_revalidate,
-                      stale_if_error=policy.stale_if_error, tags=[url_tag(request.raw_path)], route=ROUTE)
+                      stale_if_error=policy.stale_if_error, tags=[url_tag(request.raw_path)], route=ROUTE,
+                      keep=keep_for(headers))
         entry = CachedResponse(status=status, headers=kept, body=body, **common)  # type: ignore[arg-type]
         if policy.vary:
             marker = CachedResponse(status=0, headers=[], body=b"", vary=list(policy.vary), **common)  # type: ignore[arg-type]

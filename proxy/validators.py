@@ -11,6 +11,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Final
 
 DERIVED_PREFIX: Final = '"sc-'  # our own ETags: never sent upstream, the origin would not know them
+KEEP: Final = 600.0  # seconds an answer with the origin's validators outlives its windows, to be revalidated
 
 
 def derived_etag(body: bytes) -> str:
@@ -60,6 +61,11 @@ def not_modified(request: Mapping[str, str], etag: str | None, last_modified: st
     ims = parse_http_date(request.get("If-Modified-Since"))
     lm = parse_http_date(last_modified)
     return ims is not None and lm is not None and lm <= ims
+
+
+def keep_for(headers: Mapping[str, str]) -> float:
+    """How long to keep an answer past its windows: only one the origin can confirm with a 304 is worth keeping."""
+    return KEEP if revalidation_headers(headers) else 0.0
 
 
 def revalidation_headers(stored: Mapping[str, str]) -> dict[str, str]:

@@ -32,6 +32,7 @@ class Reply:
     body: bytes | None = None  # None: a JSON echo of the request
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    vary_on: str | None = None  # a request header whose value is echoed into the body (to tell variants apart)
 
 
 @dataclass
@@ -72,7 +73,12 @@ class Upstream:
         r = self.replies.get(request.path, Reply())
         if r.delay:
             await asyncio.sleep(r.delay)
+        etag = r.headers.get("ETag")
+        if etag is not None and request.headers.get("If-None-Match") == etag:  # a real origin's 304
+            return web.Response(status=304, headers={k: v for k, v in r.headers.items() if k != "Content-Type"})
         payload = r.body
+        if r.vary_on is not None:
+            payload = msgspec.json.encode({r.vary_on: request.headers.get(r.vary_on, "")})
         if payload is None:
             payload = msgspec.json.encode(
                 {"method": request.method, "path": request.path, "raw_path": request.raw_path,

@@ -1,0 +1,274 @@
+"""HTTP caching through a real proxy and origin: RFC 9111 for unruled routes, validators, 304s, negative caching."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from multidict import CIMultiDict
+
+from proxy.config import Config, DefaultsConfig
+
+from .conftest import ProxyFactory, Upstream
+
+
+async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, CIMultiDict[str], bytes]:
+    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, CIMultiDict(r.headers), await r.read()
+
+
+# --- routes without a rule: the origin's headers decide ---------------------------------------------------
+
+
+async def test_max_age_is_stored_and_served_until_it_expires(make_proxy: ProxyFactory, upstream: Upstream,
+                                                              http: aiohttp.ClientSession) -> None:
+    now = [1000.0]
+    upstream.reply("/doc", body=b"v1", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy(clock=lambda: now[0])
+    _, h1, _ = await get(http, proxy.proxy_url + "/doc")
+    _, h2, b2 = await get(http, proxy.proxy_url + "/doc")
+    assert h1["Cache-Status"] == "sidecache; fwd=miss; fwd-status=200; stored"
+    assert (b2, h2["Cache-Status"], h2["Age"]) == (b"v1", "sidecache; hit; ttl=60", "0")
+    now[0] += 61
+    _, h3, _ = await get(http, proxy.proxy_url + "/doc")
+    assert h3["Cache-Status"].startswith("sidecache; fwd=miss")
+    assert upstream.hits["/doc"] == 2
+
+
+async def test_upstream_age_counts_against_freshness(make_proxy: ProxyFactory, upstream: Upstream,
+                                                     http: aiohttp.ClientSession) -> None:
+    now = [1000.0]
+    upstream.reply("/doc", headers={"Cache-Control": "max-age=60", "Age": "50"})
+    proxy = await make_proxy(clock=lambda: now[0])
+    await get(http, proxy.proxy_url + "/doc")
+    _, h, _ = await get(http, proxy.proxy_url + "/doc")
+    assert (h["Cache-Status"], h["Age"]) == ("sidecache; hit; ttl=10", "50")
+    now[0] += 11
+    _, h, _ = await get(http, proxy.proxy_url + "/doc")
+    assert h["Cache-Status"].startswith("sidecache; fwd=miss")
+
+
+async def test_what_the_origin_forbids_is_never_stored(make_proxy: ProxyFactory, upstream: Upstream,
+                                                       http: aiohttp.ClientSession) -> None:
+    cases = {
+        "/none": ({}, "no-freshness"),
+        "/nostore": ({"Cache-Control": "max-age=60, no-store"}, "no-store"),
+        "/private": ({"Cache-Control": "max-age=60, private"}, "private"),
+        "/cookie": ({"Cache-Control": "max-age=60", "Set-Cookie": "a=1"}, "set-cookie"),
+        "/star": ({"Cache-Control": "max-age=60", "Vary": "*"}, "vary-star"),
+    }
+    for path, (headers, _) in cases.items():
+        upstream.reply(path, headers=headers)
+    upstream.reply("/err", status=500, headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy()
+    for path, (_, reason) in cases.items():
+        for _ in range(2):
+            _, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"] == f"sidecache; fwd=miss; fwd-status=200; detail={reason}", path
+        assert upstream.hits[path] == 2, path
+    for _ in range(2):
+        s, h, _ = await get(http, proxy.proxy_url + "/err")
+    assert s == 500 and upstream.hits["/err"] == 2
+
+
+async def test_authorization_needs_public_or_s_maxage(make_proxy: ProxyFactory, upstream: Upstream,
+                                                      http: aiohttp.ClientSession) -> None:
+    upstream.reply("/mine", headers={"Cache-Control": "max-age=60"})
+    upstream.reply("/ours", headers={"Cache-Control": "public, max-age=60"})
+    proxy = await make_proxy()
+    auth = {"Authorization": "Bearer u1"}
+    for _ in range(2):
+        await get(http, proxy.proxy_url + "/mine", headers=auth)
+        await get(http, proxy.proxy_url + "/ours", headers=auth)
+    assert (upstream.hits["/mine"], upstream.hits["/ours"]) == (2, 1)
+
+
+async def test_vary_keeps_one_variant_per_header_value(make_proxy: ProxyFactory, upstream: Upstream,
+                                                       http: aiohttp.ClientSession) -> None:
+    upstream.reply("/v", headers={"Cache-Control": "max-age=60", "Vary": "Accept-Language"},
+                   vary_on="Accept-Language")
+    proxy = await make_proxy()
+    results = {}
+    for lang in ("en", "de", "en", "de", "fr"):
+        _, h, b = await get(http, proxy.proxy_url + "/v", headers={"Accept-Language": lang})
+        results.setdefault(lang, []).append((b, h["Cache-Status"].split(";")[1].strip()))
+    assert results["en"] == [(b'{"Accept-Language":"en"}', "fwd=miss"), (b'{"Accept-Language":"en"}', "hit")]
+    assert results["de"] == [(b'{"Accept-Language":"de"}', "fwd=miss"), (b'{"Accept-Language":"de"}', "hit")]
+    assert upstream.hits["/v"] == 3
+
+
+async def test_no_cache_revalidates_every_use_with_the_origins_etag(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                    http: aiohttp.ClientSession) -> None:
+    upstream.reply("/nc", body=b"body-1", headers={"Cache-Control": "no-cache", "ETag": '"e1"'})
+    proxy = await make_proxy()
+    await get(http, proxy.proxy_url + "/nc")
+    s, h, b = await get(http, proxy.proxy_url + "/nc")
+    assert (s, b) == (200, b"body-1")
+    assert h["Cache-Status"] == "sidecache; fwd=stale; fwd-status=304; stored"
+    assert upstream.seen[-1].headers["If-None-Match"] == '"e1"'
+    assert upstream.hits["/nc"] == 2
+
+
+async def test_stale_if_error_from_the_origins_header_and_must_revalidate(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    now = [1000.0]
+    upstream.reply("/soft", body=b"old", headers={"Cache-Control": "max-age=1, stale-if-error=600"})
+    upstream.reply("/strict", body=b"old", headers={"Cache-Control": "max-age=1, must-revalidate, stale-if-error=600"})
+    proxy = await make_proxy(clock=lambda: now[0])
+    await get(http, proxy.proxy_url + "/soft")
+    await get(http, proxy.proxy_url + "/strict")
+    down = await make_proxy(clock=lambda: now[0], upstream_url="http://127.0.0.1:1")
+    for key, entry in proxy.memory.items():
+        down.memory.set(key, entry)
+    now[0] += 30
+    s, h, b = await get(http, down.proxy_url + "/soft")
+    assert (s, b) == (200, b"old") and "detail=stale-if-error" in h["Cache-Status"]
+    s, _, _ = await get(http, down.proxy_url + "/strict")
+    assert s == 502  # must-revalidate: never served stale
+
+
+async def test_head_is_answered_from_a_stored_get(make_proxy: ProxyFactory, upstream: Upstream,
+                                                  http: aiohttp.ClientSession) -> None:
+    upstream.reply("/doc", body=b"12345", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy()
+    await get(http, proxy.proxy_url + "/doc")
+    async with http.head(proxy.proxy_url + "/doc") as r:
+        assert (r.status, r.headers["Content-Length"], await r.read()) == (200, "5", b"")
+        assert r.headers["Cache-Status"].startswith("sidecache; hit")
+    assert [s.method for s in upstream.seen] == ["GET"]
+
+
+async def test_client_no_cache_fetches_again_on_unruled_routes(make_proxy: ProxyFactory, upstream: Upstream,
+                                                               http: aiohttp.ClientSession) -> None:
+    upstream.reply("/doc", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy()
+    await get(http, proxy.proxy_url + "/doc")
+    _, h, _ = await get(http, proxy.proxy_url + "/doc", headers={"Cache-Control": "no-cache"})
+    assert h["Cache-Status"] == "sidecache; fwd=request; fwd-status=200; stored"
+    assert upstream.hits["/doc"] == 2
+
+
+async def test_successful_unsafe_request_invalidates_the_uri(make_proxy: ProxyFactory, upstream: Upstream,
+                                                             http: aiohttp.ClientSession) -> None:
+    upstream.reply("/items/1", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy("""
+[[route]]
+name = "item"
+match = "GET /rules/{id}"
+ttl = "5m"
+""")
+    for path in ("/items/1", "/rules/1"):
+        await get(http, proxy.proxy_url + path)
+        _, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"].startswith("sidecache; hit"), path
+        async with http.put(proxy.proxy_url + path, data=b"new") as r:
+            assert r.status == 200
+        _, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"].startswith("sidecache; fwd=miss"), path
+    upstream.reply("/items/1", status=409, headers={"Cache-Control": "max-age=60"})
+    async with http.delete(proxy.proxy_url + "/items/1") as r:
+        assert r.status == 409
+    upstream.reply("/items/1", headers={"Cache-Control": "max-age=60"})
+    _, h, _ = await get(http, proxy.proxy_url + "/items/1")
+    assert h["Cache-Status"].startswith("sidecache; hit")  # a failed DELETE changed nothing
+
+
+async def test_unruled_pass_stores_nothing(make_proxy: ProxyFactory, upstream: Upstream,
+                                           http: aiohttp.ClientSession) -> None:
+    upstream.reply("/doc", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy(config=Config(defaults=DefaultsConfig(unruled="pass")))
+    for _ in range(2):
+        _, h, _ = await get(http, proxy.proxy_url + "/doc")
+    assert h["Cache-Status"] == "sidecache; fwd=bypass; detail=no-rule"
+    assert upstream.hits["/doc"] == 2
+
+
+# --- validators for clients, on ruled routes too ---------------------------------------------------------
+
+RULE = """
+[[route]]
+name = "player"
+match = "GET /players/{name}"
+ttl = "5m"
+"""
+
+
+async def test_every_stored_answer_has_an_etag_and_conditions_get_a_304(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.reply("/players/a", body=b'{"a": 1}')
+    upstream.reply("/players/b", body=b'{"b": 1}', headers={"ETag": '"origin-b"',
+                                                            "Last-Modified": "Tue, 01 Jul 2025 10:00:00 GMT"})
+    proxy = await make_proxy(RULE)
+    _, h, _ = await get(http, proxy.proxy_url + "/players/a")
+    etag = h["ETag"]
+    assert etag.startswith('"sc-')
+    s, h, b = await get(http, proxy.proxy_url + "/players/a", headers={"If-None-Match": etag})
+    assert (s, b, h["ETag"]) == (304, b"", etag)
+    assert h["Cache-Status"].startswith("sidecache; hit")
+    s, _, _ = await get(http, proxy.proxy_url + "/players/a", headers={"If-None-Match": '"other"'})
+    assert s == 200
+    await get(http, proxy.proxy_url + "/players/b")
+    s, h, _ = await get(http, proxy.proxy_url + "/players/b",
+                        headers={"If-Modified-Since": "Tue, 01 Jul 2025 10:00:00 GMT"})
+    assert (s, h["ETag"]) == (304, '"origin-b"')
+    assert upstream.hits["/players/a"] == 1 and upstream.hits["/players/b"] == 1
+
+
+async def test_expired_entry_is_revalidated_with_the_origins_etag(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                  http: aiohttp.ClientSession) -> None:
+    now = [1000.0]
+    upstream.reply("/players/a", body=b'{"v": 1}', headers={"ETag": '"v1"'})
+    proxy = await make_proxy(RULE, clock=lambda: now[0])
+    await get(http, proxy.proxy_url + "/players/a")
+    now[0] += 301
+    s, h, b = await get(http, proxy.proxy_url + "/players/a")
+    assert (s, b) == (200, b'{"v": 1}')
+    assert h["Cache-Status"] == "sidecache; fwd=stale; fwd-status=304; stored; detail=revalidated"
+    assert upstream.seen[-1].headers["If-None-Match"] == '"v1"'
+    _, h, _ = await get(http, proxy.proxy_url + "/players/a")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=300"  # the 304 renewed the lifetime
+
+
+async def test_echo_routes_tag_each_callers_body(make_proxy: ProxyFactory, upstream: Upstream,
+                                                 http: aiohttp.ClientSession) -> None:
+    upstream.reply("/props/p1", body=b'{"prop_id": "p1", "x": 1}')
+    proxy = await make_proxy("""
+[[route]]
+name = "prop"
+match = "GET /props/{prop_id}"
+ttl = "5m"
+key = ["query.player"]
+echo = ["prop_id"]
+""")
+    _, h1, _ = await get(http, proxy.proxy_url + "/props/p1?player=j")
+    _, h2, _ = await get(http, proxy.proxy_url + "/props/p2?player=j")
+    assert h1["ETag"] != h2["ETag"]
+    s, _, _ = await get(http, proxy.proxy_url + "/props/p2?player=j", headers={"If-None-Match": h2["ETag"]})
+    assert s == 304
+
+
+async def test_negative_answers_are_kept_for_negative_ttl(make_proxy: ProxyFactory, upstream: Upstream,
+                                                          http: aiohttp.ClientSession) -> None:
+    now = [1000.0]
+    upstream.reply("/players/ghost", status=404, body=b'{"error": "not found"}')
+    proxy = await make_proxy(RULE + 'cache_status = [200, 404]\nnegative_ttl = "10s"\n', clock=lambda: now[0])
+    await get(http, proxy.proxy_url + "/players/ghost")
+    s, h, _ = await get(http, proxy.proxy_url + "/players/ghost")
+    assert (s, h["Cache-Status"]) == (404, "sidecache; hit; ttl=10")
+    now[0] += 11
+    await get(http, proxy.proxy_url + "/players/ghost")
+    assert upstream.hits["/players/ghost"] == 2
+
+
+async def test_client_no_cache_is_ignored_unless_the_rule_says_revalidate(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    ignoring = await make_proxy(RULE)
+    revalidating = await make_proxy(RULE.replace('"player"', '"p2"') + 'client_no_cache = "revalidate"\n')
+    for proxy in (ignoring, revalidating):
+        await get(http, proxy.proxy_url + "/players/a")
+        await asyncio.gather(*(get(http, proxy.proxy_url + "/players/a", headers={"Cache-Control": "no-cache"})
+                               for _ in range(3)))
+    assert upstream.hits["/players/a"] == 1 + 1 + 1  # ignoring: 1; revalidating: 1 + one coalesced refetch
