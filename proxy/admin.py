@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 from importlib import resources
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 from aiohttp import web
@@ -26,6 +28,7 @@ from .workers import TICK
 if TYPE_CHECKING:
     from .app import Sidecar
 
+READY_TIMEOUT: Final = 2.0  # seconds; Kubernetes' default probe timeout is 1 s, ours is set to 3 s
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
 DASHBOARD: web.AppKey[bytes] = web.AppKey("dashboard")
 
@@ -102,9 +105,12 @@ async def _readyz(request: web.Request) -> web.Response:
     """Ready when the upstream answers its health path with any status: the proxy can do its job."""
     sidecar = request.app[SIDECAR]
     assert sidecar.upstream is not None
-    try:
+    async def probe() -> int:
         async with sidecar.upstream.open("GET", sidecar.config.upstream.health_path, CIMultiDict()) as resp:
-            upstream = {"status": "up", "http_status": resp.status}
+            return resp.status
+
+    try:  # within a probe's usual timeout, whatever the upstream's read timeout
+        upstream = {"status": "up", "http_status": await asyncio.wait_for(probe(), READY_TIMEOUT)}
     except Exception as exc:  # any failure means "not ready", with the reason shown
         return _json({"status": "not ready", "upstream": {"status": "down", "error": str(exc)}}, 503)
     return _json({"status": "ready", "upstream": upstream, "redis": sidecar.tiers.redis_status()})  # not required

@@ -131,6 +131,8 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.handler is not None:
+            await self.handler.close()
         if self.upstream is not None:
             await self.upstream.close()
         await self.tiers.close()

@@ -157,12 +157,29 @@ async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int
     return 0
 
 
+def _redis_to_env(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Hand `--redis URL` to the workers in their environment: a password in argv shows in every `ps`."""
+    env, out, i = dict(os.environ), [], 0
+    while i < len(argv):
+        if argv[i] == "--redis" and i + 1 < len(argv):
+            env["SIDECACHE_REDIS_URL"] = argv[i + 1]
+            i += 2
+            continue
+        if argv[i].startswith("--redis="):
+            env["SIDECACHE_REDIS_URL"] = argv[i].partition("=")[2]
+        else:
+            out.append(argv[i])
+        i += 1
+    return out, env
+
+
 def _supervise(workers: int) -> int:
     """Start N workers on one port (SO_REUSEPORT); stop them all when one dies or a signal arrives."""
-    argv = sys.argv[1:]
+    argv, env = _redis_to_env(sys.argv[1:])
     state = tempfile.mkdtemp(prefix="sidecache-workers-")  # metric snapshots and reload requests (workers.py)
     children = [
-        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-index", str(i), "--state-dir", state])
+        subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--worker-index", str(i), "--state-dir", state],
+                         env=env)
         for i in range(workers)
     ]
 

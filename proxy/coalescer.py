@@ -45,6 +45,17 @@ class Coalescer(Generic[K, V]):
             task.add_done_callback(lambda t: self._finish(key, t))
         return task
 
+    async def close(self, grace: float) -> None:
+        """Wait up to `grace` seconds for fetches in flight, then cancel the rest and wait for them to end."""
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
     def _finish(self, key: K, task: asyncio.Task[V]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]

@@ -88,14 +88,22 @@ class ProxyHandler:
         self.clock = clock
         self.coalescer: Coalescer[str, Fill] = Coalescer()
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
-        self.batches = batch_routes(rules, upstream, metrics)  # rule name -> its [route.batch], behind the coalescer
-        merges = (BatchMerge(b, tiers, clock) for b in self.batches.values())
-        # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
-        self.incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
+        self.use_rules(rules)
 
     def use_rules(self, rules: RuleSet) -> None:
-        """Swap in reloaded rules: one assignment, so each request sees either the old set or the new one."""
-        self.rules = rules
+        """Swap in (reloaded) rules with the batching they declare; no await between the assignments, so each
+        request sees the old generation or the new one. Old batchers finish the windows they have open."""
+        batches = batch_routes(rules, self.upstream, self.metrics)  # rule name -> its [route.batch]
+        merges = (BatchMerge(b, self.tiers, self.clock) for b in batches.values())
+        # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
+        incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
+        self.rules, self.batches, self.incoming = rules, batches, incoming
+
+    async def close(self, grace: float = 1.0) -> None:
+        """At shutdown: give fills in flight a moment to finish and store, then cancel what is left."""
+        await self.coalescer.close(grace)
+        for b in self.batches.values():
+            await b.batcher.aclose()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -225,11 +233,12 @@ class ProxyHandler:
         try:  # batch_merge counts its own upstream calls and errors
             got = await merge.answer(await request.read(), request.headers, headers, request.raw_path)
         except UpstreamError as exc:
-            return self._error(merge.rule.name, exc, started)
+            return self._error(merge.rule.name, exc, started, request)
         got.headers["Cache-Status"] = got.cache_status
         got.headers.add("Via", VIA)
-        self.metrics.request(merge.rule.name, got.outcome, time.perf_counter() - started)
-        return web.Response(status=got.status, headers=got.headers, body=got.body)
+        resp = web.Response(status=got.status, headers=got.headers, body=got.body)
+        self._count(request, merge.rule.name, got.outcome, resp, started, None)
+        return resp
 
     def _answer(
         self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], entry: CachedResponse,
@@ -299,7 +308,9 @@ class ProxyHandler:
         except UpstreamError as exc:
             self.metrics.upstream_error(route, type(exc).__name__)
             return self._error(route, exc, started, request)
-        self.metrics.request(route, "bypass", time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.upstream_call(route, resp.status, took)  # streamed: the whole exchange was the upstream's
+        self.metrics.request(route, "bypass", took)
         if request.method in _UNSAFE and resp.status < 400:
             await self._invalidate(request)
         if self.access_log is not None:  # streamed: the whole exchange was the upstream's

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+import msgspec
 from multidict import MultiMapping
 
 from .rules import CompiledRule, field_value
 
-SEP: Final = "\x1f"  # unit separator: cannot appear in a decoded path or query value from a real URL
+SEP: Final = "\x1f"  # after the rule name, which cannot contain it (rule names are [A-Za-z0-9_.-])
 
 
 def cache_key(
@@ -20,19 +21,30 @@ def cache_key(
 ) -> str:
     """Rule name, then the rule's `key` fields, or all path params plus the selected query params sorted by name.
 
+    The parts are JSON-encoded, so no value can imitate a separator (`%26`, `%1F`), and a field keeps every value it
+    was given: `?player=a&player=b` never shares an entry with `?player=a`, whichever one the origin reads.
     The method is not part of the key: only GET (and HEAD, served from GET) entries are ever stored.
     Repeated query params keep their relative order, since `?a=1&a=2` may mean something else than `?a=2&a=1`.
     """
     if rule.key_fields is not None:
-        parts = [rule.name, *(f"{f.source}.{f.name}={field_value(f, params, query, headers)}" for f in rule.key_fields)]
-        return SEP.join(parts)
-    parts = [rule.name, *(f"{k}={params[k]}" for k in sorted(params))]
-    if rule.query_names is None:
-        names = sorted(set(query))
+        parts: list[object] = [_values(f.source, f.name, params, query, headers) for f in rule.key_fields]
     else:
-        names = sorted(n for n in rule.query_names if n in query)
-    parts.append("?" + "&".join(f"{n}={v}" for n in names for v in query.getall(n)))
-    return SEP.join(parts)
+        names = sorted(set(query)) if rule.query_names is None else sorted(n for n in rule.query_names if n in query)
+        parts = [[params[k] for k in sorted(params)], [[n, *query.getall(n)] for n in names]]
+    return rule.name + SEP + _encode(parts).decode()
+
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def _values(source: str, name: str, params: Mapping[str, str], query: MultiMapping[str],
+            headers: Mapping[str, str]) -> list[str]:
+    if source == "path":
+        return [params[name]] if name in params else []
+    src = query if source == "query" else headers
+    if isinstance(src, MultiMapping):
+        return list(src.getall(name, ()))
+    return [src[name]] if name in src else []
 
 
 def tags_for(rule: CompiledRule, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> list[str]:

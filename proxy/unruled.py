@@ -82,7 +82,9 @@ class OriginCache:
             raise
         if tee is not None and tee.headers is not None and (body := tee.body) is not None:
             self._store(key, request, resp.status, tee.headers, body)
-        self.metrics.request(ROUTE, "bypass" if tee is None else "miss", time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.upstream_call(ROUTE, resp.status, took)  # streamed: the exchange was the upstream's
+        self.metrics.request(ROUTE, "bypass" if tee is None else "miss", took)
         return resp
 
     async def _lookup(self, key: str, headers: CIMultiDictProxy[str]) -> CachedResponse | None:

@@ -35,6 +35,13 @@ class WarmItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     query: str = ""
     headers: dict[str, str] = {}
 
+    def __post_init__(self) -> None:
+        # The path is appended to the proxy's own address: "//host" or "@host" there would send it elsewhere.
+        if not self.path.startswith("/") or self.path.startswith("//"):
+            raise ValueError(f"`path` must start with a single /, got {self.path!r}")
+        if any(h.lower() == "host" for h in self.headers):
+            raise ValueError("`headers` may not set Host: warm requests go to this proxy's own listener")
+
 
 class WarmRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Either explicit `requests`, or a `route` and one `params` object per request to build from its pattern."""

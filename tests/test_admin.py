@@ -130,3 +130,14 @@ async def test_rules_endpoint_shows_what_was_written(make_proxy: ProxyFactory, h
     assert [(x["name"], x["ttl"], x["match"]) for x in rules] == [
         ("player", "5m", "GET /players/{name}"), ("team", "5m", "GET /teams/{team}")
     ]
+
+
+async def test_pass_through_calls_count_as_upstream_calls_and_save_nothing(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(RULES + '\n[[route]]\nname = "live"\nmatch = "GET /live"\nttl = "0s"\n')
+    await fill(http, proxy.proxy_url, "/live", "/live", "/nowhere", "/nowhere")
+    async with http.get(proxy.admin_url + "/stats") as r:
+        stats = await r.json()
+    assert stats["upstream_calls"] == 4 == sum(upstream.hits.values())
+    assert stats["upstream_calls_saved"] == 0

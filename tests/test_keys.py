@@ -83,3 +83,17 @@ def test_tags_expand_path_and_query_fields(rules: dict[str, CompiledRule]) -> No
     assert tags_for(rules["all"], {"name": "Aaron Judge"}, MultiDict(season="2025"), {}) == [
         "player:Aaron Judge", "q:2025"
     ]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("/f/1?player=judge&player=mallory", "/f/1?player=judge"),  # a repeated field is not its first value
+        ("/p/j?stat_types=hits%26stat_types%3Druns", "/p/j?stat_types=hits&stat_types=runs"),  # encoded separators
+        ("/p/j?a=1%1Fb", "/p/j?a=1&b"),
+        ("/p/j?a=", "/p/j"),  # empty is not absent
+    ],
+)
+def test_crafted_queries_never_share_a_key_with_another_request(rules: dict[str, CompiledRule], a: str,
+                                                                 b: str) -> None:
+    assert key(rules, a) != key(rules, b)

@@ -309,3 +309,13 @@ ttl = "0s"
         assert r.headers["Cache-Status"] == "sidecache; fwd=bypass; detail=rule-pass"
     assert h["Cache-Status"] == "sidecache; fwd=bypass; detail=rule-pass"
     assert upstream.hits["/live"] == 2 and upstream.hits["/warm"] == 1
+
+
+async def test_a_repeated_key_field_cannot_poison_the_clean_requests_entry(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(ECHO)
+    _, _, poisoned = await get(http, proxy.proxy_url + "/props/1?player=judge&player=mallory&line=1.5")
+    s, h, clean = await get(http, proxy.proxy_url + "/props/1?player=judge&line=1.5")
+    assert h["Cache-Status"].startswith("sidecache; fwd=miss")  # its own entry, not the crafted one
+    assert b"mallory" in poisoned and b"mallory" not in clean

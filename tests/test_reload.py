@@ -165,3 +165,39 @@ async def test_sighup_reloads_a_running_process_and_keeps_the_old_rules_on_error
     assert "worker 0: reloaded 2 rules" in out
     assert "worker 0: reload rejected, the old config and rules stay in force:" in out
     assert "Object contains unknown field `colour` - at `$.route[0]`" in out
+
+
+BATCHED = """
+[[route]]
+name = "prop"
+match = "GET /mlb/enhanced-prop-analysis/{prop_id}"
+ttl = "5m"
+key = ["query.player_name", "query.stat_type", "query.line", "query.team", "query.matchup"]
+echo = ["prop_id"]
+share = "all-users"
+  [route.batch]
+  to = "POST /api/v1/optimized/batch-prop-analysis"
+  group_by = "query.player_name"
+  window = "30ms"
+  item = { prop_id = "path.prop_id", player_name = "query.player_name", stat_type = "query.stat_type", line = "query.line:float", team = "query.team", matchup = "query.matchup" }
+  body = { requests = "$items" }
+"""
+UNBATCHED = BATCHED[: BATCHED.index("  [route.batch]")]
+
+
+async def test_reload_builds_the_batching_its_rules_declare(make_proxy: ProxyFactory, upstream: Upstream,
+                                                            http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    rules, conf = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
+    rules.write_text(UNBATCHED)
+    conf.write_text("")
+    sources = Sources(config=conf, rules=[rules], env={},
+                      overrides=Overrides(upstream=upstream.url, listen="127.0.0.1:0", admin="127.0.0.1:0"))
+    proxy = await make_proxy(UNBATCHED, sources=sources)
+    q = "player_name=A&stat_type=hits&line=1.5&team=NYY&matchup=NYY+vs+BOS"
+    assert "batched" not in await status_of(http, proxy.proxy_url + f"/mlb/enhanced-prop-analysis/1?{q}")
+    rules.write_text(BATCHED)
+    async with http.post(proxy.admin_url + "/rules/reload") as r:
+        assert r.status == 200
+    status = await status_of(http, proxy.proxy_url + f"/mlb/enhanced-prop-analysis/2?{q.replace('1.5', '2.5')}")
+    assert "batch" in status  # went through the batch route built on reload (batched, or fell back alone)
+    assert upstream.hits["/api/v1/optimized/batch-prop-analysis"] == 1
