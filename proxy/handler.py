@@ -50,6 +50,7 @@ _FILL_DROP: Final = (
 _PERSONAL: Final = frozenset({"set-cookie", "private", "no-store"})
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
 _UNSAFE: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_TARGETS: Final = 8192  # request targets remembered with their rule and key (the hit path's shortcut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class ProxyHandler:
         # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
         incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
         self.rules, self.batches, self.incoming = rules, batches, incoming
+        self._targets: dict[str, tuple[CompiledRule, dict[str, str], str]] = {}
 
     async def close(self, grace: float = 1.0) -> None:
         """At shutdown: give fills in flight a moment to finish and store, then cancel what is left."""
@@ -107,6 +109,10 @@ class ProxyHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        if request.method in ("GET", "HEAD") and (known := self._targets.get(request.raw_path)) is not None:
+            rule, params, key = known  # seen before: no path decoding, query parsing, matching or key building
+            if rule.route.share == "all-users" or private_request_reason(request.headers, rule) is None:
+                return await self._cached(request, rule, params, key, started)
         matched = self.rules.match(request.method, request.path)
         if matched is None:
             if (merge := self.incoming.get((request.method, request.path))) is not None:
@@ -120,6 +126,15 @@ class ProxyHandler:
         if (private := private_request_reason(request.headers, rule)) is not None:
             return await self._pass(request, rule.name, private, started)
         key = cache_key(rule, params, request.query, request.headers)
+        if not rule.keyed_on_headers:
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()  # bounded; refilled by the targets that keep coming
+            self._targets[request.raw_path] = (rule, params, key)
+        return await self._cached(request, rule, params, key, started)
+
+    async def _cached(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
+                      started: float) -> web.StreamResponse:
+        """A cacheable request with its key: tiers, then the coalesced fill, then the answer."""
         entry = self.tiers.local(key) or await self.tiers.shared(key)
         now = self.clock()
         if entry is not None and not client_wants_revalidation(request.headers, rule):

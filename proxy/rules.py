@@ -130,6 +130,11 @@ class CompiledRule:
     def cacheable(self) -> bool:
         return self.route.ttl > 0
 
+    @property
+    def keyed_on_headers(self) -> bool:
+        """A key that reads headers cannot be remembered per request target."""
+        return self.key_fields is not None and any(f.source == "header" for f in self.key_fields)
+
 
 class RuleSet:
     """The compiled rules, in load order; the first rule whose method and pattern match wins."""
