@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from .loadgen import run_load
+from .loadgen import burst, replay, run_load
 from .sample_data import ROSTER, player_id, player_team
 
 HIT_PATH = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits&stat_types=runs"
@@ -127,7 +127,7 @@ async def _load(url: str, connections: int, seconds: float) -> tuple[float, floa
         )
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
         return rps, _wrk_ms(out.stdout, "50%"), _wrk_ms(out.stdout, "99%")
-    u = urllib.parse.urlsplit(url)
+    u = urlsplit(url)
     target = u.path + ("?" + u.query if u.query else "")
     r = await run_load(u.hostname or "127.0.0.1", u.port or 80, target, connections=connections, seconds=seconds)
     return r.rps, r.percentile(0.5) * 1000, r.percentile(0.99) * 1000
@@ -140,24 +140,9 @@ def _wrk_ms(text: str, pct: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-async def _timed_gets(http: aiohttp.ClientSession, base: str, paths: list[str], concurrency: int,
-                      spread: float = 0.0) -> tuple[list[float], float]:
-    """GET every path with at most `concurrency` in flight (or spread over `spread` seconds); latencies, wall."""
-    sem = asyncio.Semaphore(concurrency)
-    lat: list[float] = []
-    t0 = time.perf_counter()
-
-    async def one(i: int, path: str) -> None:
-        if spread:
-            await asyncio.sleep(spread * i / len(paths))
-        async with sem:
-            s = time.perf_counter()
-            async with http.get(base + path) as r:
-                await r.read()
-            lat.append(time.perf_counter() - s)
-
-    await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
-    return sorted(lat), time.perf_counter() - t0
+def _hostport(base: str) -> tuple[str, int]:
+    u = urlsplit(base)
+    return u.hostname or "127.0.0.1", u.port or 80
 
 
 def _pct(sorted_lat: list[float], q: float) -> float:
@@ -240,20 +225,24 @@ async def _run(upstream: str, quick: bool, json_path: Path | None, latency: floa
 
 
 async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, config: Path, seconds: float) -> None:
-    print("hit path: one stored answer, proxy vs a bare aiohttp web.Application answering the same bytes")
+    print("hit path: one stored answer, proxy vs a bare aiohttp web.Application answering the same bytes "
+          "(runs interleaved, best of 3)")
     async with http.get(upstream + HIT_PATH) as r:
         size = len(await r.read())
     results: dict[tuple[str, int], tuple[float, float, float]] = {}
-    with _bare(size) as bare:
-        for conns in (64, 256):
-            results[("bare", conns)] = await _load(bare + "/x", conns, seconds)
-    for workers in (1, 2):
-        with _proxy(upstream, config, workers) as (proxy, _):
+    reps = 3
+    with _bare(size) as bare, _proxy(upstream, config, 1) as (p1, _), _proxy(upstream, config, 2) as (p2, _):
+        for proxy, workers in ((p1, 1), (p2, 2)):
             for _ in range(workers * 4):  # every worker holds its own copy after a few requests
                 async with http.get(proxy + HIT_PATH) as r:
                     await r.read()
-            for conns in (64, 256):
-                results[(f"proxy-{workers}w", conns)] = await _load(proxy + HIT_PATH, conns, seconds)
+        targets = {"bare": bare + "/x", "proxy-1w": p1 + HIT_PATH, "proxy-2w": p2 + HIT_PATH}
+        for conns in (64, 256):
+            for _ in range(reps):  # interleaved, best of three: the noise of a shared machine only ever slows
+                for name, url in targets.items():
+                    got = await _load(url, conns, seconds)
+                    if got[0] > results.get((name, conns), (0.0, 0.0, 0.0))[0]:
+                        results[(name, conns)] = got
     report.raw["hits"] = {f"{k[0]}@{k[1]}": v for k, v in results.items()}
     for conns in (64, 256):
         b, p1, p2 = results[("bare", conns)], results[("proxy-1w", conns)], results[("proxy-2w", conns)]
@@ -267,10 +256,9 @@ async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, conf
 
 async def _coalescing(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str,
                       latency: float) -> None:
-    print("coalescing: 200 concurrent identical cold requests (over 200 open keep-alive connections)")
-    await _timed_gets(http, proxy, ["/health"] * 200, 200)  # open the connections first: measure the proxy
+    print("coalescing: 200 concurrent identical cold requests (connections opened first, raw sockets)")
     before = await backend.calls()
-    lat, wall = await _timed_gets(http, proxy, ["/api/v1/players/Mike%20Trout/id"] * 200, 200)
+    wall = max(await burst(*_hostport(proxy), ["/api/v1/players/Mike%20Trout/id"] * 200))
     calls = await backend.calls() - before
     report.raw["coalescing"] = {"upstream_calls": calls, "wall_ms": wall * 1000}
     report.add("  upstream calls for 200 identical requests", str(calls), "== 1", calls == 1)
@@ -286,9 +274,13 @@ async def _trace(report: Report, http: aiohttp.ClientSession, backend: Backend, 
         assert r.status == 200, await r.text()
     print(f"reference trace: {len(trace)} GETs, 200 players, Zipf(1.1), 4 routes, concurrency 50")
     before = await backend.calls()
-    lat, wall = await _timed_gets(http, proxy, trace, 50)
+    t0 = time.perf_counter()
+    lat = sorted(await replay(*_hostport(proxy), trace, 50))
+    wall = time.perf_counter() - t0
     calls = await backend.calls() - before
-    dlat, dwall = await _timed_gets(http, upstream, trace, 50)
+    t0 = time.perf_counter()
+    dlat = sorted(await replay(*_hostport(upstream), trace, 50))
+    dwall = time.perf_counter() - t0
     report.raw["trace"] = {"requests": len(trace), "distinct": distinct, "upstream_calls": calls,
                            "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "wall_s": wall,
                            "direct_p50_ms": _pct(dlat, 0.5), "direct_p99_ms": _pct(dlat, 0.99), "direct_wall_s": dwall}
@@ -304,13 +296,13 @@ async def _trace(report: Report, http: aiohttp.ClientSession, backend: Backend, 
 async def _props(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str, upstream: str,
                  quick: bool) -> None:
     n, players = (300, 25) if quick else (1000, 25)
-    burst = prop_burst(n, players)
-    print(f"prop burst: {n} per-prop analyses over {players} players within 1 s")
+    paths = prop_burst(n, players)
+    print(f"prop burst: {n} per-prop analyses over {players} players, sent at once (connections opened first)")
     before = await backend.calls()
-    lat, _ = await _timed_gets(http, proxy, burst, n, spread=1.0)
+    lat = sorted(await burst(*_hostport(proxy), paths))
     calls = await backend.calls() - before
     dbefore = await backend.calls()
-    dlat, _ = await _timed_gets(http, upstream, burst, n, spread=1.0)
+    dlat = sorted(await burst(*_hostport(upstream), paths))
     dcalls = await backend.calls() - dbefore
     per_player = math.ceil(n / players)
     limit = players * math.ceil(per_player / 50)

@@ -91,3 +91,67 @@ async def run_load(host: str, port: int, path: str, *, connections: int, seconds
     await asyncio.wait_for(asyncio.gather(*dones), seconds + 10)
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _Once(asyncio.Protocol):
+    """One request on an open connection, sent when told; done when its whole answer is in."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head_end = self.buf.find(b"\r\n\r\n")
+        if head_end < 0 or self.done.done():
+            return
+        head = self.buf[:head_end].lower()
+        i = head.find(b"content-length:")
+        j = head.find(b"\r\n", i)
+        length = int(head[i + 15:j if j > 0 else None]) if i >= 0 else 0
+        if len(self.buf) >= head_end + 4 + length:
+            self.done.set_result(time.perf_counter())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("closed before the answer was complete"))
+
+
+async def burst(host: str, port: int, paths: list[str], timeout: float = 30.0) -> list[float]:
+    """Open one connection per path first, then send every GET at once: each answer's latency, in path order."""
+    loop = asyncio.get_running_loop()
+    conns = [(await loop.create_connection(_Once, host, port))[1] for _ in paths]
+    t0 = time.perf_counter()
+    for c, path in zip(conns, paths, strict=True):
+        c.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    try:
+        ends = await asyncio.wait_for(asyncio.gather(*(c.done for c in conns)), timeout)
+    finally:
+        for c in conns:
+            c.transport.close()
+    return [end - t0 for end in ends]
+
+
+async def replay(host: str, port: int, paths: list[str], concurrency: int, timeout: float = 120.0) -> list[float]:
+    """Send the paths in order over `concurrency` keep-alive connections, each taking the next when it is free."""
+    loop = asyncio.get_running_loop()
+    queue = iter(paths)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        _, conn = await loop.create_connection(_Once, host, port)
+        try:
+            for path in queue:
+                conn.buf, conn.done = b"", loop.create_future()
+                t0 = time.perf_counter()
+                conn.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+                latencies.append(await conn.done - t0)
+        finally:
+            conn.transport.close()
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
+    return latencies
