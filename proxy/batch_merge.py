@@ -84,11 +84,12 @@ class BatchMerge:
         if items is None or not all(type(i) is dict for i in items):
             return await self._relay(body, forward, raw_path, "batch-unreadable")
         slots = [self._slot(i, item, headers) for i, item in enumerate(items)]
+        keys = [s.key for s in slots if s.key is not None]
+        entries = {k: e for k in keys if (e := self.tiers.local(k)) is not None}  # memory first, no await
+        entries |= await self.tiers.shared_many([k for k in keys if k not in entries])  # the rest in one round trip
         now, cached = self.clock(), 0
         for s in slots:
-            if s.key is None:
-                continue
-            entry = self.tiers.local(s.key) or await self.tiers.shared(s.key)
+            entry = entries.get(s.key) if s.key is not None else None
             if entry is not None and entry.status == 200 and state(entry, now) is State.FRESH:
                 if entry.body.lstrip()[:1] == b"{":  # an answer object, not a stored error of another shape
                     s.body, cached = entry.body, cached + 1

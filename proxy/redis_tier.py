@@ -185,6 +185,13 @@ class RedisTier:
         data = await self._call("GET", lambda: self._client.get(self.entry_key(key)))
         return decode(data) if isinstance(data, bytes) else None
 
+    async def get_many(self, keys: list[str]) -> list[CachedResponse | None]:
+        """The stored entries of keys, in order, in one MGET (one round trip, one timeout, however many keys)."""
+        if not keys:
+            return []
+        data = await self._call("MGET", lambda: self._client.mget([self.entry_key(k) for k in keys]))
+        return [decode(d) if isinstance(d, bytes) else None for d in data]
+
     async def set(self, key: str, entry: CachedResponse, *, now: float, event: bytes, token: str = "") -> bool:
         """Store with PX = what is left of ttl + stale window, index it by tags and route, release the lease
         `token` holds and publish `event`. False when the entry is already past every window."""
@@ -203,6 +210,11 @@ class RedisTier:
             "LEASE", lambda: self._acquire(keys=[self.entry_key(key), self.lease_key(key)], args=[token, lease_ms]))
         entry = decode(data) if isinstance(data, bytes) else None
         return Claim(entry, bool(got), max(0, int(left)) / 1000)
+
+    async def lease_left(self, key: str) -> float:
+        """Seconds left on whoever holds key's lease; 0 when nobody does."""
+        left = await self._call("PTTL", lambda: self._client.pttl(self.lease_key(key)))
+        return max(0, int(left)) / 1000
 
     async def release(self, key: str, token: str, event: bytes = b"") -> None:
         """Give the lease back if it is still ours, and publish `event` (if any) for the waiters."""

@@ -30,15 +30,18 @@ class TieredCache:
     """
 
     def __init__(
-        self, memory: MemoryTier, clock: Callable[[], float], redis: RedisTier | None = None, *, lease: float = 5.0
+        self, memory: MemoryTier, clock: Callable[[], float], redis: RedisTier | None = None, *, lease: float = 5.0,
+        max_wait: float = 30.0,
     ) -> None:
+        """`max_wait`: the longest a request waits on other processes' fetches in all; the upstream read timeout
+        fits, since a holder that has not answered by then has failed."""
         self.memory = memory
         self.clock = clock
         self.redis = redis
         self.origin = secrets.token_hex(6)  # this process, so it can skip its own events
         self.dropped_writes = 0
-        self.lease = (LeaseCoalescer(redis, lease=lease, origin=self.origin, clock=clock, spawn=self._spawn)
-                      if redis is not None else None)
+        self.lease = (LeaseCoalescer(redis, lease=lease, max_wait=max_wait, origin=self.origin, clock=clock,
+                                     spawn=self._spawn) if redis is not None else None)
         self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self._writes: dict[str, tuple[CachedResponse, asyncio.Task[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -86,6 +89,21 @@ class TieredCache:
             return None
         entry, _ = await self._reads.run(key, lambda: self._read(key))
         return entry
+
+    async def shared_many(self, keys: list[str]) -> dict[str, CachedResponse]:
+        """Redis's copies of keys in one round trip, promoted into memory like shared(); only the keys found."""
+        if self.redis is None or not self.redis.breaker.closed or not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        try:
+            entries = await self.redis.get_many(unique)
+        except CacheBackendError:
+            return {}
+        now = self.clock()
+        found = {k: e for k, e in zip(unique, entries, strict=True) if e is not None and e.keep_until > now}
+        for key, entry in found.items():
+            self.memory.set(key, entry)
+        return found
 
     async def _read(self, key: str) -> CachedResponse | None:
         """stored_at travels with the entry, so memory keeps only its remaining TTL (RFC 9111 4.2.3)."""
@@ -170,8 +188,9 @@ class TieredCache:
             await self.redis.wait_up()
             try:
                 await self.redis.listen(self._on_event)
-            except CacheBackendError:
-                pass  # counted by the tier; resubscribe once it is up again
+            except CacheBackendError:  # counted by the tier; resubscribe once it is up again
+                if self.lease is not None:
+                    self.lease.notify_all()  # an event meanwhile would be lost: lease waiters look again now
             await asyncio.sleep(self.redis.breaker.probe_min)  # no busy loop if only subscribing fails
 
     def _on_event(self, data: bytes) -> None:

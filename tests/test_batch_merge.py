@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
 import msgspec
+import redis.asyncio as aioredis
 
+from proxy.config import Config, RedisConfig
 from proxy.sample_data import PropFields, analyse_prop
 
 from . import test_batch_route as batching
-from .conftest import ProxyFactory
+from .conftest import ProxyFactory, RedisFactory
+from .delay_proxy import DelayProxy
 from .test_batch_route import BATCH, Backend, get, prop, rule
+from .test_redis_tier import _count, until, with_redis
 
 backend, client = batching.backend, batching.client  # the same loopback backend and client fixtures
 
@@ -147,3 +152,41 @@ async def test_a_rule_at_the_batch_endpoint_turns_merging_off(
         _, headers, _ = await post(client, proxy.proxy_url, {"requests": [item("Aaron Judge", 0)]})
         assert headers["Cache-Status"] == "sidecache; fwd=bypass; detail=rule-pass"
     assert backend.sample.calls == {"batch-prop-analysis": 2}
+
+
+async def test_a_cold_batch_of_50_over_a_slow_redis_looks_its_items_up_in_one_round_trip(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession, redis_factory: RedisFactory
+) -> None:
+    server = redis_factory()
+    slow = DelayProxy(server.port, 0.035)  # under the 50 ms call timeout: Redis is slow, never "down"
+    await slow.start()
+    try:
+        config = Config(redis=RedisConfig(url=f"redis://127.0.0.1:{slow.port}/0"))  # the default 50 ms timeout
+        proxy = await make_proxy(rule(window="10ms"), upstream_url=backend.url, config=config)
+        items = [item("Aaron Judge", n, prop_id=f"cold-{n}") for n in range(50)]
+        t0 = time.perf_counter()
+        status, headers, reply = await post(client, proxy.proxy_url, {"requests": items})
+        took = time.perf_counter() - t0
+    finally:
+        await slow.close()
+    assert status == 200 and reply["successful"] == [analysis(i) for i in items]
+    assert headers["Cache-Status"].endswith("cached=0; fetched=50")
+    assert took < 0.5  # it was 1.9 s: one GET per item, one after the other
+
+
+async def test_a_batch_reads_another_processes_items_from_redis_and_keeps_them_in_memory(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession, redis_url: str, redis: aioredis.Redis
+) -> None:
+    a = await make_proxy(rule(window="10ms"), upstream_url=backend.url, config=with_redis(redis_url))
+    b = await make_proxy(rule(window="10ms"), upstream_url=backend.url, config=with_redis(redis_url))
+    items = [item("Mookie Betts", n) for n in range(6)]
+    await post(client, a.proxy_url, {"requests": items[:4]})
+    await until(lambda: _count(redis, "sidecache:v1:entry:*", 4))  # a's writes are in the background
+    backend.sample.reset()
+    status, headers, reply = await post(client, b.proxy_url, {"requests": items})
+    assert status == 200 and reply["successful"] == [analysis(i) for i in items]
+    assert headers["Cache-Status"].endswith("cached=4; fetched=2")
+    assert [len(r["requests"]) for r in backend.batch_bodies()] == [2]
+    assert len(b.memory) == 6  # the four read from Redis were promoted, the two fetched were stored
+    _, h, _ = await get(client, b.proxy_url + prop("Mookie Betts", 0))
+    assert h["Cache-Status"].startswith("sidecache; hit")
