@@ -63,7 +63,8 @@ class Sidecar:
             max_entry_bytes=config.memory.max_entry_bytes,
             clock=clock,
         )
-        self.tiers = TieredCache(self.memory, clock, open_redis(config.redis), lease=config.redis.lease)
+        self.tiers = TieredCache(self.memory, clock, open_redis(config.redis), lease=config.redis.lease,
+                                 max_wait=config.upstream.read_timeout)
         self.started_at = clock()
         self.memory.on_expired = lambda e, now: self.metrics.expired_miss(e.route, now - e.expires_at)
         self.sources = sources  # the files to reload on POST /rules/reload and SIGHUP

@@ -153,6 +153,10 @@ class RedisTier:
         try:  # the whole pool, connected now: a cold burst that had to connect first would blow the call timeout
             await self._call("PING", lambda: asyncio.gather(*(self._client.ping() for _ in range(self.pool_size))),
                              max(self.timeout, STARTUP_TIMEOUT))
+            # Scripts loaded now: a first EVALSHA that had to fall back to EVAL costs three round trips.
+            scripts = (self._set, self._acquire, self._release, self._purge_set)
+            await self._call("SCRIPT", lambda: asyncio.gather(*(self._client.script_load(s.script) for s in scripts)),
+                             max(self.timeout, STARTUP_TIMEOUT))
         except CacheBackendError:
             self.breaker.trip()
         else:
