@@ -27,7 +27,7 @@ class Batched(Generic[R]):
 class _Open(Generic[K, T, R]):
     """A group's batch while its window is open; items and futures line up by index."""
 
-    __slots__ = ("index", "items", "futures", "timer", "opened", "last")
+    __slots__ = ("index", "items", "futures", "timer", "opened", "last", "sending")
 
     def __init__(self, now: float) -> None:
         self.index: dict[K, int] = {}
@@ -36,6 +36,7 @@ class _Open(Generic[K, T, R]):
         self.timer: asyncio.TimerHandle | None = None
         self.opened = now  # the window closes `window` after this at the latest
         self.last = now  # with `idle`, it closes `idle` after the last new item
+        self.sending = False  # its window closed: it waits for a call slot, still taking items until it gets one
 
 
 class Batcher(Generic[G, K, T, R]):
@@ -67,7 +68,7 @@ class Batcher(Generic[G, K, T, R]):
 
     def __len__(self) -> int:
         """Batches still collecting plus batches being sent."""
-        return len(self._open) + len(self._tasks)
+        return sum(not b.sending for b in self._open.values()) + len(self._tasks)
 
     async def submit(self, group: G, key: K, item: T) -> Batched[R]:
         """Add item to its group's open batch (once per key) and wait for its own result."""
@@ -122,9 +123,13 @@ class Batcher(Generic[G, K, T, R]):
             batch.timer = loop.call_at(end, self._due, group, batch)
 
     def _flush(self, group: G, batch: _Open[K, T, R]) -> None:
-        if self._open.get(group) is not batch:
-            return  # already sent (window closed and max_items reached in the same loop turn)
-        del self._open[group]
+        """Close the window. A full batch leaves the group at once; any other keeps taking items while it waits
+        for one of the `calls` slots, so under load batches grow instead of queueing up half empty."""
+        if len(batch.items) >= self.max_items and self._open.get(group) is batch:
+            del self._open[group]
+        if batch.sending:
+            return  # already waiting for a slot (the window closed, then it filled up)
+        batch.sending = True
         if batch.timer is not None:
             batch.timer.cancel()
         task = asyncio.get_running_loop().create_task(self._run(group, batch))
@@ -134,6 +139,8 @@ class Batcher(Generic[G, K, T, R]):
     async def _run(self, group: G, batch: _Open[K, T, R]) -> None:
         try:
             async with self._calls:
+                if self._open.get(group) is batch:
+                    del self._open[group]  # from here on the batch is what it is
                 self.sent += 1
                 results = await self._send(group, batch.items)
             if len(results) != len(batch.items):

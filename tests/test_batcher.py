@@ -203,3 +203,25 @@ async def test_idle_never_extends_past_the_window() -> None:
 
     await asyncio.gather(*(later(0.02 * i, i) for i in range(10)))  # one every 20 ms for 200 ms
     assert 0.09 <= sent[0] < 0.16  # the first batch still goes when its 100 ms window ends
+
+
+async def test_a_batch_waiting_for_a_call_slot_keeps_taking_items() -> None:
+    sent: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send(group: str, items: list[int]) -> list[int]:
+        sent.append(list(items))
+        if len(sent) == 1:
+            await gate.wait()  # the only call slot stays busy
+        return items
+
+    b: Batcher[str, int, int, int] = Batcher(send, window=0.02, max_items=4, calls=1)
+    first = asyncio.ensure_future(b.submit("a", 0, 0))
+    await asyncio.sleep(0.05)  # a's batch is being sent and holds the slot
+    waiting = [asyncio.ensure_future(b.submit("b", n, n)) for n in (1, 2)]
+    await asyncio.sleep(0.05)  # b's window has closed, but it has no slot yet...
+    late = [asyncio.ensure_future(b.submit("b", n, n)) for n in (3, 4, 5)]  # ...so these join it, up to max_items
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(first, *waiting, *late)
+    assert sent == [[0], [1, 2, 3, 4], [5]]
