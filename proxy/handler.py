@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import forward
 from .access_log import AccessLog
-from .answer import from_entry
+from .answer import StoredAnswer, from_entry
 from .batch_merge import BatchMerge
 from .batch_route import batch_routes
 from .coalescer import Coalescer
@@ -258,7 +258,7 @@ class ProxyHandler:
     def _answer(
         self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], entry: CachedResponse,
         cache_status: str, outcome: str, started: float, now: float | None, *, upstream_s: float | None = None,
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         """From a stored entry: the hit path, kept to one header list and no parsing unless the rule echoes.
 
         `now` None: the entry was fetched for this very request, so it carries no Age (RFC 9111 5.1)."""
@@ -292,13 +292,17 @@ class ProxyHandler:
             return f"{head}; detail={token}+redis-unavailable{sep}{tail}"
         return cache_status + "; detail=redis-unavailable"
 
-    def _count(self, request: web.BaseRequest, route: str, outcome: str, resp: web.Response, started: float,
+    def _count(self, request: web.BaseRequest, route: str, outcome: str, resp: web.StreamResponse, started: float,
                upstream_s: float | None) -> None:
         took = time.perf_counter() - started
         self.metrics.request(route, outcome, took)
         if self.access_log is not None:
-            self.access_log.write(request.method, request.raw_path, route, resp.headers.get("Cache-Status", ""),
-                                  resp.status, resp.content_length or 0, took, upstream_s)
+            if isinstance(resp, StoredAnswer):
+                status, size = resp.cache_status, resp.size
+            else:
+                status, size = resp.headers.get("Cache-Status", ""), resp.content_length or 0
+            self.access_log.write(request.method, request.raw_path, route, status, resp.status, size, took,
+                                  upstream_s)
 
     async def _origin(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
         """No rule, `unruled = "origin"`: the origin's own caching headers decide (unruled.py)."""

@@ -158,6 +158,6 @@ class OriginCache:
             key += variant_suffix(policy.vary, request.headers)
         return entry if self.tiers.store(key, entry) else None
 
-    def _done(self, resp: web.Response, outcome: str, started: float) -> web.Response:
+    def _done(self, resp: web.StreamResponse, outcome: str, started: float) -> web.StreamResponse:
         self.metrics.request(ROUTE, outcome, time.perf_counter() - started)
         return resp
