@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 import hmac
 from importlib import resources
@@ -147,7 +146,8 @@ async def _dashboard(request: web.Request) -> web.Response:
 
 async def _rules(request: web.Request) -> web.Response:
     rules = request.app[SIDECAR].rules
-    return _json({"rules": [{"source": r.source, **msgspec.to_builtins(r.route, enc_hook=enc_hook)} for r in rules.rules]})
+    return _json({"rules": [{"source": r.source, **msgspec.to_builtins(r.route, enc_hook=enc_hook)}
+                            for r in rules.rules]})
 
 
 async def _purge(request: web.Request) -> web.Response:

@@ -23,7 +23,8 @@ from .rules import RuleSet, load_rules
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="proxy config file (TOML); default: built-in defaults")
     p.add_argument("--rules", type=Path, action="append",
-                   help="rules file or folder of *.toml (repeatable); default: ./rules, else the bundled A1Betting rules")
+                   help="rules file or folder of *.toml (repeatable); "
+                        "default: ./rules, else the bundled A1Betting rules")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -76,7 +76,7 @@ async def forward(
                 if tee is not None:
                     tee.add(chunk)
                 await resp.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already: the only honest signal left is to cut the connection.
             raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc
         await resp.write_eof()
@@ -95,7 +95,7 @@ async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_s
     url = upstream.url(request.raw_path)
     try:
         up = await upstream.session.ws_connect(url, headers=headers, protocols=protocols, autoping=False)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(f"cannot open WebSocket to upstream {url.host}:{url.port}: {exc}", url=str(url)) from exc
     ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=False)
     ws.headers["Cache-Status"] = cache_status

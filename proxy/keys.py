@@ -47,7 +47,9 @@ def _values(source: str, name: str, params: Mapping[str, str], query: MultiMappi
     return [src[name]] if name in src else []
 
 
-def tags_for(rule: CompiledRule, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> list[str]:
+def tags_for(
+    rule: CompiledRule, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]
+) -> list[str]:
     """Expand the rule's tag templates, e.g. `player:{query.player_name}` -> `player:Aaron Judge`."""
     out = []
     for template, fields in rule.tags:

@@ -74,7 +74,7 @@ class OriginCache:
                 return await self._revalidate(request, key, entry, conditions, started)  # type: ignore[arg-type]
             refetch = bypass and entry is not None  # a stored answer existed, but the client asked past it
             resp, tee = await forward.forward(request, self.upstream, self._decider(request, refetch))
-        except UpstreamError as exc:
+        except UpstreamError:
             if entry is not None and usable_on_error(entry, self.clock()):
                 now = self.clock()
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-if-error"

@@ -58,7 +58,7 @@ class UpstreamClient:
         async with self.open(method, raw_path_qs, headers, body) as resp:
             try:
                 data = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _convert(exc, self.url(raw_path_qs)) from exc
             return UpstreamResponse(resp.status, resp.headers, data)
 
@@ -72,7 +72,7 @@ class UpstreamClient:
             resp = await self.session.request(
                 method, url, headers=headers, data=body, allow_redirects=False, compress=None
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _convert(exc, url) from exc
         try:
             yield resp

@@ -114,7 +114,9 @@ def test_one_bad_field_names_file_field_and_expectation(tmp_path: Path, body: st
 
 
 def test_missing_file_and_empty_folder_are_errors(tmp_path: Path) -> None:
-    assert problems(tmp_path / "nope.toml") == "invalid rules:\n  FILE: cannot read rules file: No such file or directory"
+    assert problems(tmp_path / "nope.toml") == (
+        "invalid rules:\n  FILE: cannot read rules file: No such file or directory"
+    )
     (tmp_path / "empty").mkdir()
     assert problems(tmp_path / "empty") == "invalid rules:\n  FILE: no rules files (*.toml) found"
 
