@@ -89,34 +89,22 @@ class Metrics:
 
     def expired_miss(self, route: str, seconds_past_ttl: float) -> None:
         """A lookup found an entry too old to use: the insights tell a TTL a little too short from a cold key."""
-        h = self.expired.get(route)
-        if h is None:
-            h = self.expired[route] = Histogram(EXPIRY_BUCKETS)
-        h.observe(seconds_past_ttl)
+        _observe(self.expired, route, seconds_past_ttl, EXPIRY_BUCKETS)
 
     def not_storable(self, route: str, reason: str) -> None:
         self.not_stored[(route, reason)] += 1
 
     def batch_sent(self, route: str, items: int) -> None:
         self.batches[route] += 1
-        h = self.batch_items.get(route)
-        if h is None:
-            h = self.batch_items[route] = Histogram(BATCH_SIZE_BUCKETS)
-        h.observe(items)
+        _observe(self.batch_items, route, items, BATCH_SIZE_BUCKETS)
 
     def request(self, route: str, outcome: str, seconds: float) -> None:
         self.requests[(route, outcome)] += 1
-        h = self.latency.get(route)
-        if h is None:
-            h = self.latency[route] = Histogram()
-        h.observe(seconds)
+        _observe(self.latency, route, seconds)
 
     def upstream_call(self, route: str, status: int, seconds: float) -> None:
         self.upstream[(route, status)] += 1
-        h = self.upstream_latency.get(route)
-        if h is None:
-            h = self.upstream_latency[route] = Histogram()
-        h.observe(seconds)
+        _observe(self.upstream_latency, route, seconds)
 
     def upstream_error(self, route: str, error: str) -> None:
         self.upstream_errors[(route, error)] += 1
@@ -125,6 +113,14 @@ class Metrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Exporter(self))
         return registry
+
+
+def _observe(hists: dict[str, Histogram], route: str, value: float,
+             bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    h = hists.get(route)
+    if h is None:
+        h = hists[route] = Histogram(bounds)
+    h.observe(value)
 
 
 class _Exporter(Collector):
