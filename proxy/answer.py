@@ -6,11 +6,13 @@ import time
 from http import HTTPStatus
 from typing import Final
 
+import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from .entry import CachedResponse
 from .headers import VIA
+from .rules import CompiledRule, field_value
 from .validators import not_modified
 
 # What a 304 carries of the stored response (RFC 9110 15.4.5), besides our own Age, Cache-Status and Via.
@@ -111,3 +113,30 @@ def _get(headers: list[tuple[str, str]], lower_name: str) -> str | None:
         if k.lower() == lower_name:
             return v
     return None
+
+
+def etag_of(entry: CachedResponse) -> str | None:
+    for k, v in entry.headers:
+        if k.lower() == "etag":
+            return v
+    return None
+
+
+def echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:
+    """Write the caller's own ids back into a shared JSON body (the rule's `echo` fields)."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    changed = False
+    for f in rule.echo:
+        value: object = field_value(f, params, request.query, request.headers)
+        old = doc.get(f.name)
+        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if old != value:
+            doc[f.name] = value
+            changed = True
+    return msgspec.json.encode(doc) if changed else body

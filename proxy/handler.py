@@ -5,67 +5,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from . import forward
 from .access_log import AccessLog
-from .answer import StoredAnswer, from_entry
+from .answer import StoredAnswer, echo, etag_of, from_entry
 from .batch_merge import BatchMerge
 from .batch_route import batch_routes
 from .coalescer import Coalescer
 from .entry import CachedResponse
 from .errors import UpstreamError, UpstreamTimeout
 from .events import Selector
+from .fill import Fill, Filler, shared_headers
 from .freshness import (
     State,
     client_wants_revalidation,
     private_request_reason,
     state,
-    stored_headers,
-    unstorable_reason,
     usable_on_error,
 )
-from .headers import VIA, add_forwarding, end_to_end
-from .keys import cache_key, tags_for
+from .headers import VIA
+from .keys import cache_key
 from .metrics import Metrics
-from .rules import CompiledRule, RuleSet, field_value
+from .rules import CompiledRule, RuleSet
 from .tiers import TieredCache
 from .unruled import OriginCache, origin_key
 from .upstream import UpstreamClient
-from .validators import derived_etag, keep_for, revalidation_headers
+from .validators import derived_etag
 
 log = logging.getLogger("sidecache")
 
-# A fill must not carry one client's conditions or ranges: its answer is shared by everyone who waits on it.
-_FILL_DROP: Final = (
-    "Host", "Content-Length", "Accept-Encoding", "If-None-Match", "If-Modified-Since", "If-Match",
-    "If-Unmodified-Since", "If-Range", "Range",
-)
 # Reasons an answer belongs to the one client that asked: collapsed waiters must ask for their own.
 _PERSONAL: Final = frozenset({"set-cookie", "private", "no-store"})
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
 _UNSAFE: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TARGETS: Final = 8192  # request targets remembered with their rule and key (the hit path's shortcut)
-
-
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """One upstream answer for a key, shared by the leader and every collapsed waiter."""
-
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-    stored: bool
-    reason: str | None  # why it was not stored
-    batch_size: int | None = None  # a batched rule's fill: items in the batch that answered it, 0 for a single call
-    collapsed: bool = False  # another process fetched it (Redis lease); this one read its stored entry
-    entry: CachedResponse | None = None  # what was stored, answered from (ETag, client conditions) like a hit
-    revalidated: bool = False  # the origin's 304 confirmed the stored answer
 
 
 class ProxyHandler:
@@ -88,6 +66,7 @@ class ProxyHandler:
         self.metrics = metrics
         self.clock = clock
         self.coalescer: Coalescer[str, Fill] = Coalescer()
+        self.filler = Filler(tiers, upstream, metrics, clock)
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
         self.use_rules(rules)
 
@@ -99,6 +78,7 @@ class ProxyHandler:
         # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
         incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
         self.rules, self.batches, self.incoming = rules, batches, incoming
+        self.filler.batches = batches
         self._targets: dict[str, tuple[CompiledRule, dict[str, str], str]] = {}
 
     async def close(self, grace: float = 1.0) -> None:
@@ -143,13 +123,13 @@ class ProxyHandler:
                 status = f"sidecache; hit; ttl={int(entry.expires_at - now)}"
                 return self._answer(request, rule, params, entry, status, "hit", started, now)
             if st is State.STALE_REVALIDATE:
-                self.coalescer.start(key, lambda: self._fill_once(request, rule, params, key, entry))
+                self.coalescer.start(key, lambda: self.filler.once(request, rule, params, key, entry))
                 status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-while-revalidate"
                 return self._answer(request, rule, params, entry, status, "stale", started, now)
             self.metrics.expired_miss(rule.name, now - entry.expires_at)
         fill_started = time.perf_counter()
         try:
-            fill, joined = await self.coalescer.run(key, lambda: self._fill_once(request, rule, params, key, entry))
+            fill, joined = await self.coalescer.run(key, lambda: self.filler.once(request, rule, params, key, entry))
         except UpstreamError as exc:
             if entry is not None and usable_on_error(entry, now := self.clock()):
                 status = (f"sidecache; fwd=stale; fwd-status={_error_status(exc)}; ttl={int(entry.expires_at - now)}; "
@@ -171,80 +151,16 @@ class ProxyHandler:
             return self._answer(request, rule, params, fill.entry, status, outcome, started, None,
                                 upstream_s=upstream_s)
         headers = fill.headers.copy()  # the client that asked gets the upstream's answer whole
-        body = _echo(fill.body, rule, params, request) if rule.echo else fill.body
-        if fill.entry is not None and (etag := derived_etag(body) if rule.echo else _etag_of(fill.entry)):
+        body = echo(fill.body, rule, params, request) if rule.echo else fill.body
+        if fill.entry is not None and (etag := derived_etag(body) if rule.echo else etag_of(fill.entry)):
             headers["ETag"] = etag
         return self._respond(request, rule.name, fill.status, headers, body, status, outcome, started, upstream_s)
-
-    async def _fill_once(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
-                         stale: CachedResponse | None) -> Fill:
-        """`_fill` under the key's Redis lease: one process of all that share Redis fetches, the others adopt."""
-        return await self.tiers.fill_once(key, lambda: self._fill(request, rule, params, key, stale), _adopt)
-
-    async def _fill(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
-                    stale: CachedResponse | None = None) -> Fill:
-        """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
-        headers = add_forwarding(
-            end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote, proto=request.scheme,
-            host=request.host,
-        )
-        headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
-        batch, batch_size = self.batches.get(rule.name), None
-        conditions = revalidation_headers(CIMultiDict(stale.headers)) if stale is not None and batch is None else {}
-        headers.update(conditions)  # the origin's own validators only (RFC 9111 4.3.1)
-        t0 = time.perf_counter()
-        try:
-            if batch is None:
-                resp = await self.upstream.fetch("GET", request.raw_path, headers)
-            else:  # counts its own upstream calls: one batch call answers many fills
-                resp, batch_size = await batch.fetch(key, params, request.query, request.raw_path, headers)
-        except UpstreamError as exc:
-            self.metrics.upstream_error(rule.name, type(exc).__name__)
-            raise
-        if batch is None:
-            self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
-        if resp.status == 304 and conditions and stale is not None:
-            return self._refresh(key, stale, resp.headers)
-        out_headers = end_to_end(resp.headers, drop=("Content-Length",))
-        reason = unstorable_reason(resp.status, resp.headers, resp.body, rule)
-        entry = None
-        if reason is None:
-            r = rule.route
-            kept = stored_headers(out_headers.items())
-            if "ETag" not in resp.headers and not rule.echo:  # echo routes get theirs per answer (see _answer)
-                kept.append(("ETag", derived_etag(resp.body)))
-            negative = resp.status != 200
-            entry = CachedResponse(
-                status=resp.status, headers=kept, body=resp.body, stored_at=self.clock(),
-                ttl=min(r.ttl, r.negative_ttl) if negative else r.ttl,
-                stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
-                stale_if_error=r.stale_if_error, tags=tags_for(rule, params, request.query, request.headers),
-                route=rule.name, keep=keep_for(resp.headers) if batch is None else 0.0,
-            )
-            if not self.tiers.store(key, entry):
-                entry, reason = None, "too-large"
-        if reason is not None:
-            self.metrics.not_storable(rule.name, reason)
-        return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry)
-
-    def _refresh(self, key: str, stale: CachedResponse, fresh_headers: CIMultiDictProxy[str]) -> Fill:
-        """A 304 from the origin: the stored body stands, with the 304's headers and a new lifetime (RFC 9111 4.3.4)."""
-        merged = CIMultiDict(stale.headers)
-        for k, v in stored_headers(end_to_end(fresh_headers).items()):
-            merged[k] = v
-        entry = msgspec.structs.replace(stale, headers=list(merged.items()), stored_at=self.clock())
-        stored = self.tiers.store(key, entry)
-        return Fill(entry.status, merged, entry.body, stored, None, entry=entry if stored else None,
-                    revalidated=True)
 
     async def _merge(self, request: web.BaseRequest, merge: BatchMerge, started: float) -> web.StreamResponse:
         """A client's own batch call: cached items from the tiers, the others upstream, one reply."""
         if request.content_length is None or request.content_length > _MAX_MERGE_BODY:
             return await self._pass(request, merge.rule.name, "batch-unmergeable", started)  # streamed as it is
-        headers = add_forwarding(
-            end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote, proto=request.scheme,
-            host=request.host,
-        )
+        headers = shared_headers(request)
         try:  # batch_merge counts its own upstream calls and errors
             got = await merge.answer(await request.read(), request.headers, headers, request.raw_path)
         except UpstreamError as exc:
@@ -264,7 +180,7 @@ class ProxyHandler:
         `now` None: the entry was fetched for this very request, so it carries no Age (RFC 9111 5.1)."""
         body = etag = None
         if rule.echo:
-            body = _echo(entry.body, rule, params, request)
+            body = echo(entry.body, rule, params, request)
             etag = derived_etag(body)
         age = None if now is None else now - entry.stored_at
         resp = from_entry(request, entry, self._degraded(cache_status), age, body=body, etag=etag)
@@ -332,8 +248,7 @@ class ProxyHandler:
         self.metrics.request(route, "bypass", took)
         if request.method in _UNSAFE and resp.status < 400:
             await self._invalidate(request)
-        if self.access_log is not None:  # streamed: the whole exchange was the upstream's
-            took = time.perf_counter() - started
+        if self.access_log is not None:
             self.access_log.write(request.method, request.raw_path, route, resp.headers.get("Cache-Status", ""),
                                   resp.status, resp.body_length, took, took)
         return resp
@@ -354,38 +269,5 @@ class ProxyHandler:
                             headers={"Cache-Status": cache_status, "Via": VIA})
 
 
-def _etag_of(entry: CachedResponse) -> str | None:
-    for k, v in entry.headers:
-        if k.lower() == "etag":
-            return v
-    return None
-
-
 def _error_status(exc: UpstreamError) -> int:
     return 504 if isinstance(exc, UpstreamTimeout) else 502
-
-
-def _adopt(entry: CachedResponse) -> Fill:
-    """Another process's fill, read back from Redis, answers this process's waiters as a collapsed fill."""
-    return Fill(entry.status, CIMultiDict(entry.headers), entry.body, True, None, collapsed=True, entry=entry)
-
-
-def _echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:
-    """Write the caller's own ids back into a shared JSON body (the rule's `echo` fields)."""
-    try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return body
-    if not isinstance(doc, dict):
-        return body
-    changed = False
-    for f in rule.echo:
-        value: object = field_value(f, params, request.query, request.headers)
-        old = doc.get(f.name)
-        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if old != value:
-            doc[f.name] = value
-            changed = True
-    return msgspec.json.encode(doc) if changed else body
-

@@ -14,11 +14,11 @@ LAYERS = [
     {"keys", "freshness", "entry", "headers", "insights", "events", "validators", "origin"},
     {"memory_tier", "redis_tier", "breaker", "upstream", "metrics", "access_log", "snapshots"},
     {"tiers", "coalescer", "batcher", "lease", "stats", "reload", "workers"},
-    {"handler", "forward", "answer", "unruled", "batch_route", "batch_merge", "warm"},
+    {"handler", "fill", "forward", "answer", "unruled", "batch_route", "batch_merge", "warm"},
     {"app", "admin"},
     {"cli", "__main__", "demo", "bench", "loadgen", "sample_backend", "sample_data", "__init__"},
 ]
-WEB = {"handler", "forward", "answer", "unruled", "app", "admin", "demo", "bench", "sample_backend"}
+WEB = {"handler", "fill", "forward", "answer", "unruled", "app", "admin", "demo", "bench", "sample_backend"}
 GENERIC = {"coalescer", "batcher"}  # know nothing of HTTP or Redis
 
 
