@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.app import Sidecar
 from proxy.config import Config
 from proxy.reload import LIVE, Overrides, Sources, live_config
 
@@ -43,6 +44,17 @@ colour = "red"
 """
 
 
+async def reloadable(make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path,
+                     text: str) -> tuple[Path, Path, Sidecar]:
+    """A proxy started from a rules file and an (empty) config file, so a reload reads them again."""
+    rules, conf = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
+    rules.write_text(text)
+    conf.write_text("")
+    sources = Sources(config=conf, rules=[rules], env={},
+                      overrides=Overrides(upstream=upstream.url, listen="127.0.0.1:0", admin="127.0.0.1:0"))
+    return rules, conf, await make_proxy(text, sources=sources)
+
+
 async def rules_of(http: aiohttp.ClientSession, admin: str) -> list[tuple[str, str]]:
     async with http.get(admin + "/rules") as r:
         return [(x["name"], x["ttl"]) for x in (await r.json())["rules"]]
@@ -57,12 +69,7 @@ async def status_of(http: aiohttp.ClientSession, url: str) -> str:
 async def test_reload_applies_rules_and_live_config_and_names_the_rest(
     make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    rules, conf = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
-    rules.write_text(RULES)
-    conf.write_text("")
-    sources = Sources(config=conf, rules=[rules], env={},
-                      overrides=Overrides(upstream=upstream.url, listen="127.0.0.1:0", admin="127.0.0.1:0"))
-    proxy = await make_proxy(RULES, sources=sources)
+    rules, conf, proxy = await reloadable(make_proxy, upstream, tmp_path, RULES)
     assert (await status_of(http, proxy.proxy_url + "/players/a")).endswith("stored")
     rules.write_text(MORE)
     conf.write_text('[memory]\nmax_entries = 100\n[server]\naccess_log = true\n[upstream]\nread_timeout = "10s"\n')
@@ -83,12 +90,7 @@ async def test_reload_applies_rules_and_live_config_and_names_the_rest(
 async def test_a_broken_file_is_rejected_and_the_old_rules_stay(
     make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    rules, conf = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
-    rules.write_text(RULES)
-    conf.write_text("")
-    sources = Sources(config=conf, rules=[rules], env={},
-                      overrides=Overrides(upstream=upstream.url, listen="127.0.0.1:0", admin="127.0.0.1:0"))
-    proxy = await make_proxy(RULES, sources=sources)
+    rules, conf, proxy = await reloadable(make_proxy, upstream, tmp_path, RULES)
     await status_of(http, proxy.proxy_url + "/players/a")
     rules.write_text(BROKEN)
     conf.write_text("[memory]\nmax_entries = 0\n")
@@ -188,12 +190,7 @@ UNBATCHED = BATCHED[: BATCHED.index("  [route.batch]")]
 
 async def test_reload_builds_the_batching_its_rules_declare(make_proxy: ProxyFactory, upstream: Upstream,
                                                             http: aiohttp.ClientSession, tmp_path: Path) -> None:
-    rules, conf = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
-    rules.write_text(UNBATCHED)
-    conf.write_text("")
-    sources = Sources(config=conf, rules=[rules], env={},
-                      overrides=Overrides(upstream=upstream.url, listen="127.0.0.1:0", admin="127.0.0.1:0"))
-    proxy = await make_proxy(UNBATCHED, sources=sources)
+    rules, conf, proxy = await reloadable(make_proxy, upstream, tmp_path, UNBATCHED)
     q = "player_name=A&stat_type=hits&line=1.5&team=NYY&matchup=NYY+vs+BOS"
     assert "batched" not in await status_of(http, proxy.proxy_url + f"/mlb/enhanced-prop-analysis/1?{q}")
     rules.write_text(BATCHED)
