@@ -47,6 +47,10 @@ class UpstreamConfig(_Strict):
         u = URL(self.url)
         if u.scheme not in ("http", "https") or not u.host:
             raise ValueError(f"`url` must be an http:// or https:// URL with a host, got {self.url!r}")
+        if u.user is not None or u.password is not None:  # would be dropped silently; clients send their own auth
+            raise ValueError("`url` must not carry user:password@ (the proxy forwards each client's Authorization)")
+        if u.query_string or u.fragment:
+            raise ValueError(f"`url` may have a path prefix but no query or fragment, got {self.url!r}")
 
 
 class MemoryConfig(_Strict):

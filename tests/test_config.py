@@ -30,6 +30,8 @@ def error_of(tmp_path: Path, text: str) -> str:
                                          "got 'lots' - at `$.memory.max_bytes`"),
         ('[upstream]\nurl = "localhost:8000"', "FILE: `url` must be an http:// or https:// URL with a host, got "
                                                "'localhost:8000' - at `$.upstream`"),
+        ('[upstream]\nurl = "http://u:pw@backend:8000"', "FILE: `url` must not carry user:password@ (the proxy "
+                                                       "forwards each client's Authorization) - at `$.upstream`"),
         ('[server]\nlisten = "8080"', "FILE: `listen` must be HOST:PORT such as \"127.0.0.1:8080\", got '8080' "
                                       "- at `$.server`"),
         ("[server]\nworkerz = 2", "FILE: Object contains unknown field `workerz` - at `$.server`"),
