@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
     bench.add_argument("--latency", type=float, default=0.05, help="sample backend latency, seconds (0.05)")
     bench.add_argument("--json", type=Path, help="also write the results here")
+    bench.add_argument("--png", type=Path, help="also draw the targets as a chart (needs Debian's chromium)")
     return ap
 
 
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run_bench
 
-            return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency))
+            return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency,
+                                         png_path=args.png))
     except ConfigError as exc:
         verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
         print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)

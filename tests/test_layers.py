@@ -16,7 +16,7 @@ LAYERS = [
     {"tiers", "coalescer", "batcher", "lease", "stats", "reload", "workers"},
     {"handler", "fill", "forward", "answer", "unruled", "batch_route", "batch_merge", "warm"},
     {"app", "admin"},
-    {"cli", "__main__", "demo", "bench", "loadgen", "sample_backend", "sample_data", "__init__"},
+    {"cli", "__main__", "demo", "bench", "chart", "loadgen", "sample_backend", "sample_data", "__init__"},
 ]
 WEB = {"handler", "fill", "forward", "answer", "unruled", "app", "admin", "demo", "bench", "sample_backend"}
 GENERIC = {"coalescer", "batcher"}  # know nothing of HTTP or Redis
