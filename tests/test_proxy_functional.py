@@ -319,3 +319,29 @@ async def test_a_repeated_key_field_cannot_poison_the_clean_requests_entry(
     s, h, clean = await get(http, proxy.proxy_url + "/props/1?player=judge&line=1.5")
     assert h["Cache-Status"].startswith("sidecache; fwd=miss")  # its own entry, not the crafted one
     assert b"mallory" in poisoned and b"mallory" not in clean
+
+
+async def test_a_body_cut_short_is_an_error_never_an_entry(make_proxy: ProxyFactory,
+                                                             http: aiohttp.ClientSession) -> None:
+    calls = 0
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        await reader.readuntil(b"\r\n\r\n")
+        calls += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        await writer.drain()
+        writer.close()  # 11 of 100 bytes, then gone
+
+    server = await asyncio.start_server(origin, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await make_proxy(PLAYER, upstream_url=f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            status, headers, body = await get(http, proxy.proxy_url + "/players/judge")
+            assert status == 502 and b"cut the response body short" in body
+        assert calls == 2  # the first failure stored nothing
+        assert len(proxy.memory) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
