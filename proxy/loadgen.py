@@ -125,6 +125,7 @@ async def burst(host: str, port: int, paths: list[str], timeout: float = 30.0) -
     """Open one connection per path first, then send every GET at once: each answer's latency, in path order."""
     loop = asyncio.get_running_loop()
     conns = [(await loop.create_connection(_Once, host, port))[1] for _ in paths]
+    await asyncio.sleep(0.1)  # let the server accept them all too: the clock is for answering, not for accepting
     t0 = time.perf_counter()
     for c, path in zip(conns, paths, strict=True):
         c.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
