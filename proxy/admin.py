@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
@@ -84,7 +85,7 @@ def problem(status: int, error: str, message: str) -> web.Response:
 
 
 @web.middleware
-async def _auth(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Mutating calls need the bearer token when one is set; compared in constant time."""
     token = request.app[SIDECAR].admin_token
     if token and request.method not in ("GET", "HEAD"):
@@ -103,9 +104,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     """Ready when the upstream answers its health path with any status: the proxy can do its job."""
     sidecar = request.app[SIDECAR]
-    assert sidecar.upstream is not None
+    upstream_client = sidecar.upstream
+    assert upstream_client is not None  # set by Sidecar.start before any listener opens
+
     async def probe() -> int:
-        async with sidecar.upstream.open("GET", sidecar.config.upstream.health_path, CIMultiDict()) as resp:
+        async with upstream_client.open("GET", sidecar.config.upstream.health_path, CIMultiDict()) as resp:
             return resp.status
 
     try:  # within a probe's usual timeout, whatever the upstream's read timeout

@@ -240,12 +240,12 @@ async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, conf
         size = len(await r.read())
     results: dict[tuple[str, int], tuple[float, float, float]] = {}
     reps = 3
-    with _bare(size) as bare, _proxy(upstream, config, 1) as (p1, _), _proxy(upstream, config, 2) as (p2, _):
-        for proxy, workers in ((p1, 1), (p2, 2)):
+    with _bare(size) as bare, _proxy(upstream, config, 1) as (one, _), _proxy(upstream, config, 2) as (two, _):
+        for proxy, workers in ((one, 1), (two, 2)):
             for _ in range(workers * 4):  # every worker holds its own copy after a few requests
                 async with http.get(proxy + HIT_PATH) as r:
                     await r.read()
-        targets = {"bare": bare + "/x", "proxy-1w": p1 + HIT_PATH, "proxy-2w": p2 + HIT_PATH}
+        targets = {"bare": bare + "/x", "proxy-1w": one + HIT_PATH, "proxy-2w": two + HIT_PATH}
         for conns in (64, 256):
             for _ in range(reps):  # interleaved, best of three: the noise of a shared machine only ever slows
                 for name, url in targets.items():
@@ -254,13 +254,14 @@ async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, conf
                         results[(name, conns)] = got
     report.raw["hits"] = {f"{k[0]}@{k[1]}": v for k, v in results.items()}
     for conns in (64, 256):
-        b, p1, p2 = results[("bare", conns)], results[("proxy-1w", conns)], results[("proxy-2w", conns)]
-        report.add(f"hit req/s, {conns} conns: bare | proxy 1w | proxy 2w", f"{b[0]:.0f} | {p1[0]:.0f} | {p2[0]:.0f}")
-        report.add(f"  proxy 1w / bare ({conns} conns)", f"{p1[0] / b[0]:.2f}x", ">= 1.00x", p1[0] / b[0])
+        bare_, p1, p2 = results[("bare", conns)], results[("proxy-1w", conns)], results[("proxy-2w", conns)]
+        report.add(f"hit req/s, {conns} conns: bare | proxy 1w | proxy 2w",
+                   f"{bare_[0]:.0f} | {p1[0]:.0f} | {p2[0]:.0f}")
+        report.add(f"  proxy 1w / bare ({conns} conns)", f"{p1[0] / bare_[0]:.2f}x", ">= 1.00x", p1[0] / bare_[0])
         report.add(f"  proxy 2w / proxy 1w ({conns} conns)", f"{p2[0] / p1[0]:.2f}x", ">= 1.35x", p2[0] / p1[0] / 1.35)
         report.add(f"  p50 / p99 ms: bare | proxy 1w ({conns} conns)",
-                   f"{b[1]:.2f}/{b[2]:.2f} | {p1[1]:.2f}/{p1[2]:.2f}",
-                   "p99 <= bare's" if conns == 64 else "", b[2] / p1[2] if conns == 64 else None)
+                   f"{bare_[1]:.2f}/{bare_[2]:.2f} | {p1[1]:.2f}/{p1[2]:.2f}",
+                   "p99 <= bare's" if conns == 64 else "", bare_[2] / p1[2] if conns == 64 else None)
 
 
 async def _coalescing(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str,

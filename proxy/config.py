@@ -32,7 +32,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     """Every config and rules object: unknown fields are errors, values never change after loading."""
 
 
-class UpstreamConfig(_Strict):
+class UpstreamConfig(_Strict, frozen=True):
     """Where the backend is and how long to wait for it."""
 
     url: str = "http://127.0.0.1:8000"
@@ -53,7 +53,7 @@ class UpstreamConfig(_Strict):
             raise ValueError(f"`url` may have a path prefix but no query or fragment, got {self.url!r}")
 
 
-class MemoryConfig(_Strict):
+class MemoryConfig(_Strict, frozen=True):
     """The in-process LRU tier."""
 
     max_entries: Count = 500
@@ -61,7 +61,7 @@ class MemoryConfig(_Strict):
     max_entry_bytes: ByteSize = ByteSize(1024 * 1024)
 
 
-class RedisConfig(_Strict):
+class RedisConfig(_Strict, frozen=True):
     """The shared tier; off when `url` is empty."""
 
     url: str = ""
@@ -89,13 +89,13 @@ class RedisConfig(_Strict):
             raise ValueError("`probe_max` must not be shorter than `probe_min`")
 
 
-class DefaultsConfig(_Strict):
+class DefaultsConfig(_Strict, frozen=True):
     """What happens to requests no rule matches."""
 
     unruled: Literal["origin", "pass"] = "origin"  # origin: RFC 9111, as the origin's own headers allow
 
 
-class ListenConfig(_Strict):
+class ListenConfig(_Strict, frozen=True):
     """The two listeners: proxy traffic and the admin API (as Envoy separates them)."""
 
     listen: str = "127.0.0.1:8080"
@@ -111,7 +111,7 @@ class ListenConfig(_Strict):
             parse_hostport(self.metrics, field="metrics")
 
 
-class Config(_Strict):
+class Config(_Strict, frozen=True):
     """The whole proxy config; every section is optional and defaults to a loopback, memory-only proxy."""
 
     server: ListenConfig = ListenConfig()

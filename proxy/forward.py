@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -99,7 +99,7 @@ async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_s
         raise UpstreamError(f"cannot open WebSocket to upstream {url.host}:{url.port}: {exc}", url=str(url)) from exc
     ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=False)
     ws.headers["Cache-Status"] = cache_status
-    await ws.prepare(request)  # type: ignore[arg-type]
+    await ws.prepare(request)
 
     async def pipe(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
                    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
@@ -125,7 +125,7 @@ async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_s
     return ws
 
 
-async def _close_both(tasks: list[asyncio.Future[None]], ws: web.WebSocketResponse,
+async def _close_both(tasks: Sequence[asyncio.Future[None]], ws: web.WebSocketResponse,
                       up: aiohttp.ClientWebSocketResponse) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await up.close(code=ws.close_code or aiohttp.WSCloseCode.OK)

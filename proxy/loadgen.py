@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 
 @dataclass
@@ -87,7 +88,7 @@ async def run_load(host: str, port: int, path: str, *, connections: int, seconds
     for _ in range(connections):
         done: asyncio.Future[None] = loop.create_future()
         dones.append(done)
-        await loop.create_connection(lambda d=done: _Conn(request, result, deadline, d), host, port)
+        await loop.create_connection(partial(_Conn, request, result, deadline, done), host, port)
     await asyncio.wait_for(asyncio.gather(*dones), seconds + 10)
     result.seconds = time.perf_counter() - started
     return result

@@ -24,7 +24,7 @@ _TEMPLATE_REF: Final = re.compile(r"\{([^{}]*)\}")
 ZERO: Final = Duration.of("0s")
 
 
-class Batch(_Strict):
+class Batch(_Strict, frozen=True):
     """Fold single-item misses into one call to a batch endpoint (see README, "Batching")."""
 
     to: str
@@ -64,7 +64,7 @@ def _count_items(value: Any) -> int:
     return int(value == "$items")
 
 
-class Route(_Strict):
+class Route(_Strict, frozen=True):
     """One rule as written in a rules file."""
 
     name: RouteName
@@ -88,7 +88,7 @@ class Route(_Strict):
         return [self.match] if isinstance(self.match, str) else list(self.match)
 
 
-class RulesFile(_Strict):
+class RulesFile(_Strict, frozen=True):
     """A rules file: a list of `[[route]]` tables."""
 
     route: list[Route] = []
