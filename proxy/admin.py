@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import hmac
 from importlib import resources
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -28,6 +28,7 @@ from .workers import TICK
 if TYPE_CHECKING:
     from .app import Sidecar
 
+B = TypeVar("B", bound=msgspec.Struct)
 READY_TIMEOUT: Final = 2.0  # seconds; Kubernetes' default probe timeout is 1 s, ours is set to 3 s
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
 DASHBOARD: web.AppKey[bytes] = web.AppKey("dashboard")
@@ -147,6 +148,14 @@ async def _dashboard(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+async def _body(request: web.Request, type_: type[B], expected: str) -> B | web.Response:
+    """The JSON body as a Struct, or the 400 that names the field at fault and the shapes expected."""
+    try:
+        return msgspec.json.decode(await request.read(), type=type_)
+    except msgspec.DecodeError as exc:
+        return problem(400, "bad_request", f"{request.path.strip('/')} body: {exc}; expected {expected}")
+
+
 async def _rules(request: web.Request) -> web.Response:
     rules = request.app[SIDECAR].rules
     return _json({"rules": [{"source": r.source, **msgspec.to_builtins(r.route, enc_hook=enc_hook)}
@@ -154,11 +163,10 @@ async def _rules(request: web.Request) -> web.Response:
 
 
 async def _purge(request: web.Request) -> web.Response:
-    try:
-        body = msgspec.json.decode(await request.read(), type=PurgeRequest)
-    except msgspec.DecodeError as exc:
-        return problem(400, "bad_request", f"purge body: {exc}; expected one of {{\"url\": \"/path?query\"}}, "
-                       "{\"route\": NAME}, {\"tag\": TAG} or {\"all\": true}")
+    body = await _body(request, PurgeRequest, '{"url": "/path?query"}, {"route": NAME}, {"tag": TAG} or '
+                       '{"all": true}')
+    if isinstance(body, web.Response):
+        return body
     sidecar = request.app[SIDECAR]
     if body.all:
         n = await sidecar.tiers.purge(Selector("all"))
@@ -195,11 +203,10 @@ async def _reload(request: web.Request) -> web.Response:
 
 
 async def _warm(request: web.Request) -> web.Response:
-    try:
-        body = msgspec.json.decode(await request.read(), type=WarmRequest)
-    except msgspec.DecodeError as exc:
-        return problem(400, "bad_request", f"warm body: {exc}; expected {{\"requests\": [{{\"path\": ..., "
-                       "\"query\": ...}]} or {\"route\": NAME, \"params\": [{...}]}")
+    body = await _body(request, WarmRequest, '{"requests": [{"path": ..., "query": ...}]} or '
+                       '{"route": NAME, "params": [{...}]}')
+    if isinstance(body, web.Response):
+        return body
     sidecar = request.app[SIDECAR]
     items: list[WarmItem | WarmResult] = list(body.requests or [])
     if body.route is not None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -131,44 +131,23 @@ class _Exporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        c = CounterMetricFamily("sidecache_requests", "Client requests by route and cache outcome.",
-                                labels=["route", "outcome"])
-        for (route, outcome), n in sorted(m.requests.items()):
-            c.add_metric([route, outcome], n)
-        yield c
-        c = CounterMetricFamily("sidecache_upstream_requests", "Calls made to the upstream by route and status.",
-                                labels=["route", "status"])
-        for (route, status), n in sorted(m.upstream.items()):
-            c.add_metric([route, str(status)], n)
-        yield c
-        c = CounterMetricFamily("sidecache_upstream_errors", "Upstream calls that failed without a response.",
-                                labels=["route", "error"])
-        for (route, err), n in sorted(m.upstream_errors.items()):
-            c.add_metric([route, err], n)
-        yield c
+        yield _counter("sidecache_requests", "Client requests by route and cache outcome.", ["route", "outcome"],
+                       m.requests)
+        yield _counter("sidecache_upstream_requests", "Calls made to the upstream by route and status.",
+                       ["route", "status"], m.upstream)
+        yield _counter("sidecache_upstream_errors", "Upstream calls that failed without a response.",
+                       ["route", "error"], m.upstream_errors)
         for name, doc, hists in (
             ("sidecache_request_duration_seconds", "Client-facing latency by route.", m.latency),
             ("sidecache_upstream_duration_seconds", "Upstream call latency by route.", m.upstream_latency),
             ("sidecache_batch_items", "Items per batch call sent upstream, by route.", m.batch_items),
         ):
-            fam = HistogramMetricFamily(name, doc, labels=["route"])
-            for route, h in sorted(hists.items()):
-                fam.add_metric([route], h.cumulative(), h.sum)
-            yield fam
-        for name, doc, counts in (
-            ("sidecache_batches", "Batch calls sent upstream by route.", m.batches),
-            ("sidecache_batch_deduplicated", "Batch items that joined an identical item in the same window.",
-             m.batch_deduplicated),
-        ):
-            c = CounterMetricFamily(name, doc, labels=["route"])
-            for route, n in sorted(counts.items()):
-                c.add_metric([route], n)
-            yield c
-        c = CounterMetricFamily("sidecache_batch_fallbacks", "Batch items re-issued alone to the single endpoint.",
-                                labels=["route", "reason"])
-        for (route, reason), n in sorted(m.batch_fallbacks.items()):
-            c.add_metric([route, reason], n)
-        yield c
+            yield _histogram(name, doc, hists)
+        yield _counter("sidecache_batches", "Batch calls sent upstream by route.", ["route"], m.batches)
+        yield _counter("sidecache_batch_deduplicated", "Batch items that joined an identical item in the same window.",
+                       ["route"], m.batch_deduplicated)
+        yield _counter("sidecache_batch_fallbacks", "Batch items re-issued alone to the single endpoint.",
+                       ["route", "reason"], m.batch_fallbacks)
         yield from _operations(m)
         for name, read in sorted(m.gauges.items()):
             yield _family(GaugeMetricFamily, name, read())
@@ -178,25 +157,30 @@ class _Exporter(Collector):
 
 def _operations(m: Metrics) -> Iterator[Metric]:
     """The families the insights and operators rely on: expiries, unstored fills, reloads, reserved hooks."""
-    fam = HistogramMetricFamily("sidecache_miss_after_expiry_seconds",
-                                "Lookups that found an entry past its TTL, by how long past, by route.",
-                                labels=["route"])
-    for route, h in sorted(m.expired.items()):
-        fam.add_metric([route], h.cumulative(), h.sum)
-    yield fam
-    c = CounterMetricFamily("sidecache_fills_not_stored", "Upstream answers that were not stored, by route and reason.",
-                            labels=["route", "reason"])
-    for (route, reason), n in sorted(m.not_stored.items()):
-        c.add_metric([route, reason], n)
-    yield c
-    c = CounterMetricFamily("sidecache_config_reloads", "Config and rules reloads by result (ok, rejected).",
-                            labels=["result"])
-    for result, n in sorted(m.reloads.items()):
-        c.add_metric([result], n)
-    yield c
+    yield _histogram("sidecache_miss_after_expiry_seconds",
+                     "Lookups that found an entry past its TTL, by how long past, by route.", m.expired)
+    yield _counter("sidecache_fills_not_stored", "Upstream answers that were not stored, by route and reason.",
+                   ["route", "reason"], m.not_stored)
+    yield _counter("sidecache_config_reloads", "Config and rules reloads by result (ok, rejected).", ["result"],
+                   m.reloads)
     for name, kind in RESERVED.items():
         if name not in m.gauges and name not in m.counters:
             yield (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, name.replace("_", " "))
+
+
+def _counter(name: str, doc: str, labels: list[str], counts: Mapping[Any, int]) -> Metric:
+    """One counter family from a Counter keyed by a label value, or by a tuple of them in `labels` order."""
+    fam = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(counts.items()):
+        fam.add_metric([str(k) for k in (key if isinstance(key, tuple) else (key,))], n)
+    return fam
+
+
+def _histogram(name: str, doc: str, hists: Mapping[str, Histogram]) -> Metric:
+    fam = HistogramMetricFamily(name, doc, labels=["route"])
+    for route, h in sorted(hists.items()):
+        fam.add_metric([route], h.cumulative(), h.sum)
+    return fam
 
 
 def _family(
