@@ -17,7 +17,7 @@ from yarl import URL
 
 from .errors import ConfigError
 from .events import Selector
-from .keys import cache_key
+from .handler import purge_uri
 from .metrics import Metrics
 from .snapshots import Snapshot, merge
 from .stats import stats_of
@@ -178,13 +178,9 @@ async def _purge(request: web.Request) -> web.Response:
         n = await sidecar.tiers.purge(Selector("tag", body.tag))
     else:
         assert body.url is not None
-        url = URL(body.url)
-        matched = sidecar.rules.match("GET", url.path)
-        if matched is None:
-            return problem(404, "no_rule", f"no rule caches GET {url.path}")
-        rule, params = matched
-        key = cache_key(rule, params, url.query, {})
-        n = await sidecar.tiers.purge(Selector("key", key))
+        if not body.url.startswith("/"):
+            return problem(400, "bad_request", f"`url` must be a path with its query, like /path?a=1, got {body.url!r}")
+        n = await purge_uri(sidecar.tiers, sidecar.rules, URL(body.url), {})
     return _json({"purged": n})
 
 

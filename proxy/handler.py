@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from . import forward
 from .access_log import AccessLog
@@ -231,11 +232,7 @@ class ProxyHandler:
 
     async def _invalidate(self, request: web.BaseRequest) -> None:
         """After a successful unsafe request, stored answers for its URI are gone (RFC 9111 4.4)."""
-        doomed = [origin_key(request.raw_path)]
-        if (matched := self.rules.match("GET", request.path)) is not None and matched[0].cacheable:
-            doomed.append(cache_key(matched[0], matched[1], request.query, request.headers))
-        for key in doomed:
-            await self.tiers.purge(Selector("key", key))
+        await purge_uri(self.tiers, self.rules, URL(request.raw_path, encoded=True), request.headers)
 
     async def _pass(self, request: web.BaseRequest, route: str, detail: str, started: float) -> web.StreamResponse:
         try:
@@ -267,6 +264,15 @@ class ProxyHandler:
             self.access_log.write(request.method, request.raw_path, route, cache_status, status, len(body), took, None)
         return web.Response(status=status, body=body, content_type="application/json",
                             headers={"Cache-Status": cache_status, "Via": VIA})
+
+
+async def purge_uri(tiers: TieredCache, rules: RuleSet, uri: URL, headers: Mapping[str, str]) -> int:
+    """Drop what is stored for one request target: its ruled GET entry and its origin-cached one (with its Vary
+    variants, which are reached only through the marker under that key)."""
+    keys = [origin_key(uri.raw_path_qs)]
+    if (matched := rules.match("GET", uri.path)) is not None and matched[0].cacheable:
+        keys.append(cache_key(matched[0], matched[1], uri.query, headers))
+    return sum([await tiers.purge(Selector("key", key)) for key in keys])
 
 
 def _error_status(exc: UpstreamError) -> int:

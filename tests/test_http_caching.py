@@ -272,3 +272,16 @@ async def test_client_no_cache_is_ignored_unless_the_rule_says_revalidate(
         await asyncio.gather(*(get(http, proxy.proxy_url + "/players/a", headers={"Cache-Control": "no-cache"})
                                for _ in range(3)))
     assert upstream.hits["/players/a"] == 1 + 1 + 1  # ignoring: 1; revalidating: 1 + one coalesced refetch
+
+
+async def test_purge_by_url_reaches_answers_stored_without_a_rule(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                  http: aiohttp.ClientSession) -> None:
+    upstream.reply("/doc", headers={"Cache-Control": "max-age=60"})
+    proxy = await make_proxy()
+    await get(http, proxy.proxy_url + "/doc?v=1")
+    async with http.post(proxy.admin_url + "/purge", json={"url": "/doc?v=1"}) as r:
+        assert await r.json() == {"purged": 1}
+    _, h, _ = await get(http, proxy.proxy_url + "/doc?v=1")
+    assert h["Cache-Status"].startswith("sidecache; fwd=miss")
+    async with http.post(proxy.admin_url + "/purge", json={"url": "doc"}) as r:
+        assert r.status == 400
