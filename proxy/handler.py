@@ -92,7 +92,7 @@ class ProxyHandler:
         started = time.perf_counter()
         if request.method in ("GET", "HEAD") and (known := self._targets.get(request.raw_path)) is not None:
             rule, params, key = known  # seen before: no path decoding, query parsing, matching or key building
-            if rule.route.share == "all-users" or private_request_reason(request.headers, rule) is None:
+            if private_request_reason(request.headers, rule) is None:
                 return await self._cached(request, rule, params, key, started)
         matched = self.rules.match(request.method, request.path)
         if matched is None:
