@@ -11,22 +11,22 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin
-from .access_log import AccessLog
-from .config import Config, check_admin_exposure, parse_hostport
-from .errors import ConfigError
-from .handler import ProxyHandler
-from .memory_tier import MemoryTier
-from .metrics import Metrics
-from .redis_tier import open_redis
-from .reload import Reloaded, Sources, live_config, load_sources
-from .rules import RuleSet
-from .snapshots import Snapshot, merge, snapshot_of
-from .stats import History, sample_of
-from .tiers import TieredCache
-from .unruled import OriginCache
-from .upstream import UpstreamClient
-from .workers import TICK, WorkerDir
+from proxy.cache.memory import MemoryTier
+from proxy.cache.redis.tier import open_redis
+from proxy.cache.tiers import TieredCache
+from proxy.config.reload import Reloaded, Sources, live_config, load_sources
+from proxy.config.rules import RuleSet
+from proxy.config.settings import Config, check_admin_exposure, parse_hostport
+from proxy.errors import ConfigError
+from proxy.ops import admin
+from proxy.ops.stats import History, sample_of
+from proxy.serving.handler import ProxyHandler
+from proxy.serving.origin_cache import OriginCache
+from proxy.serving.upstream import UpstreamClient
+from proxy.telemetry.access_log import AccessLog
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.snapshots import Snapshot, merge, snapshot_of
+from proxy.telemetry.workers import TICK, WorkerDir
 
 log = logging.getLogger("sidecache")
 

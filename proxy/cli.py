@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import Config, apply_overrides, check_admin_exposure, load_config
-from .errors import ConfigError
-from .reload import Overrides, Sources
-from .rules import RuleSet, load_rules
+from proxy.config.reload import Overrides, Sources
+from proxy.config.rules import RuleSet, load_rules
+from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.errors import ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from proxy.devtools.demo import run_demo
 
             config, rules = load(args)
             return asyncio.run(run_demo(config, rules))
         if args.command == "bench":
-            from .bench import run_bench
+            from proxy.devtools.bench import run_bench
 
             return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency,
                                          png_path=args.png))
@@ -142,7 +142,7 @@ def _install_uvloop() -> None:
 
 async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int, shared_port: bool,
                    sources: Sources, state_dir: Path | None) -> int:
-    from .app import Sidecar
+    from proxy.app import Sidecar
 
     log = logging.getLogger("sidecache")
     sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0,

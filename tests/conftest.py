@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import Sidecar
-from proxy.config import Config, apply_overrides
-from proxy.rules import RuleSet, load_rules
+from proxy.config.rules import RuleSet, load_rules
+from proxy.config.settings import Config, apply_overrides
 
 from .processes import REDIS_SERVER, RedisServer
 

@@ -10,7 +10,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from proxy.config import Config, ListenConfig
+from proxy.config.settings import Config, ListenConfig
 
 from .conftest import ProxyFactory, Upstream
 from .processes import serve

@@ -10,8 +10,8 @@ import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 
-from proxy.config import Config, RedisConfig
-from proxy.sample_data import PropFields, analyse_prop
+from proxy.config.settings import Config, RedisConfig
+from proxy.devtools.sample_data import PropFields, analyse_prop
 
 from . import test_batch_route as batching
 from .conftest import ProxyFactory, RedisFactory

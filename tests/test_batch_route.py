@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
-from proxy.config import Config, UpstreamConfig
-from proxy.sample_backend import SampleBackend
-from proxy.sample_data import player_team
-from proxy.units import Duration
+from proxy.config.settings import Config, UpstreamConfig
+from proxy.config.units import Duration
+from proxy.devtools.sample_backend import SampleBackend
+from proxy.devtools.sample_data import player_team
 
 from .conftest import ProxyFactory
 

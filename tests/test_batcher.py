@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from proxy.batcher import Batched, Batcher
+from proxy.concurrency.batcher import Batched, Batcher
 
 
 class Recorder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.breaker import Breaker
+from proxy.concurrency.breaker import Breaker
 
 
 def make(now: list[float], changes: list[bool]) -> Breaker:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import chart
+from proxy.devtools import chart
 
 ROWS = [("proxy 1w / bare", "1.06x", ">= 1.00x", 1.06), ("wall time", "82 ms", "<= 65 ms", 0.79)]
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.coalescer import Coalescer
+from proxy.concurrency.coalescer import Coalescer
 
 
 async def test_one_fetch_for_concurrent_callers_then_a_new_one() -> None:

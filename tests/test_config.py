@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
 from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

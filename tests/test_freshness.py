@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from proxy.entry import CachedResponse, decode, encode
-from proxy.freshness import (
+from proxy.config.rules import CompiledRule, load_rules
+from proxy.policy.entry import CachedResponse, decode, encode
+from proxy.policy.freshness import (
     State,
     cache_control,
     private_request_reason,
@@ -17,7 +18,6 @@ from proxy.freshness import (
     unstorable_reason,
     usable_on_error,
 )
-from proxy.rules import CompiledRule, load_rules
 
 
 def entry(ttl: float = 60, swr: float = 0, sie: float = 0) -> CachedResponse:

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from multidict import CIMultiDict
 
-from proxy.config import Config, DefaultsConfig
+from proxy.config.settings import Config, DefaultsConfig
 
 from .conftest import ProxyFactory, Upstream
 

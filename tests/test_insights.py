@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import insights
-from proxy.metrics import EXPIRY_BUCKETS
+from proxy.ops import insights
+from proxy.telemetry.metrics import EXPIRY_BUCKETS
 
 
 @pytest.mark.parametrize(("ratio", "grade"), [

@@ -8,8 +8,8 @@ import pytest
 from multidict import MultiDict
 from yarl import URL
 
-from proxy.keys import cache_key, tags_for
-from proxy.rules import CompiledRule, load_rules
+from proxy.config.rules import CompiledRule, load_rules
+from proxy.policy.keys import cache_key, tags_for
 
 RULES = """
 [[route]]

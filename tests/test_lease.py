@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.config import RedisConfig
-from proxy.entry import CachedResponse
-from proxy.events import Filled, encode_event
-from proxy.lease import LeaseCoalescer
-from proxy.redis_tier import RedisTier
-from proxy.units import Duration
+from proxy.cache.events import Filled, encode_event
+from proxy.cache.lease import LeaseCoalescer
+from proxy.cache.redis.tier import RedisTier
+from proxy.config.settings import RedisConfig
+from proxy.config.units import Duration
+from proxy.policy.entry import CachedResponse
 
 from .conftest import ProxyFactory, RedisFactory, Upstream
 from .test_redis_tier import RULES, _true, cache_key_of, get, h, until, with_redis

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.loadgen import burst, replay, run_load
+from proxy.devtools.loadgen import burst, replay, run_load
 
 
 async def test_load_burst_and_replay_against_a_real_server() -> None:

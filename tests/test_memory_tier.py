@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.entry import CachedResponse
-from proxy.memory_tier import MemoryTier
+from proxy.cache.memory import MemoryTier
+from proxy.policy.entry import CachedResponse
 
 
 def entry(size: int = 10, ttl: float = 60, sie: float = 0) -> CachedResponse:

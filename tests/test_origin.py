@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.origin import OriginPolicy, origin_policy, variant_suffix
+from proxy.policy.origin_policy import OriginPolicy, origin_policy, variant_suffix
 
 NOW = 1_750_000_000.0
 DATE = "Sun, 15 Jun 2025 15:06:40 GMT"  # == NOW

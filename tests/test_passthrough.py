@@ -107,8 +107,8 @@ async def test_refused_upstream_is_a_502_with_json(make_proxy: ProxyFactory, htt
 
 async def test_slow_upstream_is_a_504_with_json(make_proxy: ProxyFactory, upstream: Upstream,
                                                 http: aiohttp.ClientSession) -> None:
-    from proxy.config import Config, UpstreamConfig
-    from proxy.units import Duration
+    from proxy.config.settings import Config, UpstreamConfig
+    from proxy.config.units import Duration
 
     upstream.reply("/slow", delay=1.0)
     cfg = Config(upstream=UpstreamConfig(read_timeout=Duration.of("200ms")))

@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.app import Sidecar
-from proxy.config import Config, RedisConfig, load_config
+from proxy.cache.redis.tier import redact
+from proxy.config.rules import RuleSet
+from proxy.config.settings import Config, RedisConfig, load_config
+from proxy.config.units import Duration
 from proxy.errors import ConfigError
-from proxy.redis_tier import redact
-from proxy.rules import RuleSet
-from proxy.units import Duration
 
 from .conftest import ProxyFactory, RedisFactory, Upstream
 from .processes import free_port

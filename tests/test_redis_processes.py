@@ -12,9 +12,9 @@ import aiohttp
 import redis.asyncio as aioredis
 from multidict import MultiDict
 
-from proxy.keys import cache_key
-from proxy.redis_tier import entry_hash
-from proxy.rules import load_rules
+from proxy.cache.redis.tier import entry_hash
+from proxy.config.rules import load_rules
+from proxy.policy.keys import cache_key
 
 from .conftest import Upstream
 from .processes import ServeProcess, serve

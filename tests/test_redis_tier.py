@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 from multidict import MultiDict
 
 from proxy.app import Sidecar
-from proxy.config import Config, RedisConfig
-from proxy.entry import decode
-from proxy.events import Released, Selector, encode_event
-from proxy.keys import cache_key
-from proxy.units import Duration
+from proxy.cache.events import Released, Selector, encode_event
+from proxy.config.settings import Config, RedisConfig
+from proxy.config.units import Duration
+from proxy.policy.entry import decode
+from proxy.policy.keys import cache_key
 
 from .conftest import ProxyFactory, Upstream
 from .processes import RedisServer

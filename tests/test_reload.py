@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from proxy.app import Sidecar
-from proxy.config import Config
-from proxy.reload import LIVE, Overrides, Sources, live_config
+from proxy.config.reload import LIVE, Overrides, Sources, live_config
+from proxy.config.settings import Config
 
 from .conftest import ProxyFactory, Upstream
 from .processes import serve
@@ -129,7 +129,7 @@ async def test_reload_without_files_says_so(make_proxy: ProxyFactory, http: aioh
 def test_which_config_changes_apply_live(field: str, value: dict[str, object], live: bool) -> None:
     import msgspec
 
-    from proxy.units import dec_hook
+    from proxy.config.units import dec_hook
 
     new = msgspec.convert({field: value}, type=Config, dec_hook=dec_hook)
     running, applied, waiting = live_config(Config(), new)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.config.rules import compile_pattern, load_rules
 from proxy.errors import ConfigError
-from proxy.rules import compile_pattern, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 from aiohttp import ClientSession, web
 
-from proxy.sample_backend import SampleBackend
-from proxy.sample_data import ROSTER, PropFields, analyse_prop, player_id, player_team
+from proxy.devtools.sample_backend import SampleBackend
+from proxy.devtools.sample_data import ROSTER, PropFields, analyse_prop, player_id, player_team
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
@@ -507,7 +507,7 @@ async def test_module_runs_as_a_loopback_server() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "proxy.sample_backend", "--port", str(port), "--latency", "0"]
+    command = [sys.executable, "-m", "proxy.devtools.sample_backend", "--port", str(port), "--latency", "0"]
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -521,7 +521,7 @@ async def test_module_runs_as_a_loopback_server() -> None:
                 except OSError:
                     await asyncio.sleep(0.1)
             else:
-                pytest.fail("python -m proxy.sample_backend did not answer within 10 s")
+                pytest.fail("python -m proxy.devtools.sample_backend did not answer within 10 s")
     finally:
         server.terminate()
         server.wait(timeout=10)

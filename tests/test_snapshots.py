@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from proxy import snapshots
-from proxy.metrics import Metrics
+from proxy.telemetry import snapshots
+from proxy.telemetry.metrics import Metrics
 
 
 def worker(requests: int, latency: float, redis_up: float, entries: float) -> Metrics:

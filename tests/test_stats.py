@@ -6,7 +6,7 @@ import re
 
 import aiohttp
 
-from proxy.config import Config, MemoryConfig
+from proxy.config.settings import Config, MemoryConfig
 
 from .conftest import ProxyFactory, Upstream
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.validators import derived_etag, etag_matches, is_derived, not_modified, revalidation_headers
+from proxy.policy.validators import derived_etag, etag_matches, is_derived, not_modified, revalidation_headers
 
 LM = "Tue, 01 Jul 2025 10:00:00 GMT"
 

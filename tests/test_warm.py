@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.warm import result_of
+from proxy.ops.warm import result_of
 
 from .conftest import ProxyFactory, Upstream
 

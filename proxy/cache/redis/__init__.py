@@ -1,0 +1,1 @@
+"""The Redis tier: the only package that imports redis."""

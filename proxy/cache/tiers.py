@@ -1,0 +1,223 @@
+"""The cache as the handler sees it: memory first, then Redis, written through to both, coherent across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Final, TypeVar
+
+from proxy.cache.events import Filled, Purged, Selector, decode_event, encode_event
+from proxy.cache.lease import LeaseCoalescer
+from proxy.cache.memory import MemoryTier
+from proxy.cache.redis.tier import RedisTier, entry_hash
+from proxy.concurrency.coalescer import Coalescer
+from proxy.errors import CacheBackendError
+from proxy.policy.entry import CachedResponse
+
+log = logging.getLogger("sidecache")
+V = TypeVar("V")
+
+MAX_PENDING_WRITES: Final = 512  # Redis writes in flight; past this a write is dropped (counted), never queued
+
+
+class TieredCache:
+    """Read-through memory -> Redis, promote on a Redis hit; writes go to both; purges reach every tier and process.
+
+    The memory lookup is synchronous on purpose: a memory hit costs no await on the hot path. Redis is optional
+    (None: memory only) and never fails a call here: its errors are counted by the tier and the cache carries on.
+    """
+
+    def __init__(
+        self, memory: MemoryTier, clock: Callable[[], float], redis: RedisTier | None = None, *, lease: float = 5.0,
+        max_wait: float = 30.0,
+    ) -> None:
+        """`max_wait`: the longest a request waits on other processes' fetches in all; the upstream read timeout
+        fits, since a holder that has not answered by then has failed."""
+        self.memory = memory
+        self.clock = clock
+        self.redis = redis
+        self.origin = secrets.token_hex(6)  # this process, so it can skip its own events
+        self.dropped_writes = 0
+        self.lease = (LeaseCoalescer(redis, lease=lease, max_wait=max_wait, origin=self.origin, clock=clock,
+                                     spawn=self._spawn) if redis is not None else None)
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+        self._writes: dict[str, tuple[CachedResponse, asyncio.Task[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._reads: Coalescer[str, CachedResponse | None] = Coalescer()
+
+    @property
+    def degraded(self) -> bool:
+        """Redis is configured but the breaker is open: answers come from memory and upstream only."""
+        return self.redis is not None and not self.redis.breaker.closed
+
+    def redis_status(self) -> dict[str, str | bool]:
+        if self.redis is None:
+            return {"status": "not configured"}
+        return {"status": self.redis.status, "url": self.redis.url, "subscribed": self.redis.subscribed}
+
+    async def start(self) -> None:
+        if self.redis is None:
+            return
+        self.redis.on_change.append(self._redis_changed)
+        await self.redis.start()
+        self._listener = asyncio.ensure_future(self._listen())
+
+    async def close(self) -> None:
+        """Stop listening, give pending writes one timeout to land, then close the Redis client."""
+        if self.redis is None:
+            return
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait([self._listener])
+            self._listener = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.redis.timeout * 2)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        await self.redis.close()
+
+    def local(self, key: str) -> CachedResponse | None:
+        return self.memory.get(key)
+
+    async def shared(self, key: str) -> CachedResponse | None:
+        """Redis's copy, promoted into memory; one GET per key in flight however many requests ask at once."""
+        if self.redis is None or not self.redis.breaker.closed:
+            return None
+        entry, _ = await self._reads.run(key, lambda: self._read(key))
+        return entry
+
+    async def shared_many(self, keys: list[str]) -> dict[str, CachedResponse]:
+        """Redis's copies of keys in one round trip, promoted into memory like shared(); only the keys found."""
+        if self.redis is None or not self.redis.breaker.closed or not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        try:
+            entries = await self.redis.get_many(unique)
+        except CacheBackendError:
+            return {}
+        now = self.clock()
+        found = {k: e for k, e in zip(unique, entries, strict=True) if e is not None and e.keep_until > now}
+        for key, entry in found.items():
+            self.memory.set(key, entry)
+        return found
+
+    async def _read(self, key: str) -> CachedResponse | None:
+        """stored_at travels with the entry, so memory keeps only its remaining TTL (RFC 9111 4.2.3)."""
+        assert self.redis is not None
+        try:
+            entry = await self.redis.get(key)
+        except CacheBackendError:
+            return None
+        if entry is None or entry.keep_until <= self.clock():
+            return None
+        self.memory.set(key, entry)
+        return entry
+
+    def store(self, key: str, entry: CachedResponse) -> bool:
+        """True when the memory tier kept it (it refuses entries over its per-entry cap); Redis is written in the
+        background, so the response never waits for it."""
+        if not self.memory.set(key, entry):
+            return False
+        if self.redis is not None and self.redis.breaker.closed:
+            if len(self._writes) >= MAX_PENDING_WRITES:
+                self.dropped_writes += 1
+            else:
+                token = self.lease.token_for(key) if self.lease is not None else ""
+                task = self._spawn(self._write(key, entry, token))
+                self._writes[key] = (entry, task)
+        return True
+
+    async def fill_once(self, key: str, fill: Callable[[], Awaitable[V]], adopt: Callable[[CachedResponse], V]) -> V:
+        """fill() once across every process sharing Redis; the others adopt() what it stored (promoted here)."""
+        if self.lease is None:
+            return await fill()
+
+        def promote(entry: CachedResponse) -> V:
+            self.memory.set(key, entry)
+            return adopt(entry)
+
+        return await self.lease.run(key, fill, promote)
+
+    async def purge(self, selector: Selector) -> int:
+        """Remove what the selector selects from memory, Redis and every other process's memory; returns the count."""
+        gone = {entry_hash(k) for k in self._drop(selector)}  # hashes: Redis names entries by them
+        for key, (entry, task) in list(self._writes.items()):
+            if selector.matches(key, entry):
+                task.cancel()  # a write still in flight must not bring a purged entry back
+                del self._writes[key]
+        if self.redis is None:
+            return len(gone)
+        if not self.redis.breaker.closed:
+            log.warning("purge %s reached this process's memory only: %s is down", selector, self.redis.url)
+            return len(gone)
+        try:
+            gone |= await self.redis.purge(selector)
+            await self.redis.publish(encode_event(Purged(self.origin, selector)))
+        except CacheBackendError as exc:
+            log.warning("purge %s may not have reached Redis or the other processes: %s", selector, exc)
+        return len(gone)
+
+    def _drop(self, selector: Selector) -> list[str]:
+        if selector.kind == "key":  # one entry: no scan (every unsafe request invalidates its URI this way)
+            return [selector.value] if self.memory.delete(selector.value) else []
+        doomed = [k for k, e in self.memory.items() if selector.matches(k, e)]
+        for k in doomed:
+            self.memory.delete(k)
+        return doomed
+
+    async def _write(self, key: str, entry: CachedResponse, token: str) -> None:
+        assert self.redis is not None
+        event = encode_event(Filled(self.origin, key))
+        try:
+            await self.redis.set(key, entry, now=self.clock(), event=event, token=token)
+        except CacheBackendError:
+            return  # counted by the tier; the breaker decides when to stop trying
+        finally:
+            current = self._writes.get(key)
+            if current is not None and current[1] is asyncio.current_task():
+                del self._writes[key]
+
+    async def _listen(self) -> None:
+        """Apply other processes' events for the life of the cache, resubscribing whenever Redis comes back."""
+        assert self.redis is not None
+        while True:
+            await self.redis.wait_up()
+            try:
+                await self.redis.listen(self._on_event)
+            except CacheBackendError:  # counted by the tier; resubscribe once it is up again
+                if self.lease is not None:
+                    self.lease.notify_all()  # an event meanwhile would be lost: lease waiters look again now
+            await asyncio.sleep(self.redis.breaker.probe_min)  # no busy loop if only subscribing fails
+
+    def _on_event(self, data: bytes) -> None:
+        event = decode_event(data)
+        if event is None or event.origin == self.origin:
+            return
+        if isinstance(event, Purged):
+            self._drop(event.selector)
+            return
+        if isinstance(event, Filled):
+            # The next request here reads the newer copy from Redis. A lease waiter woken below adopts it
+            # after this drop, never before, so the drop cannot undo its promotion.
+            self.memory.delete(event.key)
+        if self.lease is not None:
+            self.lease.notify(event.key)
+
+    def _redis_changed(self, up: bool) -> None:
+        if not up and self.lease is not None:
+            self.lease.notify_all()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("background cache task failed: %r", exc)

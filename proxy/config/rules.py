@@ -1,0 +1,277 @@
+"""Route rules (rules/*.toml): what to cache, for how long, keyed on what; loaded strictly, compiled once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from proxy.config.settings import _Strict
+from proxy.config.units import Duration, dec_hook
+from proxy.errors import ConfigError
+
+RouteName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+CACHEABLE_METHODS: Final = frozenset({"GET", "HEAD"})
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+_PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
+_FIELD: Final = re.compile(r"^(?:(path|query|header)\.)?([A-Za-z0-9_-]+)$")
+_TEMPLATE_REF: Final = re.compile(r"\{([^{}]*)\}")
+ZERO: Final = Duration.of("0s")
+
+
+class Batch(_Strict, frozen=True):
+    """Fold single-item misses into one call to a batch endpoint (see README, "Batching")."""
+
+    to: str
+    group_by: str
+    item: dict[str, str]
+    body: dict[str, Any]
+    window: Duration = Duration.of("200ms")
+    idle: Duration = Duration.of("0s")  # "0s": off; else also send once no item has joined for this long
+    max_items: Annotated[int, Meta(ge=1, le=1000)] = 50
+    results: str = "successful"
+    failures: str = "failed"
+    match_on: str = "prop_id"
+    on_item_error: Literal["fallback", "fail"] = "fallback"
+
+    def __post_init__(self) -> None:
+        method, _, path = self.to.strip().partition(" ")
+        if method not in _METHODS - {"*"} or not path.strip().startswith("/") or "{" in path:
+            raise ValueError(f"`to` must be \"METHOD /path\" without parameters, got {self.to!r}")
+        for name, ref in self.item.items():
+            field, _, kind = ref.partition(":")
+            Field.parse(field)
+            if kind not in ("", "str", "int", "float", "bool"):
+                raise ValueError(f"`item.{name}`: type {kind!r} is not one of str, int, float, bool")
+        Field.parse(self.group_by)
+        if self.match_on not in self.item:
+            raise ValueError(f"`match_on` names {self.match_on!r}, which is not a field of `item`")
+        if _count_items(self.body) != 1:
+            raise ValueError('`body` must hold the placeholder "$items" exactly once')
+
+
+def _count_items(value: Any) -> int:
+    """How often the `$items` placeholder occurs in a batch body template."""
+    if isinstance(value, dict):
+        return sum(_count_items(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_items(v) for v in value)
+    return int(value == "$items")
+
+
+class Route(_Strict, frozen=True):
+    """One rule as written in a rules file."""
+
+    name: RouteName
+    match: str | list[str]
+    ttl: Duration
+    stale_while_revalidate: Duration = ZERO
+    stale_if_error: Duration = ZERO
+    query: Literal["all", "none"] | list[str] = "all"
+    key: list[str] | None = None
+    echo: list[str] = []
+    tags: list[str] = []
+    share: Literal["per-user", "all-users"] = "per-user"
+    uncacheable_bodies: list[str] = []
+    cache_status: list[Annotated[int, Meta(ge=200, le=499)]] = msgspec.field(default_factory=lambda: [200])
+    negative_ttl: Duration = Duration.of("30s")  # for stored statuses other than 200 (capped at `ttl`)
+    client_no_cache: Literal["ignore", "revalidate"] = "ignore"
+    batch: Batch | None = None
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self.match] if isinstance(self.match, str) else list(self.match)
+
+
+class RulesFile(_Strict, frozen=True):
+    """A rules file: a list of `[[route]]` tables."""
+
+    route: list[Route] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A reference to part of a request: `path.prop_id`, `query.line`, `header.accept-language`."""
+
+    source: Literal["path", "query", "header"]
+    name: str
+
+    @classmethod
+    def parse(cls, ref: str) -> Field:
+        m = _FIELD.match(ref)
+        if not m:
+            raise ValueError(f"{ref!r} is not a field reference like `path.NAME`, `query.NAME` or `header.NAME`")
+        return cls(m.group(1) or "path", m.group(2))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A Route with its patterns, key fields and tag templates compiled, built once at load time."""
+
+    route: Route
+    source: str
+    methods: frozenset[str]
+    regexes: tuple[re.Pattern[str], ...]
+    key_fields: tuple[Field, ...] | None
+    query_names: frozenset[str] | None  # None: all params; empty: none
+    echo: tuple[Field, ...]
+    tags: tuple[tuple[str, tuple[Field, ...]], ...]
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    @property
+    def cacheable(self) -> bool:
+        return self.route.ttl > 0
+
+    @property
+    def keyed_on_headers(self) -> bool:
+        """A key that reads headers cannot be remembered per request target."""
+        return self.key_fields is not None and any(f.source == "header" for f in self.key_fields)
+
+
+class RuleSet:
+    """The compiled rules, in load order; the first rule whose method and pattern match wins."""
+
+    def __init__(self, rules: Iterable[CompiledRule] = ()) -> None:
+        self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self.by_name: dict[str, CompiledRule] = {r.name: r for r in self.rules}
+
+    def match(self, method: str, path: str) -> tuple[CompiledRule, dict[str, str]] | None:
+        """HEAD matches GET rules too: it is served from, and fills, the GET entry (as nginx does)."""
+        for rule in self.rules:
+            if method in rule.methods or "*" in rule.methods or (method == "HEAD" and "GET" in rule.methods):
+                for rx in rule.regexes:
+                    m = rx.fullmatch(path)
+                    if m is not None:
+                        return rule, m.groupdict()
+        return None
+
+
+def compile_pattern(pattern: str) -> tuple[frozenset[str], re.Pattern[str], frozenset[str]]:
+    """"GET /players/{name}/id" -> (methods, regex, parameter names); `{rest...}` spans segments."""
+    method, _, path = pattern.strip().partition(" ")
+    path = path.strip()
+    methods = frozenset(m.strip().upper() for m in method.split("|"))
+    if not path.startswith("/") or not methods <= _METHODS:
+        raise ValueError(
+            f"{pattern!r} must be \"METHOD /path\" with METHOD one of GET, HEAD, POST, PUT, PATCH, DELETE, "
+            "OPTIONS or * (several joined by |) and a path starting with /"
+        )
+    out, names, pos = [], [], 0
+    for m in _PARAM.finditer(path):
+        out.append(re.escape(path[pos:m.start()]))
+        names.append(m.group(1))
+        out.append(f"(?P<{m.group(1)}>.+)" if m.group(2) else f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    rest = path[pos:]
+    if "{" in rest or "}" in rest or len(set(names)) != len(names):
+        raise ValueError(f"{pattern!r}: parameters are written {{name}} or {{name...}}, each name once")
+    out.append(re.escape(rest))
+    return methods, re.compile("".join(out)), frozenset(names)
+
+
+def _compile(route: Route, source: str, problems: list[str], where: Callable[[str], str]) -> CompiledRule | None:
+    methods: set[str] = set()
+    regexes, param_sets = [], []
+    for i, pattern in enumerate(route.patterns):
+        try:
+            ms, rx, names = compile_pattern(pattern)
+        except ValueError as exc:
+            problems.append(f"{where('match' if isinstance(route.match, str) else f'match[{i}]')}: {exc}")
+            continue
+        methods |= ms
+        regexes.append(rx)
+        param_sets.append(names)
+    if not regexes:
+        return None
+    params = frozenset.intersection(*param_sets)
+
+    def fields(refs: Iterable[str], what: str) -> tuple[Field, ...]:
+        out = []
+        for ref in refs:
+            try:
+                f = Field.parse(ref)
+            except ValueError as exc:
+                problems.append(f"{where(what)}: {exc}")
+                continue
+            if f.source == "path" and f.name not in params:
+                problems.append(
+                    f"{where(what)}: `{ref}` names a path parameter that not every `match` pattern has "
+                    f"(they have: {', '.join(sorted(params)) or 'none'})"
+                )
+            out.append(f)
+        return tuple(out)
+
+    if route.ttl > 0 and not methods <= CACHEABLE_METHODS:
+        problems.append(
+            f"{where('ttl')}: only GET and HEAD responses are cached, but `match` allows "
+            f"{', '.join(sorted(methods - CACHEABLE_METHODS))}; use ttl = \"0s\" for a pass-through rule"
+        )
+    tags = tuple((t, fields(_TEMPLATE_REF.findall(t), "tags")) for t in route.tags)
+    key_fields = None if route.key is None else fields(route.key, "key")
+    echo = fields(route.echo, "echo")
+    if route.batch is not None:  # path references must exist in every pattern; shapes are checked by Batch
+        fields([route.batch.group_by, *(ref.partition(":")[0] for ref in route.batch.item.values())], "batch")
+    query_names = None if route.query == "all" else frozenset() if route.query == "none" else frozenset(route.query)
+    return CompiledRule(route, source, frozenset(methods), tuple(regexes), key_fields, query_names, echo, tags)
+
+
+def _locator(file: Path, index: int, name: str) -> Callable[[str], str]:
+    """Problem prefixes in the shape msgspec uses: file, then the field path."""
+    return lambda field: f"{file}: rule {name!r} at `$.route[{index}].{field}`"
+
+
+def rule_files(path: Path) -> list[Path]:
+    """One file, or every *.toml in a folder in name order (that order is the match order)."""
+    return sorted(path.glob("*.toml")) if path.is_dir() else [path]
+
+
+def load_rules(paths: Path | Iterable[Path] | None) -> RuleSet:
+    """Phase 1 decodes each file strictly; phase 2 compiles and checks across files; all problems raise at once."""
+    if paths is None:
+        return RuleSet()
+    files = [f for p in ([paths] if isinstance(paths, Path) else paths) for f in rule_files(p)]
+    problems: list[str] = []
+    decoded: list[tuple[Path, RulesFile]] = []
+    for f in files:
+        try:
+            decoded.append((f, msgspec.toml.decode(f.read_bytes(), type=RulesFile, dec_hook=dec_hook)))
+        except OSError as exc:
+            problems.append(f"{f}: cannot read rules file: {exc.strerror}")
+        except msgspec.DecodeError as exc:
+            problems.append(f"{f}: {exc}")
+    compiled: list[CompiledRule] = []
+    seen: dict[str, str] = {}
+    seen_patterns: dict[str, str] = {}
+    for f, rf in decoded:
+        for i, route in enumerate(rf.route):
+            where = _locator(f, i, route.name)
+            if route.name in seen:
+                problems.append(f"{where('name')}: duplicate rule name, first defined in {seen[route.name]}")
+            seen.setdefault(route.name, str(f))
+            for pattern in route.patterns:
+                norm = " ".join(pattern.split())
+                if norm in seen_patterns:
+                    problems.append(f"{where('match')}: {pattern!r} is already matched by rule {seen_patterns[norm]}")
+                seen_patterns.setdefault(norm, repr(route.name))
+            rule = _compile(route, str(f), problems, where)
+            if rule is not None:
+                compiled.append(rule)
+    if not files and isinstance(paths, Path):
+        problems.append(f"{paths}: no rules files (*.toml) found")
+    if problems:
+        raise ConfigError(["invalid rules:", *("  " + p for p in problems)])
+    return RuleSet(compiled)
+
+
+def field_value(f: Field, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> str:
+    """The value a field reference takes for one request ("" when absent)."""
+    src = params if f.source == "path" else query if f.source == "query" else headers
+    return src.get(f.name, "")

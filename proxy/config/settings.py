@@ -1,0 +1,185 @@
+"""Proxy configuration (config/*.toml): typed, strict, and checked before anything starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta
+from yarl import URL
+
+from proxy.config.units import ByteSize, Duration, dec_hook, enc_hook
+from proxy.errors import ConfigError
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Count = Annotated[int, Meta(ge=1)]
+
+
+def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
+    """Split "HOST:PORT" ("[::1]:8080" for IPv6); ValueError names the field."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError(f"`{field}` must be HOST:PORT such as \"127.0.0.1:8080\", got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Every config and rules object: unknown fields are errors, values never change after loading."""
+
+
+class UpstreamConfig(_Strict, frozen=True):
+    """Where the backend is and how long to wait for it."""
+
+    url: str = "http://127.0.0.1:8000"
+    health_path: str = "/health"
+    connect_timeout: Duration = Duration.of("2s")
+    read_timeout: Duration = Duration.of("30s")
+    max_connections: Count = 256
+    max_batch_calls: Count = 8
+    max_fallback_calls: Count = 20
+
+    def __post_init__(self) -> None:
+        u = URL(self.url)
+        if u.scheme not in ("http", "https") or not u.host:
+            raise ValueError(f"`url` must be an http:// or https:// URL with a host, got {self.url!r}")
+        if u.user is not None or u.password is not None:  # would be dropped silently; clients send their own auth
+            raise ValueError("`url` must not carry user:password@ (the proxy forwards each client's Authorization)")
+        if u.query_string or u.fragment:
+            raise ValueError(f"`url` may have a path prefix but no query or fragment, got {self.url!r}")
+
+
+class MemoryConfig(_Strict, frozen=True):
+    """The in-process LRU tier."""
+
+    max_entries: Count = 500
+    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)
+    max_entry_bytes: ByteSize = ByteSize(1024 * 1024)
+
+
+class RedisConfig(_Strict, frozen=True):
+    """The shared tier; off when `url` is empty."""
+
+    url: str = ""
+    pool_size: Count = 20
+    timeout: Duration = Duration.of("50ms")
+    prefix: str = "sidecache:v1"
+    lease: Duration = Duration.of("5s")
+    breaker_failures: Count = 3
+    probe_min: Duration = Duration.of("500ms")
+    probe_max: Duration = Duration.of("10s")
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            # the value is not echoed: a URL may carry a password
+            raise ValueError("`url` must start with redis://, rediss:// or unix://")
+        db = urlsplit(self.url).path.strip("/") if self.url.startswith("redis") else ""
+        if db and not db.isdigit():  # redis-py would quietly use db 0, where the backend keeps its own keys
+            raise ValueError("`url` must end in a database number such as /1, or nothing for db 0")
+        if not self.prefix.strip():
+            raise ValueError("`prefix` must not be empty: it keeps sidecache's keys apart from the backend's")
+        for name in ("timeout", "lease", "probe_min"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be longer than 0s")
+        if self.probe_max < self.probe_min:
+            raise ValueError("`probe_max` must not be shorter than `probe_min`")
+
+
+class DefaultsConfig(_Strict, frozen=True):
+    """What happens to requests no rule matches."""
+
+    unruled: Literal["origin", "pass"] = "origin"  # origin: RFC 9111, as the origin's own headers allow
+
+
+class ListenConfig(_Strict, frozen=True):
+    """The two listeners: proxy traffic and the admin API (as Envoy separates them)."""
+
+    listen: str = "127.0.0.1:8080"
+    admin: str = "127.0.0.1:9901"
+    workers: Count = 1
+    metrics: str = ""  # HOST:PORT of a read-only listener (/metrics, /healthz, /readyz) for Prometheus; "" = none
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("listen", "admin"):
+            parse_hostport(getattr(self, name), field=name)
+        if self.metrics:
+            parse_hostport(self.metrics, field="metrics")
+
+
+class Config(_Strict, frozen=True):
+    """The whole proxy config; every section is optional and defaults to a loopback, memory-only proxy."""
+
+    server: ListenConfig = ListenConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    memory: MemoryConfig = MemoryConfig()
+    redis: RedisConfig = RedisConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the loopback ranges, where an admin API without a token is safe."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: Path | None) -> Config:
+    """Decode one config file strictly; None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+    try:
+        return msgspec.toml.decode(data, type=Config, dec_hook=dec_hook)
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+
+
+def apply_overrides(
+    config: Config,
+    *,
+    upstream: str | None = None,
+    redis: str | None = None,
+    listen: str | None = None,
+    admin: str | None = None,
+    workers: int | None = None,
+    metrics: str | None = None,
+    access_log: bool | None = None,
+    env: dict[str, str] | None = None,
+) -> Config:
+    """Layer env variables, then command-line flags, over the file (flags win), re-validating the result."""
+    env = dict(os.environ) if env is None else env
+    upstream = upstream or env.get("SIDECACHE_UPSTREAM") or None
+    redis = redis if redis is not None else env.get("SIDECACHE_REDIS_URL")
+    data = msgspec.to_builtins(config, enc_hook=enc_hook)
+    flags = {"listen": listen, "admin": admin, "workers": workers, "metrics": metrics, "access_log": access_log}
+    data["server"].update({k: v for k, v in flags.items() if v is not None})
+    if upstream:
+        data["upstream"]["url"] = upstream
+    if redis is not None:
+        data["redis"]["url"] = redis
+    try:
+        return msgspec.convert(data, type=Config, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([f"command line or environment: {exc}"]) from exc
+
+
+def check_admin_exposure(config: Config, token: str | None) -> list[str]:
+    """An admin API reachable from outside the host must have a token: purge and warm are mutating."""
+    host, _ = parse_hostport(config.server.admin)
+    if not token and not is_loopback(host):
+        return [
+            f"server.admin: the admin listener binds {config.server.admin}, which is not loopback, and "
+            "SIDECACHE_ADMIN_TOKEN is not set; set a token or bind 127.0.0.1"
+        ]
+    return []

@@ -1,0 +1,386 @@
+"""`sidecache bench`: the reference workload through the proxy and direct, printed as ratios from one run.
+
+Everything runs on loopback and stops by itself: the sample backend (in this process), `sidecache serve`
+and a bare aiohttp handler (separate processes), and bounded loads (wrk when installed, else proxy.loadgen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from proxy.devtools import chart
+from proxy.devtools.loadgen import burst, replay, run_load
+from proxy.devtools.sample_data import ROSTER, player_id, player_team
+
+HIT_PATH = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits&stat_types=runs"
+BENCH_CONFIG = """
+[memory]
+max_entries = 200000
+max_bytes = "1GiB"
+"""
+
+
+@dataclass
+class Row:
+    """One measured line of the report, with its target when the issue sets one."""
+
+    name: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+    score: float | None = None  # how many times over its target (>= 1 is met), for the chart
+
+
+@dataclass
+class Report:
+    started: str
+    load_generator: str
+    upstream_latency_ms: float
+    config: str
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, object] = field(default_factory=dict)
+
+    def add(self, name: str, value: str, target: str = "", score: float | None = None) -> None:
+        """A row; with a score (measured over target, 1.0 = just met), it is a target met or not."""
+        met = None if score is None else score >= 1.0
+        self.rows.append(Row(name, value, target, met, score))
+        mark = "" if met is None else ("  met" if met else "  NOT MET")
+        print(f"  {name:<52} {value:<34} {target}{mark}", flush=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextmanager
+def _process(cmd: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process of ours, stopped by its PID however the block ends."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(ready_url)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def _proxy(upstream: str, config: Path, workers: int) -> Iterator[tuple[str, str]]:
+    port, admin = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--upstream", upstream,
+           "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--workers", str(workers)]
+    with _process(cmd, f"http://127.0.0.1:{admin}/healthz"):
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+
+
+@contextmanager
+def _bare(size: int) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "proxy.bench", "bare", str(port), str(size)]
+    with _process(cmd, f"http://127.0.0.1:{port}/ready"):
+        yield f"http://127.0.0.1:{port}"
+
+
+async def _load(url: str, connections: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) for one URL."""
+    if shutil.which("wrk"):
+        out = await asyncio.to_thread(
+            subprocess.run, ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+            capture_output=True, text=True, timeout=seconds + 30,
+        )
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+        return rps, _wrk_ms(out.stdout, "50%"), _wrk_ms(out.stdout, "99%")
+    u = urlsplit(url)
+    target = u.path + ("?" + u.query if u.query else "")
+    r = await run_load(u.hostname or "127.0.0.1", u.port or 80, target, connections=connections, seconds=seconds)
+    return r.rps, r.percentile(0.5) * 1000, r.percentile(0.99) * 1000
+
+
+def _wrk_ms(text: str, pct: str) -> float:
+    m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return math.nan
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def _hostport(base: str) -> tuple[str, int]:
+    u = urlsplit(base)
+    return u.hostname or "127.0.0.1", u.port or 80
+
+
+def _pct(sorted_lat: list[float], q: float) -> float:
+    return sorted_lat[min(len(sorted_lat) - 1, int(q * len(sorted_lat)))] * 1000 if sorted_lat else math.nan
+
+
+def zipf_trace(n: int = 5000, players: int = 200, s: float = 1.1, seed: int = 7) -> list[str]:
+    """The reference trace: Zipf(s) player popularity over the four per-player data routes."""
+    rng = random.Random(seed)
+    names = list(ROSTER[:players])
+    weights = [1 / (k**s) for k in range(1, players + 1)]
+    out = []
+    for name in rng.choices(names, weights, k=n):
+        pid = player_id(name)
+        out.append(rng.choice((
+            f"/api/v1/optimized/player-data/{quote(name)}?stat_types=hits",
+            f"/api/v1/players/{quote(name)}/id",
+            f"/api/v1/players/{pid}/game-logs",
+            f"/api/v1/players/{pid}/season-stats?stat_type={rng.choice(('hits', 'runs'))}",
+        )))
+    return out
+
+
+def prop_burst(n: int = 1000, players: int = 25, seed: int = 11) -> list[str]:
+    """Per-prop analysis requests, as a prop screen fires them, over `players` players."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        name = ROSTER[i % players]
+        team = player_team(name) or "NYY"
+        q = urlencode({"player_name": name, "stat_type": rng.choice(("hits", "runs", "rbi", "home_runs")),
+                       "line": rng.choice((0.5, 1.5, 2.5)), "team": team, "matchup": f"{team} vs BOS"})
+        out.append(f"/mlb/enhanced-prop-analysis/prop-{i}?{q}")
+    return out
+
+
+class Backend:
+    """The sample backend in its own process, so the load generator does not share its event loop."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url, self.http = url, http
+
+    async def calls(self) -> int:
+        async with self.http.get(self.url + "/_sample/calls") as r:
+            return sum((await r.json()).values())
+
+
+async def run_bench(*, quick: bool = False, json_path: Path | None = None, latency: float = 0.05,
+                    png_path: Path | None = None) -> int:
+    seconds = 2.0 if quick else 5.0
+    port = _free_port()
+    upstream = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "proxy.devtools.sample_backend", "--port", str(port), "--latency", str(latency)]
+    with _process(cmd, upstream + "/health"):
+        return await _run(upstream, quick, json_path, png_path, latency, seconds)
+
+
+async def _run(upstream: str, quick: bool, json_path: Path | None, png_path: Path | None, latency: float,
+               seconds: float) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="sidecache-bench-"))
+    config = tmp / "bench.toml"
+    config.write_text(BENCH_CONFIG)
+    report = Report(time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wrk -t2" if shutil.which("wrk") else "proxy.loadgen",
+                    latency * 1000, BENCH_CONFIG.strip())
+    print(f"sidecache bench, {report.started}; load generator: {report.load_generator}; "
+          f"upstream latency {latency * 1000:.0f} ms; {os.cpu_count()} cores\nproxy config used:\n{BENCH_CONFIG}")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            backend = Backend(upstream, http)
+            await _hits(report, http, upstream, config, seconds)
+            with _proxy(upstream, config, 1) as (proxy, admin):
+                await _coalescing(report, http, backend, proxy, latency)
+                await _trace(report, http, backend, proxy, admin, upstream, latency, quick)
+                await _props(report, http, backend, proxy, upstream, quick)
+        _memory(report, quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if json_path:
+        json_path.write_text(json.dumps(asdict(report), indent=2))
+        print(f"\nwritten to {json_path}")
+    if png_path:
+        print(chart.write_png(chart.svg(report.started, [(r.name.strip(), r.value, r.target, r.score)
+                                                        for r in report.rows if r.score is not None]), png_path))
+    return 0
+
+
+async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, config: Path, seconds: float) -> None:
+    print("hit path: one stored answer, proxy vs a bare aiohttp web.Application answering the same bytes "
+          "(runs interleaved, best of 3)")
+    async with http.get(upstream + HIT_PATH) as r:
+        size = len(await r.read())
+    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    reps = 3
+    with _bare(size) as bare, _proxy(upstream, config, 1) as (one, _), _proxy(upstream, config, 2) as (two, _):
+        for proxy, workers in ((one, 1), (two, 2)):
+            for _ in range(workers * 4):  # every worker holds its own copy after a few requests
+                async with http.get(proxy + HIT_PATH) as r:
+                    await r.read()
+        targets = {"bare": bare + "/x", "proxy-1w": one + HIT_PATH, "proxy-2w": two + HIT_PATH}
+        for conns in (64, 256):
+            for _ in range(reps):  # interleaved, best of three: the noise of a shared machine only ever slows
+                for name, url in targets.items():
+                    got = await _load(url, conns, seconds)
+                    if got[0] > results.get((name, conns), (0.0, 0.0, 0.0))[0]:
+                        results[(name, conns)] = got
+    report.raw["hits"] = {f"{k[0]}@{k[1]}": v for k, v in results.items()}
+    for conns in (64, 256):
+        bare_, p1, p2 = results[("bare", conns)], results[("proxy-1w", conns)], results[("proxy-2w", conns)]
+        report.add(f"hit req/s, {conns} conns: bare | proxy 1w | proxy 2w",
+                   f"{bare_[0]:.0f} | {p1[0]:.0f} | {p2[0]:.0f}")
+        report.add(f"  proxy 1w / bare ({conns} conns)", f"{p1[0] / bare_[0]:.2f}x", ">= 1.00x", p1[0] / bare_[0])
+        report.add(f"  proxy 2w / proxy 1w ({conns} conns)", f"{p2[0] / p1[0]:.2f}x", ">= 1.35x", p2[0] / p1[0] / 1.35)
+        report.add(f"  p50 / p99 ms: bare | proxy 1w ({conns} conns)",
+                   f"{bare_[1]:.2f}/{bare_[2]:.2f} | {p1[1]:.2f}/{p1[2]:.2f}",
+                   "p99 <= bare's" if conns == 64 else "", bare_[2] / p1[2] if conns == 64 else None)
+
+
+async def _coalescing(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str,
+                      latency: float) -> None:
+    print("coalescing: 200 concurrent identical cold requests (connections opened first, raw sockets)")
+    before = await backend.calls()
+    wall = max(await burst(*_hostport(proxy), ["/api/v1/players/Mike%20Trout/id"] * 200))
+    calls = await backend.calls() - before
+    report.raw["coalescing"] = {"upstream_calls": calls, "wall_ms": wall * 1000}
+    report.add("  upstream calls for 200 identical requests", str(calls), "== 1",
+               1.0 if calls == 1 else 1 / max(calls, 2))
+    limit = latency * 1000 + 15
+    report.add("  wall time", f"{wall * 1000:.1f} ms", f"<= {limit:.0f} ms", limit / (wall * 1000))
+
+
+async def _trace(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str, admin: str,
+                 upstream: str, latency: float, quick: bool) -> None:
+    trace = zipf_trace(n=1000 if quick else 5000)
+    distinct = len(set(trace))
+    async with http.post(admin + "/purge", json={"all": True}) as r:
+        assert r.status == 200, await r.text()
+    print(f"reference trace: {len(trace)} GETs, 200 players, Zipf(1.1), 4 routes, concurrency 50")
+    before = await backend.calls()
+    t0 = time.perf_counter()
+    lat = sorted(await replay(*_hostport(proxy), trace, 50))
+    wall = time.perf_counter() - t0
+    calls = await backend.calls() - before
+    t0 = time.perf_counter()
+    dlat = sorted(await replay(*_hostport(upstream), trace, 50))
+    dwall = time.perf_counter() - t0
+    report.raw["trace"] = {"requests": len(trace), "distinct": distinct, "upstream_calls": calls,
+                           "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "wall_s": wall,
+                           "direct_p50_ms": _pct(dlat, 0.5), "direct_p99_ms": _pct(dlat, 0.99), "direct_wall_s": dwall}
+    report.add("  upstream calls vs distinct keys", f"{calls} vs {distinct}", "equal",
+               1.0 if calls == distinct else min(calls, distinct) / max(calls, distinct, 1) * 0.99)
+    report.add("  hit ratio", f"{1 - calls / len(trace):.1%}")
+    p99_limit = 1.2 * latency * 1000
+    report.add("  p50 / p99 via proxy", f"{_pct(lat, 0.5):.1f} / {_pct(lat, 0.99):.1f} ms",
+               f"p99 <= {p99_limit:.0f} ms", p99_limit / _pct(lat, 0.99))
+    report.add("  p50 / p99 direct", f"{_pct(dlat, 0.5):.1f} / {_pct(dlat, 0.99):.1f} ms")
+    report.add("  wall time proxy / direct", f"{wall:.2f} s / {dwall:.2f} s = {wall / dwall:.2f}x")
+
+
+async def _props(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str, upstream: str,
+                 quick: bool) -> None:
+    n, players = (300, 25) if quick else (1000, 25)
+    paths = prop_burst(n, players)
+    print(f"prop burst: {n} per-prop analyses over {players} players, sent at once (connections opened first)")
+    before = await backend.calls()
+    lat = sorted(await burst(*_hostport(proxy), paths))
+    calls = await backend.calls() - before
+    dbefore = await backend.calls()
+    dlat = sorted(await burst(*_hostport(upstream), paths))
+    dcalls = await backend.calls() - dbefore
+    per_player = math.ceil(n / players)
+    limit = players * math.ceil(per_player / 50)
+    added = _pct(lat, 0.5) - _pct(dlat, 0.5)
+    report.raw["props"] = {"upstream_calls": calls, "direct_calls": dcalls, "p50_ms": _pct(lat, 0.5),
+                           "p99_ms": _pct(lat, 0.99), "direct_p50_ms": _pct(dlat, 0.5)}
+    report.add("  upstream calls: proxy vs direct", f"{calls} vs {dcalls}", f"<= {limit}", limit / max(calls, 1))
+    report.add("  p50 / p99 via proxy", f"{_pct(lat, 0.5):.1f} / {_pct(lat, 0.99):.1f} ms")
+    report.add("  added p50 over direct", f"{added:.1f} ms", "<= window + 10 ms (210 ms)", 210 / max(added, 1.0))
+
+
+def _memory(report: Report, quick: bool) -> None:
+    n = 20_000 if quick else 100_000
+    print(f"memory: {n:,} entries of 1.5 KB in the memory tier")
+    out = subprocess.run([sys.executable, "-m", "proxy.bench", "memory", str(n)], capture_output=True, text=True,
+                         timeout=300)
+    growth, payload = map(int, out.stdout.split())
+    report.raw["memory"] = {"entries": n, "rss_growth_bytes": growth, "payload_bytes": payload}
+    ratio = growth / payload
+    report.add("  RSS growth / payload bytes", f"{growth / 2**20:.0f} MiB / {payload / 2**20:.0f} MiB = {ratio:.2f}x",
+               "<= 2.00x", 2.0 / ratio)
+
+
+def _serve_bare(port: int, size: int) -> None:
+    """The ceiling: aiohttp's simplest app, one catch-all route returning a stored body of the same size."""
+    body = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _measure_memory(n: int) -> None:
+    from proxy.cache.memory import MemoryTier
+    from proxy.policy.entry import CachedResponse
+
+    def rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    tier = MemoryTier(max_entries=n, max_bytes=2**40, max_entry_bytes=2**20, clock=time.time)
+    headers = [("Content-Type", "application/json"), ("Server", "A1Betting/2.0"), ("X-Frame-Options", "DENY")]
+    now = time.time()
+    before = rss()
+    payload = 0
+    for i in range(n):
+        body = (b'{"i": %d, "pad": "' % i).ljust(1500 - 2, b"x") + b'"}'
+        payload += len(body)
+        tier.set(f"player-data\x1fname=Player {i}\x1f?stat_types=hits",
+                 CachedResponse(status=200, headers=headers, body=body, stored_at=now, ttl=300))
+    print(rss() - before, payload)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "bare":
+        _serve_bare(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "memory":
+        _measure_memory(int(sys.argv[2]))

@@ -1,0 +1,94 @@
+"""The caching decisions, as pure functions of headers, rule and time (hishel's sans-I/O idea).
+
+Each "why not" answer is a short token that ends up in the Cache-Status `detail` parameter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+
+from proxy.config.rules import CompiledRule
+from proxy.policy.entry import CachedResponse
+
+
+class State(enum.Enum):
+    """Where an entry stands at a given moment (RFC 9111 4.2, RFC 5861)."""
+
+    FRESH = "fresh"
+    STALE_REVALIDATE = "stale-while-revalidate"  # serve now, refresh in the background
+    STALE_IF_ERROR = "stale-if-error"  # only if the refresh fails
+    EXPIRED = "expired"
+
+
+def state(entry: CachedResponse, now: float) -> State:
+    age = now - entry.stored_at
+    if age < entry.ttl:
+        return State.FRESH
+    over = age - entry.ttl
+    if over < entry.stale_while_revalidate:
+        return State.STALE_REVALIDATE
+    if over < entry.stale_if_error:
+        return State.STALE_IF_ERROR
+    return State.EXPIRED
+
+
+def client_wants_revalidation(headers: Mapping[str, str], rule: CompiledRule) -> bool:
+    """`Cache-Control: no-cache` or `max-age=0` from the client, honoured only where the rule says so: by default
+    a frontend must not be able to defeat the cache by accident (RFC 9111 5.2.1 lets a cache decide)."""
+    if rule.route.client_no_cache == "ignore":
+        return False
+    cc = cache_control(headers.get("Cache-Control"))
+    return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
+
+
+def usable_on_error(entry: CachedResponse, now: float) -> bool:
+    """Within the entry's stale-if-error window, so an upstream failure can be answered from it (RFC 5861 4)."""
+    return now - entry.stored_at < entry.ttl + entry.stale_if_error
+
+
+def cache_control(value: str | None) -> dict[str, str]:
+    """Parse a Cache-Control value into lower-case directives (RFC 9111 5.2); quoted values unquoted."""
+    out: dict[str, str] = {}
+    if not value:
+        return out
+    for part in value.split(","):
+        name, _, arg = part.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = arg.strip().strip('"')
+    return out
+
+
+def private_request_reason(headers: Mapping[str, str], rule: CompiledRule) -> str | None:
+    """Why a request's answer must not be shared across users, or None (RFC 9111 3.5)."""
+    if rule.route.share == "all-users":
+        return None
+    if "Authorization" in headers:
+        return "authorization"
+    if "Cookie" in headers:
+        return "cookie"
+    return None
+
+
+def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule: CompiledRule) -> str | None:
+    """Why a complete upstream response may not be stored under this rule, or None."""
+    if status not in rule.route.cache_status:
+        return f"status-{status}"
+    if rule.route.uncacheable_bodies and body.strip().decode("utf-8", "replace") in rule.route.uncacheable_bodies:
+        return "uncacheable-body"
+    if rule.route.share == "all-users":
+        return None  # the rule overrides the origin, as nginx's proxy_ignore_headers does; Set-Cookie is stripped
+    if "Set-Cookie" in headers:
+        return "set-cookie"
+    cc = cache_control(headers.get("Cache-Control"))
+    if "no-store" in cc:
+        return "no-store"
+    if "private" in cc:
+        return "private"
+    return None
+
+
+def stored_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What of a response's headers goes into the cache: never a cookie, never a per-response length or age."""
+    drop = {"set-cookie", "content-length", "age", "date"}
+    return [(k, v) for k, v in headers if k.lower() not in drop]

@@ -1,0 +1,142 @@
+"""Responses built from stored entries: Age, Cache-Status, Via, HEAD, and 304 for a client's own conditions."""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from proxy.config.rules import CompiledRule, field_value
+from proxy.policy.entry import CachedResponse
+from proxy.policy.validators import not_modified
+from proxy.serving.headers import VIA
+
+# What a 304 carries of the stored response (RFC 9110 15.4.5), besides our own Age, Cache-Status and Via.
+_KEPT_ON_304: Final = frozenset({"etag", "cache-control", "expires", "vary", "content-location", "last-modified"})
+
+
+def from_entry(
+    request: web.BaseRequest,
+    entry: CachedResponse,
+    cache_status: str,
+    age: float | None,
+    *,
+    body: bytes | None = None,
+    etag: str | None = None,
+) -> web.StreamResponse:
+    """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is."""
+    headers = entry.headers
+    extra = [("Cache-Status", cache_status), ("Via", VIA)]
+    if age is not None:
+        extra.append(("Age", str(max(0, int(age)))))
+    if etag is not None:
+        headers = [h for h in headers if h[0].lower() != "etag"]
+        extra.append(("ETag", etag))
+    conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+    if conditional and entry.status == 200:
+        tag = etag or _get(headers, "etag")
+        if not_modified(request.headers, tag, _get(headers, "last-modified")):
+            kept = [h for h in headers if h[0].lower() in _KEPT_ON_304]
+            return web.Response(status=304, headers=kept + extra)
+    return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status)
+
+
+class StoredAnswer(web.StreamResponse):
+    """A stored answer written in one piece: status line, headers and body, encoded and sent in one write.
+
+    aiohttp's own path builds a header map, checks and serialises it for every response; for an answer whose
+    headers are already known to be well formed (they were parsed from the origin, or are ours) that is most of
+    a hit's cost. Measured on a bare handler with the same 10 headers: about 2x the requests per second.
+    """
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, cache_status: str) -> None:
+        super().__init__(status=status)
+        self._stored = (headers, body)
+        self.cache_status = cache_status  # for the access log, which cannot read the unbuilt header map
+        self.size = len(body)
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._payload_writer is not None:
+            return self._payload_writer
+        writer = request._payload_writer  # as StreamResponse._start takes it
+        self._req, self._payload_writer = request, writer
+        keep_alive = self._keep_alive = request.keep_alive
+        headers, body = self._stored
+        status, version = self.status, request.version
+        lines = [f"HTTP/{version.major}.{version.minor} {status} {_reason(status)}\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in headers]
+        empty = status in (204, 304) or status < 200
+        if not empty:
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append(f"Date: {_date()}\r\n")
+        if version.minor == 0 and keep_alive:
+            lines.append("Connection: keep-alive\r\n")
+        elif version.minor == 1 and not keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("utf-8")
+        if not empty and request.method != "HEAD":
+            data += body
+        await writer.write(data)
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self._eof_sent and self._payload_writer is not None:
+            await self._payload_writer.write_eof()
+            self._eof_sent = True
+
+
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _reason(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+_last_date: list[object] = [0, ""]
+
+
+def _date() -> str:
+    """The Date header, formatted once a second (as aiohttp does for its own responses)."""
+    now = int(time.time())
+    if _last_date[0] != now:
+        _last_date[0], _last_date[1] = now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+    return str(_last_date[1])
+
+
+def _get(headers: list[tuple[str, str]], lower_name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == lower_name:
+            return v
+    return None
+
+
+def etag_of(entry: CachedResponse) -> str | None:
+    for k, v in entry.headers:
+        if k.lower() == "etag":
+            return v
+    return None
+
+
+def echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:
+    """Write the caller's own ids back into a shared JSON body (the rule's `echo` fields)."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    changed = False
+    for f in rule.echo:
+        value: object = field_value(f, params, request.query, request.headers)
+        old = doc.get(f.name)
+        if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if old != value:
+            doc[f.name] = value
+            changed = True
+    return msgspec.json.encode(doc) if changed else body

@@ -1,0 +1,334 @@
+"""A rule's `[route.batch]` over HTTP: single misses become items of one batch call, its results their own bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+
+from proxy.concurrency.batcher import Batcher
+from proxy.config.rules import CompiledRule, Field, RuleSet, field_value
+from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.serving.headers import end_to_end
+from proxy.serving.upstream import UpstreamClient, UpstreamResponse
+from proxy.telemetry.metrics import Metrics
+
+ITEMS: Final = "$items"
+_FLOAT: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INT: Final = re.compile(r"[+-]?\d+")
+# The words pydantic (so a FastAPI single endpoint) reads as booleans in a query string.
+_BOOL: Final = {
+    "true": True, "t": True, "yes": True, "y": True, "on": True, "1": True,
+    "false": False, "f": False, "no": False, "n": False, "off": False, "0": False,
+}
+# Headers that describe the batch reply as a whole, never one item's body cut out of it.
+_REPLY_ONLY: Final = ("Content-Length", "Content-Encoding", "Content-MD5", "ETag", "Last-Modified", "Set-Cookie")
+# Headers of a client's request that belonged to its own body, not to the batch body built here.
+_BODY_ONLY: Final = ("Content-Length", "Content-Type", "Content-Encoding", "Transfer-Encoding")
+
+
+class Unbatchable(ValueError):
+    """A request whose fields cannot become a batch item as the rule declares them: it is sent on its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemField:
+    """One field of a batch item: its name in the item, the request part it comes from, and its JSON type."""
+
+    name: str
+    ref: Field
+    kind: str  # str, int, float or bool
+
+    @classmethod
+    def parse(cls, name: str, spec: str) -> ItemField:
+        ref, _, kind = spec.partition(":")
+        return cls(name, Field.parse(ref), kind or "str")
+
+    def read(self, params: Mapping[str, str], query: MultiMapping[str], headers: MultiMapping[str]) -> object:
+        """The typed value in one request; absent, repeated or mistyped values are left to the single endpoint."""
+        if self.ref.source == "path":
+            values = [params[self.ref.name]] if self.ref.name in params else []
+        else:
+            values = (query if self.ref.source == "query" else headers).getall(self.ref.name, [])
+        if len(values) != 1:
+            raise Unbatchable(f"`{self.ref.source}.{self.ref.name}` is absent or repeated")
+        text = values[0]
+        if self.kind == "str":
+            return text
+        if self.kind == "bool":
+            if (flag := _BOOL.get(text.lower())) is None:
+                raise Unbatchable(f"`{self.ref.name}` = {text!r} is not a boolean")
+            return flag
+        if self.kind == "int" and _INT.fullmatch(text):
+            return int(text)
+        if self.kind == "float" and _FLOAT.fullmatch(text) and math.isfinite(number := float(text)):
+            return number
+        raise Unbatchable(f"`{self.ref.name}` = {text!r} is not a finite {self.kind}")
+
+    def render(self, value: object) -> str:
+        """The request text for an item's JSON value (the inverse of read), for keying a client's own batch items."""
+        if self.kind == "str" and isinstance(value, str):
+            return value
+        if self.kind == "bool" and isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unbatchable(f"`{self.name}` = {value!r} is not a {self.kind}")
+        if self.kind == "int" and isinstance(value, int):
+            return str(value)
+        if self.kind == "float" and math.isfinite(value):
+            # As a browser writes numbers into a URL: 2.0 is "2", 1.5 is "1.5".
+            return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+        raise Unbatchable(f"`{self.name}` = {value!r} is not a finite {self.kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A batch call's answer, split by the id each item was sent with."""
+
+    response: UpstreamResponse
+    problem: str | None  # why the call as a whole gave nothing usable: "status-500", "unparseable"
+    answers: dict[str, bytes]  # sent id -> that item's own JSON object, as the backend wrote it
+    failed: dict[str, dict[str, Any]]  # sent id -> its entry in the reply's failures
+    anonymous: list[Any]  # failure entries without an id (a whole group failed, or the batch)
+    headers: CIMultiDictProxy[str]  # the reply's headers that suit each item's own body
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One item waiting in a window, with the forwarding headers of the request that asked for it."""
+
+    item: dict[str, Any]
+    headers: CIMultiDict[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An item's own body cut out of a batch reply; `sent` is the id it carries."""
+
+    body: bytes
+    headers: CIMultiDictProxy[str]
+    sent: object
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Why the batch gave an item nothing: "failed", "missing", or the whole call's failure."""
+
+    reason: str
+
+
+class BatchSpec:
+    """A `[route.batch]` table compiled once: typed item fields, the body template, the reply's shape."""
+
+    def __init__(self, rule: CompiledRule) -> None:
+        b = rule.route.batch
+        if b is None:
+            raise ValueError(f"rule {rule.name!r} has no [route.batch] table")
+        method, _, path = b.to.strip().partition(" ")
+        self.method, self.path = method, path.strip()
+        self.fields = tuple(ItemField.parse(name, spec) for name, spec in b.item.items())
+        self.group = Field.parse(b.group_by)
+        self.match_on, self.results, self.failures = b.match_on, b.results, b.failures
+        self.template = b.body
+        self.items_at = _path_to_items(b.body)
+        self._reply: msgspec.json.Decoder[Any] = msgspec.json.Decoder(msgspec.defstruct("BatchReply", [
+            ("results", list[msgspec.Raw], msgspec.field(name=b.results)),
+            ("failures", list[Any], msgspec.field(default_factory=list, name=b.failures)),
+        ]))
+        self._id: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            msgspec.defstruct("ItemId", [("id", Any, msgspec.field(default=None, name=b.match_on))])
+        )
+
+    def item(self, params: Mapping[str, str], query: MultiMapping[str], headers: MultiMapping[str]) -> dict[str, Any]:
+        return {f.name: f.read(params, query, headers) for f in self.fields}
+
+    def group_of(self, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> str:
+        return field_value(self.group, params, query, headers)
+
+    def items_in(self, doc: Any) -> list[Any] | None:
+        """The item list inside a client's own batch body, or None when the body has another shape."""
+        for step in self.items_at:
+            if isinstance(step, str) and isinstance(doc, dict) and step in doc:
+                doc = doc[step]
+            elif isinstance(step, int) and isinstance(doc, list) and step < len(doc):
+                doc = doc[step]
+            else:
+                return None
+        return doc if isinstance(doc, list) else None
+
+    def body(self, items: list[dict[str, Any]], base: Any = None) -> bytes:
+        """The batch body: the rule's template (or a client's own body) with `items` where its items go."""
+        doc: Any = copy.deepcopy(self.template if base is None else base)
+        if not self.items_at:
+            return msgspec.json.encode(items)
+        parent: Any = doc
+        for step in self.items_at[:-1]:
+            parent = parent[step]
+        parent[self.items_at[-1]] = items
+        return msgspec.json.encode(doc)
+
+    def split(self, body: bytes) -> tuple[dict[str, bytes], dict[str, dict[str, Any]], list[Any]]:
+        """Results by id (any order), failures by id, and failures without one; DecodeError if not the shape."""
+        reply = self._reply.decode(body)
+        answers: dict[str, bytes] = {}
+        for raw in reply.results:
+            try:
+                rid = self._id.decode(raw).id
+            except msgspec.DecodeError:
+                continue  # not an object: nobody's answer, so its item counts as missing
+            if rid is not None:
+                answers.setdefault(str(rid), bytes(raw))
+        failed: dict[str, dict[str, Any]] = {}
+        anonymous: list[Any] = []
+        for entry in reply.failures:
+            if isinstance(entry, dict) and entry.get(self.match_on) is not None:
+                failed.setdefault(str(entry[self.match_on]), entry)
+            else:
+                anonymous.append(entry)
+        return answers, failed, anonymous
+
+    def with_id(self, body: bytes, value: object) -> bytes:
+        """The body with the match_on field set to a caller's own id, as the single endpoint would echo it."""
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return body
+        if not isinstance(doc, dict) or (self.match_on in doc and doc[self.match_on] == value):
+            return body
+        doc[self.match_on] = value
+        return msgspec.json.encode(doc)
+
+
+class BatchRoute:
+    """One batched rule: a Batcher per rule, the batch call, and single calls for whatever a batch leaves out."""
+
+    def __init__(
+        self, rule: CompiledRule, upstream: UpstreamClient, metrics: Metrics, *,
+        calls: asyncio.Semaphore, fallbacks: asyncio.Semaphore,
+    ) -> None:
+        self.rule = rule
+        self.spec = BatchSpec(rule)
+        self.upstream = upstream
+        self.metrics = metrics
+        self.calls = calls
+        self._fallbacks = fallbacks
+        b = rule.route.batch
+        assert b is not None  # BatchSpec raised otherwise
+        self.fallback = b.on_item_error == "fallback"
+        self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
+            self._send, window=float(b.window), max_items=b.max_items, calls=calls, idle=float(b.idle)
+        )
+
+    async def fetch(
+        self, key: str, params: Mapping[str, str], query: MultiMapping[str], raw_path: str, headers: CIMultiDict[str]
+    ) -> tuple[UpstreamResponse, int]:
+        """What the single endpoint answers for one request, via a batch when it can: (answer, batch size or 0)."""
+        try:
+            item = self.spec.item(params, query, headers)
+        except Unbatchable:
+            return await self.single(raw_path, headers, "unbatchable"), 0
+        group = self.spec.group_of(params, query, headers)
+        got = await self.batcher.submit(group, key, Pending(item, headers))
+        if got.shared:
+            self.metrics.batch_deduplicated[self.rule.name] += 1
+        outcome = got.result
+        if isinstance(outcome, Answer):
+            own = item[self.spec.match_on]
+            body = outcome.body if outcome.sent == own else self.spec.with_id(outcome.body, own)
+            return UpstreamResponse(200, outcome.headers, body), got.size
+        if not self.fallback:
+            raise UpstreamError(f"rule {self.rule.name!r}: batch item {outcome.reason}", url=self.spec.path)
+        return await self.single(raw_path, headers, outcome.reason), 0
+
+    async def single(self, raw_path: str, headers: CIMultiDict[str], reason: str) -> UpstreamResponse:
+        """The item as its own call to the single endpoint, at most `max_fallback_calls` at once."""
+        self.metrics.batch_fallbacks[(self.rule.name, reason)] += 1
+        async with self._fallbacks:
+            t0 = time.perf_counter()
+            resp = await self.upstream.fetch("GET", raw_path, headers)
+        self.metrics.upstream_call(self.rule.name, resp.status, time.perf_counter() - t0)
+        return resp
+
+    async def call(self, items: list[dict[str, Any]], headers: CIMultiDict[str], base: Any = None) -> Reply:
+        """One batch call with items whose ids are unique; transport failures raise UpstreamError."""
+        out = end_to_end(headers, drop=_BODY_ONLY)
+        out["Content-Type"] = "application/json"
+        out["Accept-Encoding"] = "identity"  # the reply is parsed here
+        self.metrics.batch_sent(self.rule.name, len(items))
+        t0 = time.perf_counter()
+        try:
+            resp = await self.upstream.fetch(self.spec.method, self.spec.path, out, self.spec.body(items, base))
+        except UpstreamError as exc:
+            self.metrics.upstream_error(self.rule.name, type(exc).__name__)
+            raise
+        self.metrics.upstream_call(self.rule.name, resp.status, time.perf_counter() - t0)
+        kept = CIMultiDictProxy(end_to_end(resp.headers, drop=_REPLY_ONLY))
+        if resp.status != 200:
+            return Reply(resp, f"status-{resp.status}", {}, {}, [], kept)
+        try:
+            answers, failed, anonymous = self.spec.split(resp.body)
+        except msgspec.DecodeError:
+            return Reply(resp, "unparseable", {}, {}, [], kept)
+        return Reply(resp, None, answers, failed, anonymous, kept)
+
+    async def _send(self, group: str, pending: list[Pending]) -> list[Answer | Miss]:
+        """The Batcher's send: one call for a window's items, each matched back by its sent id."""
+        m = self.spec.match_on
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for i, p in enumerate(pending):
+            sent = str(p.item[m])
+            if sent in seen:  # the same id with other fields: results could not be told apart
+                sent = f"{sent}~{i}"
+                items.append({**p.item, m: sent})
+            else:
+                items.append(p.item)
+            seen.add(sent)
+        try:
+            reply = await self.call(items, pending[0].headers)
+        except UpstreamError as exc:
+            reason = "batch-timeout" if isinstance(exc, UpstreamTimeout) else "batch-unreachable"
+            return [Miss(reason)] * len(items)
+        if reply.problem is not None:
+            return [Miss(f"batch-{reply.problem}")] * len(items)
+        out: list[Answer | Miss] = []
+        for item in items:
+            sid = str(item[m])
+            body = reply.answers.get(sid)
+            if body is not None:
+                out.append(Answer(body, reply.headers, item[m]))
+            else:  # in failures, or absent (dropped past the backend's limit, or a failure without an id)
+                out.append(Miss("failed" if sid in reply.failed else "missing"))
+        return out
+
+
+def batch_routes(rules: RuleSet, upstream: UpstreamClient, metrics: Metrics) -> dict[str, BatchRoute]:
+    """A BatchRoute per rule with `[route.batch]`; all share the upstream's batch and fallback call limits."""
+    calls = asyncio.Semaphore(upstream.config.max_batch_calls)
+    fallbacks = asyncio.Semaphore(upstream.config.max_fallback_calls)
+    return {
+        r.name: BatchRoute(r, upstream, metrics, calls=calls, fallbacks=fallbacks)
+        for r in rules.rules if r.route.batch is not None
+    }
+
+
+def _path_to_items(template: Any) -> tuple[str | int, ...]:
+    """Where "$items" sits in the body template, as keys and indexes from the top."""
+    if template == ITEMS:
+        return ()
+    children = template.items() if isinstance(template, dict) else enumerate(template) if isinstance(
+        template, list) else ()
+    for step, value in children:
+        try:
+            return (step, *_path_to_items(value))
+        except LookupError:
+            continue
+    raise LookupError(f"no {ITEMS!r} in the batch body template")

@@ -1,0 +1,132 @@
+"""Pass-through for requests no rule caches: bodies stream both ways, WebSocket upgrades are piped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from proxy.errors import UpstreamError
+from proxy.serving.headers import VIA, add_forwarding, end_to_end
+from proxy.serving.upstream import UpstreamClient
+
+CHUNK: Final = 64 * 1024
+
+
+@dataclass
+class Tee:
+    """A copy of a streamed body kept for the cache, abandoned as soon as it outgrows `limit`."""
+
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+    headers: CIMultiDictProxy[str] | None = None  # the upstream's own, before the proxy added anything
+
+    def add(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self.limit:
+            self.limit = -1  # over the cap: stop keeping, keep streaming
+            self.chunks.clear()
+        elif self.limit >= 0:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+
+    @property
+    def body(self) -> bytes | None:
+        return b"".join(self.chunks) if self.complete and self.limit >= 0 else None
+
+
+# Given the upstream's status and headers, before anything reaches the client: the Cache-Status to send,
+# and a Tee when the body should also be kept for the cache.
+Decide = Callable[[int, CIMultiDictProxy[str]], tuple[str, Tee | None]]
+
+
+async def forward(
+    request: web.BaseRequest,
+    upstream: UpstreamClient,
+    cache_status: str | Decide,
+    *,
+    extra: dict[str, str] | None = None,
+) -> tuple[web.StreamResponse, Tee | None]:
+    """Stream the request to the upstream and its answer back, holding at most a chunk in memory (plus what a
+    Tee keeps, bounded by its limit)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        assert isinstance(cache_status, str)
+        return await _websocket(request, upstream, cache_status), None
+    headers = add_forwarding(
+        end_to_end(request.headers, drop=("Host",)), client_ip=request.remote, proto=request.scheme, host=request.host
+    )
+    headers.update(extra or {})
+    body = request.content if request.body_exists else None
+    async with upstream.open(request.method, request.raw_path, headers, body) as up:
+        status, tee = cache_status(up.status, up.headers) if callable(cache_status) else (cache_status, None)
+        if tee is not None:
+            tee.headers = up.headers
+        resp = web.StreamResponse(status=up.status, reason=up.reason, headers=end_to_end(up.headers))
+        resp.headers["Cache-Status"] = status
+        resp.headers.add("Via", VIA)
+        await resp.prepare(request)
+        try:
+            async for chunk in up.content.iter_chunked(CHUNK):
+                if tee is not None:
+                    tee.add(chunk)
+                await resp.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the only honest signal left is to cut the connection.
+            raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc
+        await resp.write_eof()
+        if tee is not None:
+            tee.complete = True
+        return resp, tee
+
+
+async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str) -> web.StreamResponse:
+    """Open the upstream socket first, so a refused upstream is a 502 rather than a socket closed at once."""
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    drop = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol")
+    headers = add_forwarding(
+        end_to_end(request.headers, drop=drop), client_ip=request.remote, proto=request.scheme, host=request.host
+    )
+    url = upstream.url(request.raw_path)
+    try:
+        up = await upstream.session.ws_connect(url, headers=headers, protocols=protocols, autoping=False)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"cannot open WebSocket to upstream {url.host}:{url.port}: {exc}", url=str(url)) from exc
+    ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=False)
+    ws.headers["Cache-Status"] = cache_status
+    await ws.prepare(request)
+
+    async def pipe(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                   dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in src:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PONG:
+                await dst.pong(msg.data)
+
+    tasks = [asyncio.ensure_future(pipe(ws, up)), asyncio.ensure_future(pipe(up, ws))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        # Shielded: when the client's connection drops the handler is cancelled, yet both closing
+        # handshakes must still happen, or the upstream keeps a half-open socket.
+        await asyncio.shield(_close_both(tasks, ws, up))
+    return ws
+
+
+async def _close_both(tasks: Sequence[asyncio.Future[None]], ws: web.WebSocketResponse,
+                      up: aiohttp.ClientWebSocketResponse) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await up.close(code=ws.close_code or aiohttp.WSCloseCode.OK)
+    await ws.close(code=up.close_code or aiohttp.WSCloseCode.OK)
