@@ -21,7 +21,7 @@ from proxy.errors import ConfigError
 from proxy.ops import admin
 from proxy.ops.stats import History, sample_of
 from proxy.serving.handler import ProxyHandler
-from proxy.serving.origin_cache import OriginCache
+from proxy.serving.headers import Forwarding
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.access_log import AccessLog
 from proxy.telemetry.metrics import Metrics
@@ -89,13 +89,11 @@ class Sidecar:
 
     async def _start(self) -> None:
         await self.tiers.start()  # a Redis that does not answer degrades the cache, never stops the start
-        self.upstream = UpstreamClient(self.config.upstream)
-        origin = None
-        if self.config.defaults.unruled == "origin":
-            origin = OriginCache(self.tiers, self.upstream, self.metrics,
-                                 max_entry_bytes=self.config.memory.max_entry_bytes, clock=self.clock)
+        self.upstream = UpstreamClient(self.config.upstream, self.metrics)
         self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock,
-                                    origin=origin)
+                                    unruled=self.config.defaults.unruled,
+                                    max_entry_bytes=self.config.memory.max_entry_bytes,
+                                    trust=Forwarding(self.config.server.trusted_proxies))
         self._register_gauges()
         self.handler.access_log = self._access_log()
         server = web.Server(self.handler, access_log=None, handler_cancellation=True)

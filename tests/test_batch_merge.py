@@ -53,7 +53,8 @@ async def test_cached_items_are_answered_here_and_only_the_missing_go_upstream(
     assert status == 200
     assert backend.sample.calls == {"batch-prop-analysis": 1}
     assert [r["prop_id"] for r in backend.batch_bodies()[0]["requests"]] == ["mine-3", "mine-4"]
-    assert backend.batch_bodies()[0]["use_cache"] is False  # the client's own options go with it
+    # What is stored per item is fetched with the rule's own body template, never a client's options (issue 11.4)
+    assert backend.batch_bodies()[0]["use_cache"] is True
     assert reply["successful"] == [analysis(i) for i in items]
     assert reply["failed"] == []
     perf = reply["performance"]
@@ -95,7 +96,8 @@ async def test_failures_keep_the_backends_entries_and_are_not_stored(
         {"prop_id": "t0", "error": "Player data not found for Mike Trout", "type": "player_not_found"},
         {"error": "Player group processing failed for juan soto", "type": "player_group_error"},
     ]
-    assert len(proxy.memory) == 1
+    # The answer, and t0's failure remembered for negative_ttl (issue 11.4); the id-less group error is not.
+    assert len(proxy.memory) == 2
 
 
 async def test_identical_items_go_once_and_an_item_without_an_id_gets_the_backends_default(

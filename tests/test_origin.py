@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.policy.origin_policy import OriginPolicy, origin_policy, variant_suffix
+from proxy.policy.keys import variant_suffix
+from proxy.policy.origin_policy import OriginPolicy, origin_policy
 
 NOW = 1_750_000_000.0
 DATE = "Sun, 15 Jun 2025 15:06:40 GMT"  # == NOW

@@ -9,6 +9,8 @@ import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.config.settings import Config
+
 from .conftest import ProxyFactory, Upstream
 
 
@@ -45,7 +47,8 @@ async def test_hop_by_hop_headers_stop_and_forwarding_headers_are_added(
 ) -> None:
     upstream.reply("/h", headers={"Connection": "X-Secret-Hop", "X-Secret-Hop": "y", "Keep-Alive": "timeout=5",
                                   "X-End": "kept"})
-    proxy = await make_proxy()
+    # The test client is a trusted proxy here, so its X-Forwarded-For is kept and appended to.
+    proxy = await make_proxy(config=msgspec.convert({"server": {"trusted_proxies": ["127.0.0.1/32"]}}, Config))
     headers = {"Connection": "keep-alive, X-Client-Hop", "X-Client-Hop": "1", "Proxy-Authorization": "Basic x",
                "TE": "trailers", "X-Forwarded-For": "10.0.0.1", "Authorization": "Bearer t", "X-Custom": "v"}
     async with http.get(proxy.proxy_url + "/h", headers=headers) as r:

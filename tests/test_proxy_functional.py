@@ -252,7 +252,10 @@ async def test_stale_if_error_serves_the_old_copy(make_proxy: ProxyFactory, upst
     now[0] += 301
     upstream.reply("/players/judge", status=502, body=b"bad gateway")
     s, h, b = await get(http, proxy.proxy_url + "/players/judge")
-    assert (s, b) == (502, b"bad gateway")  # an HTTP answer is still an answer; only transport errors fall back
+    # The origin's own 502 within stale-if-error is answered from the stale copy, as nginx's proxy_cache_use_stale
+    # http_502 does (issue 12.2; before, only transport errors fell back).
+    assert (s, b) == (200, b'{"v": 1}')
+    assert h["Cache-Status"] == "sidecache; fwd=stale; fwd-status=502; ttl=-1; detail=stale-if-error"
     await proxy.stop()
     proxy2 = await make_proxy(PLAYER + 'stale_if_error = "10m"\n', clock=lambda: now[0],
                               upstream_url="http://127.0.0.1:1")

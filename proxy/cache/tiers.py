@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Final, TypeVar
 
 from proxy.cache.events import Filled, Purged, Selector, decode_event, encode_event
@@ -15,11 +16,13 @@ from proxy.cache.redis.tier import RedisTier, entry_hash
 from proxy.concurrency.coalescer import Coalescer
 from proxy.errors import CacheBackendError
 from proxy.policy.entry import CachedResponse
+from proxy.policy.keys import variant_key
 
 log = logging.getLogger("sidecache")
 V = TypeVar("V")
 
 MAX_PENDING_WRITES: Final = 512  # Redis writes in flight; past this a write is dropped (counted), never queued
+RECENT_PURGES: Final = 1024  # purges remembered, so a fill that began before one does not store what it removed
 
 
 class TieredCache:
@@ -46,6 +49,8 @@ class TieredCache:
         self._writes: dict[str, tuple[CachedResponse, asyncio.Task[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._reads: Coalescer[str, CachedResponse | None] = Coalescer()
+        self.generation = 0  # bumped by every purge, here or in another process; a fill notes it when it starts
+        self._purges: deque[tuple[int, Selector]] = deque(maxlen=RECENT_PURGES)
 
     @property
     def degraded(self) -> bool:
@@ -83,6 +88,29 @@ class TieredCache:
     def local(self, key: str) -> CachedResponse | None:
         return self.memory.get(key)
 
+    async def find(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
+        """The entry for a request: under its key, or, where the key holds a Vary marker, under its variant's key."""
+        entry = self.memory.get(key) or await self.shared(key)
+        if entry is not None and entry.is_marker:
+            vkey = variant_key(key, entry.vary, request)
+            entry = self.memory.get(vkey) or await self.shared(vkey)
+            if entry is not None and entry.is_marker:
+                return None
+        return entry
+
+    def purged_since(self, generation: int, key: str, entry: CachedResponse) -> bool:
+        """A purge that would remove this entry ran after `generation`: a fill begun before it must not store."""
+        if generation >= self.generation:
+            return False
+        oldest = self._purges[0][0] if self._purges else self.generation + 1
+        if generation < oldest - 1:
+            return True  # older than what is remembered: err on the side of the purge
+        return any(g > generation and sel.matches(key, entry) for g, sel in self._purges)
+
+    def _note_purge(self, selector: Selector) -> None:
+        self.generation += 1
+        self._purges.append((self.generation, selector))
+
     async def shared(self, key: str) -> CachedResponse | None:
         """Redis's copy, promoted into memory; one GET per key in flight however many requests ask at once."""
         if self.redis is None or not self.redis.breaker.closed:
@@ -117,9 +145,12 @@ class TieredCache:
         self.memory.set(key, entry)
         return entry
 
-    def store(self, key: str, entry: CachedResponse) -> bool:
+    def store(self, key: str, entry: CachedResponse, *, since: int | None = None) -> bool:
         """True when the memory tier kept it (it refuses entries over its per-entry cap); Redis is written in the
-        background, so the response never waits for it."""
+        background, so the response never waits for it. `since`: the generation the fill began at; a purge since
+        then that selects this entry wins, and nothing is stored."""
+        if since is not None and self.purged_since(since, key, entry):
+            return False
         if not self.memory.set(key, entry):
             return False
         if self.redis is not None and self.redis.breaker.closed:
@@ -144,6 +175,7 @@ class TieredCache:
 
     async def purge(self, selector: Selector) -> int:
         """Remove what the selector selects from memory, Redis and every other process's memory; returns the count."""
+        self._note_purge(selector)
         gone = {entry_hash(k) for k in self._drop(selector)}  # hashes: Redis names entries by them
         for key, (entry, task) in list(self._writes.items()):
             if selector.matches(key, entry):
@@ -159,7 +191,18 @@ class TieredCache:
             await self.redis.publish(encode_event(Purged(self.origin, selector)))
         except CacheBackendError as exc:
             log.warning("purge %s may not have reached Redis or the other processes: %s", selector, exc)
+        # Another process's write may still be on its way to Redis: once the longest a write can take has passed,
+        # purge Redis once more, so the entry it brings back goes too.
+        self._spawn(self._purge_again(selector))
         return len(gone)
+
+    async def _purge_again(self, selector: Selector) -> None:
+        assert self.redis is not None
+        await asyncio.sleep(self.redis.timeout * 2)
+        try:
+            await self.redis.purge(selector)
+        except CacheBackendError:
+            return  # counted by the tier
 
     def _drop(self, selector: Selector) -> list[str]:
         if selector.kind == "key":  # one entry: no scan (every unsafe request invalidates its URI this way)
@@ -198,7 +241,12 @@ class TieredCache:
         if event is None or event.origin == self.origin:
             return
         if isinstance(event, Purged):
+            self._note_purge(event.selector)
             self._drop(event.selector)
+            for key, (entry, task) in list(self._writes.items()):
+                if event.selector.matches(key, entry):
+                    task.cancel()  # this process's write in flight must not bring the purged entry back
+                    del self._writes[key]
             return
         if isinstance(event, Filled):
             # The next request here reads the newer copy from Redis. A lease waiter woken below adopts it

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import quote
 
 import msgspec
 from msgspec import Meta
+from multidict import MultiMapping
 
 from proxy.config.settings import _Strict
 from proxy.config.units import Duration, dec_hook
@@ -81,6 +83,12 @@ class Route(_Strict, frozen=True):
     cache_status: list[Annotated[int, Meta(ge=200, le=499)]] = msgspec.field(default_factory=lambda: [200])
     negative_ttl: Duration = Duration.of("30s")  # for stored statuses other than 200 (capped at `ttl`)
     client_no_cache: Literal["ignore", "revalidate"] = "ignore"
+    # Requests where one of these `field=value` holds go upstream and refresh the entry stored under the key without
+    # that field, e.g. ["query.force_refresh=true"]: the backend's own "bypass your cache" switch keeps working.
+    refresh_when: list[str] = []
+    # Origin statuses a stale copy answers for within `stale_if_error` (RFC 5861 4; nginx's proxy_cache_use_stale).
+    stale_on_status: list[Annotated[int, Meta(ge=500, le=599)]] = msgspec.field(
+        default_factory=lambda: [500, 502, 503, 504])
     batch: Batch | None = None
 
     @property
@@ -108,6 +116,16 @@ class Field:
             raise ValueError(f"{ref!r} is not a field reference like `path.NAME`, `query.NAME` or `header.NAME`")
         return cls(m.group(1) or "path", m.group(2))  # type: ignore[arg-type]
 
+    def values(self, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> list[str]:
+        """Every value this field has in one request, in the order sent: the one way a field is read (keys take
+        them all, batch items want exactly one, tags and echo join them)."""
+        if self.source == "path":
+            return [params[self.name]] if self.name in params else []
+        src = query if self.source == "query" else headers
+        if isinstance(src, MultiMapping):
+            return list(src.getall(self.name, ()))
+        return [src[self.name]] if self.name in src else []
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
@@ -121,6 +139,8 @@ class CompiledRule:
     query_names: frozenset[str] | None  # None: all params; empty: none
     echo: tuple[Field, ...]
     tags: tuple[tuple[str, tuple[Field, ...]], ...]
+    raw_regexes: tuple[re.Pattern[str], ...] = ()  # the patterns against the path as sent (percent-encoded)
+    refresh_when: tuple[tuple[Field, str], ...] = ()  # field = value pairs that force a refresh of the plain key
 
     @property
     def name(self) -> str:
@@ -145,12 +165,17 @@ class RuleSet:
 
     def match(self, method: str, path: str) -> tuple[CompiledRule, dict[str, str]] | None:
         """HEAD matches GET rules too: it is served from, and fills, the GET entry (as nginx does)."""
+        found = self.match_pattern(method, path)
+        return None if found is None else (found[0], found[1])
+
+    def match_pattern(self, method: str, path: str) -> tuple[CompiledRule, dict[str, str], int] | None:
+        """The rule, its parameters and which of its `match` patterns matched (part of every key)."""
         for rule in self.rules:
             if method in rule.methods or "*" in rule.methods or (method == "HEAD" and "GET" in rule.methods):
-                for rx in rule.regexes:
+                for i, rx in enumerate(rule.regexes):
                     m = rx.fullmatch(path)
                     if m is not None:
-                        return rule, m.groupdict()
+                        return rule, m.groupdict(), i
         return None
 
 
@@ -175,6 +200,18 @@ def compile_pattern(pattern: str) -> tuple[frozenset[str], re.Pattern[str], froz
         raise ValueError(f"{pattern!r}: parameters are written {{name}} or {{name...}}, each name once")
     out.append(re.escape(rest))
     return methods, re.compile("".join(out)), frozenset(names)
+
+
+def raw_pattern(pattern: str) -> re.Pattern[str]:
+    """The pattern's path matched against the path as sent: literal parts percent-encoded as a browser would."""
+    path = pattern.strip().partition(" ")[2].strip()
+    out, pos = [], 0
+    for m in _PARAM.finditer(path):
+        out.append(re.escape(quote(path[pos:m.start()], safe="/:@!$&'()*+,;=-._~")))
+        out.append(f"(?P<{m.group(1)}>.+)" if m.group(2) else f"(?P<{m.group(1)}>[^/]+)")
+        pos = m.end()
+    out.append(re.escape(quote(path[pos:], safe="/:@!$&'()*+,;=-._~")))
+    return re.compile("".join(out))
 
 
 def _compile(route: Route, source: str, problems: list[str], where: Callable[[str], str]) -> CompiledRule | None:
@@ -220,7 +257,20 @@ def _compile(route: Route, source: str, problems: list[str], where: Callable[[st
     if route.batch is not None:  # path references must exist in every pattern; shapes are checked by Batch
         fields([route.batch.group_by, *(ref.partition(":")[0] for ref in route.batch.item.values())], "batch")
     query_names = None if route.query == "all" else frozenset() if route.query == "none" else frozenset(route.query)
-    return CompiledRule(route, source, frozenset(methods), tuple(regexes), key_fields, query_names, echo, tags)
+    refresh: list[tuple[Field, str]] = []
+    for i, cond in enumerate(route.refresh_when):
+        ref, eq, value = cond.partition("=")
+        try:
+            f = Field.parse(ref.strip())
+            if not eq or f.source != "query":
+                raise ValueError(f"{cond!r} must be `query.NAME=VALUE`, like \"query.force_refresh=true\"")
+        except ValueError as exc:
+            problems.append(f"{where(f'refresh_when[{i}]')}: {exc}")
+            continue
+        refresh.append((f, value.strip()))
+    raws = tuple(raw_pattern(p) for p in route.patterns)
+    return CompiledRule(route, source, frozenset(methods), tuple(regexes), key_fields, query_names, echo, tags,
+                        raws, tuple(refresh))
 
 
 def _locator(file: Path, index: int, name: str) -> Callable[[str], str]:
@@ -272,6 +322,5 @@ def load_rules(paths: Path | Iterable[Path] | None) -> RuleSet:
 
 
 def field_value(f: Field, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> str:
-    """The value a field reference takes for one request ("" when absent)."""
-    src = params if f.source == "path" else query if f.source == "query" else headers
-    return src.get(f.name, "")
+    """The text a field stands for in a tag or an echo: its values joined by commas ("" when absent)."""
+    return ",".join(f.values(params, query, headers))

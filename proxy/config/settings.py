@@ -103,12 +103,20 @@ class ListenConfig(_Strict, frozen=True):
     workers: Count = 1
     metrics: str = ""  # HOST:PORT of a read-only listener (/metrics, /healthz, /readyz) for Prometheus; "" = none
     access_log: bool = False
+    # Peers (CIDRs) whose X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced (first hop).
+    trusted_proxies: list[str] = []
 
     def __post_init__(self) -> None:
         for name in ("listen", "admin"):
             parse_hostport(getattr(self, name), field=name)
         if self.metrics:
             parse_hostport(self.metrics, field="metrics")
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"`trusted_proxies[{i}]` must be an address or CIDR such as \"10.0.0.0/8\", "
+                                 f"got {cidr!r}") from None
 
 
 class Config(_Strict, frozen=True):

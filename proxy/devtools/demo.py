@@ -16,6 +16,7 @@ from proxy.config.rules import RuleSet
 from proxy.config.settings import Config, apply_overrides
 from proxy.devtools.sample_backend import SampleBackend
 from proxy.devtools.sample_data import ROSTER, player_id, player_team
+from proxy.policy.cache_status import CacheStatus
 
 LATENCY = 0.05
 PLAYERS = ROSTER[:10]
@@ -57,11 +58,8 @@ async def _one(http: aiohttp.ClientSession, url: str, lat: list[float], outcomes
 
 
 def _outcome(cache_status: str) -> str:
-    for token, name in (("collapsed", "collapsed"), ("detail=batched", "batched"), ("fwd=stale", "stale"),
-                        ("hit", "hit"), ("fwd=bypass", "bypass"), ("fwd=miss", "miss")):
-        if token in cache_status:
-            return name
-    return "other"
+    cs = CacheStatus.parse(cache_status)
+    return "other" if cs is None else cs.outcome
 
 
 async def run_demo(config: Config, rules: RuleSet, users: int = 3) -> int:

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from proxy.cache.events import Selector
+from proxy.cache.invalidation import purge_uri
 from proxy.cache.tiers import TieredCache
 from proxy.config.reload import Reloaded
 from proxy.config.rules import RuleSet
@@ -25,7 +26,6 @@ from proxy.config.units import enc_hook
 from proxy.errors import ConfigError
 from proxy.ops.stats import History, stats_of
 from proxy.ops.warm import WarmItem, WarmRequest, WarmResult, items_for, warm
-from proxy.serving.handler import purge_uri
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.snapshots import Snapshot, merge
@@ -204,7 +204,7 @@ async def _purge(request: web.Request) -> web.Response:
         assert body.url is not None
         if not body.url.startswith("/"):
             return problem(400, "bad_request", f"`url` must be a path with its query, like /path?a=1, got {body.url!r}")
-        n = await purge_uri(sidecar.tiers, sidecar.rules, URL(body.url), {})
+        n = await purge_uri(sidecar.tiers, sidecar.rules, URL(body.url))
     return _json({"purged": n})
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+from proxy.policy.cache_status import NotStored, reason_kind
+
 Grade = Literal["excellent", "good", "needs_improvement"]
 
 EXPIRY_WINDOW: Final = 10.0  # seconds past TTL within which a miss counts as "the TTL was just too short"
@@ -22,7 +24,7 @@ UNRULED_SHARE: Final = 0.5
 MIN_KEY_REQUESTS: Final = 100
 LOW_HIT_RATIO: Final = 0.2
 
-_NOT_STORED_HINTS: Final = {
+_NOT_STORED_HINTS: Final[dict[NotStored, str]] = {
     "uncacheable-body": "the backend answered a body listed in `uncacheable_bodies`, its sign of failure: check it",
     "too-large": "raise [memory] max_entry_bytes",
     "set-cookie": "the backend sets cookies on it; if the body is the same for everyone, set share = \"all-users\"",
@@ -81,10 +83,11 @@ def not_stored_advice(route: str, fills: int, not_stored: dict[str, int]) -> str
     if fills < MIN_REQUESTS or not total or total / fills < NOT_STORED_SHARE:
         return None
     reason = max(sorted(not_stored), key=lambda r: not_stored[r])
-    if reason.startswith("status-"):
+    kind = reason_kind(reason)
+    if kind == "status":
         hint = f"the backend answered {reason[7:]}; add it to `cache_status` if that answer may be reused"
     else:
-        hint = _NOT_STORED_HINTS.get(reason, "see Cache-Status `detail` for why")
+        hint = _NOT_STORED_HINTS.get(kind, "see Cache-Status `detail` for why")  # type: ignore[call-overload]
     return f"route {route}: {total / fills:.0%} of upstream answers were not stored (mostly {reason}); {hint}"
 
 

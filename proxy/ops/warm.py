@@ -18,6 +18,7 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.config.rules import CompiledRule, RuleSet
+from proxy.policy.cache_status import CacheStatus
 
 MAX_ITEMS: Final = 10_000
 _PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")  # the `match` syntax of rules.compile_pattern
@@ -100,28 +101,22 @@ def items_for(rule: CompiledRule, params: list[dict[str, Value]]) -> list[WarmIt
 
 def result_of(cache_status: str) -> tuple[Result, str | None]:
     """Read a Cache-Status header (RFC 9211) as a warm-up outcome and, when it failed, why."""
-    flags: set[str] = set()
-    params: dict[str, list[str]] = {}
-    for token in cache_status.split(";")[1:]:
-        name, eq, value = token.strip().partition("=")
-        if eq:
-            params.setdefault(name, []).append(value)
-        elif name:
-            flags.add(name)
-    fwd = (params.get("fwd") or [""])[0]
-    problems = [d for d in params.get("detail", []) if d not in _BENIGN]
-    if "hit" in flags:
+    cs = CacheStatus.parse(cache_status)
+    if cs is None:
+        return "failed", f"unexpected Cache-Status {cache_status!r}"
+    problems = [d for d in cs.detail if d not in _BENIGN]
+    if cs.hit:
         return "fresh", None
-    if fwd == "stale":
+    if cs.fwd == "stale":
         if "stale-if-error" in problems:
-            status = (params.get("fwd-status") or ["?"])[0]
-            return "failed", f"upstream failed ({status}); an older copy is served meanwhile (stale-if-error)"
+            return "failed", (f"upstream failed ({cs.fwd_status or '?'}); an older copy is served meanwhile "
+                              "(stale-if-error)")
         return "refreshing", None
-    if fwd == "miss":
-        if "stored" in flags or ("collapsed" in flags and not problems):
+    if cs.fwd == "miss":
+        if cs.stored or (cs.collapsed and not problems):
             return "stored", None
         return "failed", f"not stored: {', '.join(problems) or 'unknown reason'}"
-    if fwd == "bypass":
+    if cs.fwd == "bypass":
         return "failed", f"not cached: {', '.join(problems) or 'bypass'}"
     return "failed", f"unexpected Cache-Status {cache_status!r}"
 

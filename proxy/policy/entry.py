@@ -23,6 +23,12 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     route: str = ""
     vary: list[str] = []  # set on a variant marker (status 0): the request headers that pick the variant
     keep: float = 0.0  # kept this long past every window, only to be revalidated with the origin (Varnish's keep)
+    source: str = ""  # "batch": what the rule's batch endpoint answered for this item (a client's batch may reuse it)
+
+    @property
+    def is_marker(self) -> bool:
+        """A Vary marker (status 0): the answer lives under a variant key, picked by the `vary` request headers."""
+        return self.status == 0
 
     @property
     def expires_at(self) -> float:

@@ -9,6 +9,7 @@ import enum
 from collections.abc import Iterable, Mapping
 
 from proxy.config.rules import CompiledRule
+from proxy.policy.cache_status import not_stored_status
 from proxy.policy.entry import CachedResponse
 
 
@@ -73,7 +74,7 @@ def private_request_reason(headers: Mapping[str, str], rule: CompiledRule) -> st
 def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule: CompiledRule) -> str | None:
     """Why a complete upstream response may not be stored under this rule, or None."""
     if status not in rule.route.cache_status:
-        return f"status-{status}"
+        return not_stored_status(status)
     if rule.route.uncacheable_bodies and body.strip().decode("utf-8", "replace") in rule.route.uncacheable_bodies:
         return "uncacheable-body"
     if rule.route.share == "all-users":

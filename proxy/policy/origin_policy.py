@@ -12,6 +12,7 @@ from typing import Final
 
 from multidict import MultiMapping
 
+from proxy.policy.cache_status import not_stored_status
 from proxy.policy.freshness import cache_control
 from proxy.policy.validators import parse_http_date
 
@@ -59,7 +60,7 @@ def origin_policy(
     req_cc = cache_control(request.get("Cache-Control"))
     cc = cache_control(response.get("Cache-Control"))
     if status not in STORABLE:
-        return f"status-{status}"
+        return not_stored_status(status)
     if "no-store" in cc or "no-store" in req_cc:
         return "no-store"
     if "private" in cc:
@@ -100,6 +101,3 @@ def origin_policy(
     )
 
 
-def variant_suffix(vary: tuple[str, ...], request: Mapping[str, str]) -> str:
-    """The part of a cache key that tells Vary's variants apart: each named header, whitespace-normalised."""
-    return "".join(f"\x1e{name}={' '.join(request.get(name, '').split())}" for name in vary)

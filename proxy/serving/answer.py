@@ -9,18 +9,20 @@ from typing import Final
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDictProxy
 
 from proxy.config.rules import CompiledRule, field_value
 from proxy.policy.entry import CachedResponse
 from proxy.policy.validators import not_modified
 from proxy.serving.headers import VIA
+from proxy.serving.inbound import Inbound
 
 # What a 304 carries of the stored response (RFC 9110 15.4.5), besides our own Age, Cache-Status and Via.
 _KEPT_ON_304: Final = frozenset({"etag", "cache-control", "expires", "vary", "content-location", "last-modified"})
 
 
 def from_entry(
-    request: web.BaseRequest,
+    request: CIMultiDictProxy[str],
     entry: CachedResponse,
     cache_status: str,
     age: float | None,
@@ -36,10 +38,10 @@ def from_entry(
     if etag is not None:
         headers = [h for h in headers if h[0].lower() != "etag"]
         extra.append(("ETag", etag))
-    conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+    conditional = "If-None-Match" in request or "If-Modified-Since" in request
     if conditional and entry.status == 200:
         tag = etag or _get(headers, "etag")
-        if not_modified(request.headers, tag, _get(headers, "last-modified")):
+        if not_modified(request, tag, _get(headers, "last-modified")):
             kept = [h for h in headers if h[0].lower() in _KEPT_ON_304]
             return web.Response(status=304, headers=kept + extra)
     return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status)
@@ -122,7 +124,7 @@ def etag_of(entry: CachedResponse) -> str | None:
     return None
 
 
-def echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.BaseRequest) -> bytes:
+def echo(body: bytes, rule: CompiledRule, inb: Inbound) -> bytes:
     """Write the caller's own ids back into a shared JSON body (the rule's `echo` fields)."""
     try:
         doc = msgspec.json.decode(body)
@@ -132,7 +134,7 @@ def echo(body: bytes, rule: CompiledRule, params: dict[str, str], request: web.B
         return body
     changed = False
     for f in rule.echo:
-        value: object = field_value(f, params, request.query, request.headers)
+        value: object = field_value(f, inb.params, inb.query, inb.headers)
         old = doc.get(f.name)
         if isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str) and value.isdigit():
             value = int(value)

@@ -14,18 +14,23 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from proxy.cache.tiers import TieredCache
-from proxy.errors import UpstreamError
+from proxy.policy.cache_status import CacheStatus
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import State, private_request_reason, state, stored_headers, unstorable_reason
-from proxy.policy.keys import cache_key, tags_for
+from proxy.policy.freshness import State, private_request_reason, state, unstorable_reason
+from proxy.policy.keys import cache_key, failure_key, tags_for, variant_key
+from proxy.policy.origin_policy import vary_names
 from proxy.serving.batch_route import BatchRoute, Reply, Unbatchable
+from proxy.serving.fill import Filler, Terms
 from proxy.serving.headers import end_to_end
+
+_PATH_SAFE: Final = "/:@!$&'()*+,;=-._~"  # what a browser leaves unencoded in a path segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class Merged:
     status: int
     headers: CIMultiDict[str]
     body: bytes
-    cache_status: str
+    cache_status: CacheStatus
     outcome: str
 
 
@@ -54,10 +59,12 @@ class _Slot:
 class BatchMerge:
     """Answers `POST <batch.to>` for one batched rule."""
 
-    def __init__(self, route: BatchRoute, tiers: TieredCache, clock: Callable[[], float]) -> None:
+    def __init__(self, route: BatchRoute, tiers: TieredCache, clock: Callable[[], float],
+                 filler: Filler | None = None) -> None:
         self.route, self.rule, self.spec = route, route.rule, route.spec
         self.tiers = tiers
         self.clock = clock
+        self.filler = filler  # stores merged items as fills do (None: nothing is stored)
         covered = {(f.ref.source, f.ref.name) for f in self.spec.fields}
         params = {n for rx in self.rule.regexes for n in rx.groupindex}
         keyed = self.rule.key_fields or ()
@@ -85,22 +92,46 @@ class BatchMerge:
             return await self._relay(body, forward, raw_path, "batch-unreadable")
         slots = [self._slot(i, item, headers) for i, item in enumerate(items)]
         keys = [s.key for s in slots if s.key is not None]
-        entries = {k: e for k in keys if (e := self.tiers.local(k)) is not None}  # memory first, no await
-        entries |= await self.tiers.shared_many([k for k in keys if k not in entries])  # the rest in one round trip
+        entries = await self._entries(keys, headers)
+        failures = await self._entries([failure_key(k) for k in keys], headers)
         now, cached = self.clock(), 0
         for s in slots:
-            entry = entries.get(s.key) if s.key is not None else None
-            if entry is not None and entry.status == 200 and state(entry, now) is State.FRESH:
-                if entry.body.lstrip()[:1] == b"{":  # an answer object, not a stored error of another shape
-                    s.body, cached = entry.body, cached + 1
-        replies = await self._fetch([s for s in slots if s.body is None], forward, doc)
+            if s.key is None:
+                continue
+            entry = entries.get(s.key)
+            # Only what the batch endpoint itself answered for this item: a single request's answer may differ.
+            if entry is not None and entry.source == "batch" and entry.status == 200 and \
+                    state(entry, now) is State.FRESH and entry.body.lstrip()[:1] == b"{":
+                s.body, cached = entry.body, cached + 1
+            elif (failed := failures.get(failure_key(s.key))) is not None and state(failed, now) is State.FRESH:
+                s.failure, cached = msgspec.json.decode(failed.body), cached + 1
+        origin = headers.get("Origin", "")
+        if all(s.body is not None or s.failure is not None for s in slots) and origin not in self.route.learned:
+            # The reply's own headers (CORS for this Origin) are not known yet: the backend answers this once.
+            return await self._relay(body, forward, raw_path, "batch-headers-unknown")
+        replies = await self._fetch([s for s in slots if s.body is None and s.failure is None], forward)
         for sent, reply in replies:
             if reply.problem is not None:  # what the client would have had without the proxy
                 r = reply.response
-                status = f"sidecache; fwd=miss; fwd-status={r.status}; detail=batch-{reply.problem}"
+                status = CacheStatus(fwd="miss", fwd_status=r.status, detail=(f"batch-{reply.problem}",))
                 return Merged(r.status, end_to_end(r.headers, drop=("Content-Length",)), r.body, status, "miss")
-            self._take(sent, reply)
-        return self._merge(doc, slots, replies, cached, started)
+            self._take(sent, reply, headers)
+        return self._merge(doc, slots, replies, cached, started, origin)
+
+    async def _entries(self, keys: list[str], headers: CIMultiDictProxy[str]) -> dict[str, CachedResponse]:
+        """The stored entries for keys (memory first, then Redis in one round trip), Vary variants resolved."""
+        entries = {k: e for k in keys if (e := self.tiers.local(k)) is not None}  # memory first, no await
+        entries |= await self.tiers.shared_many([k for k in keys if k not in entries])
+        markers = {k: variant_key(k, e.vary, headers) for k, e in entries.items() if e.is_marker}
+        if markers:
+            variants = {v: e for v in markers.values() if (e := self.tiers.local(v)) is not None}
+            variants |= await self.tiers.shared_many([v for v in markers.values() if v not in variants])
+            for k, v in markers.items():
+                if (found := variants.get(v)) is not None and not found.is_marker:
+                    entries[k] = found
+                else:
+                    del entries[k]
+        return entries
 
     def _slot(self, index: int, item: dict[str, Any], headers: CIMultiDictProxy[str]) -> _Slot:
         m = self.spec.match_on
@@ -124,10 +155,11 @@ class BatchMerge:
                     hdrs[f.ref.name] = text
         except Unbatchable:
             return _Slot(item, own, None)
-        return _Slot(item, own, cache_key(self.rule, params, query, hdrs), (params, query, hdrs))
+        raw = {k: quote(v, safe=_PATH_SAFE) for k, v in params.items()}  # as the single request's path carries it
+        return _Slot(item, own, cache_key(self.rule, raw, query, hdrs), (params, query, hdrs))
 
     async def _fetch(
-        self, missing: list[_Slot], forward: CIMultiDict[str], doc: Any
+        self, missing: list[_Slot], forward: CIMultiDict[str]
     ) -> list[tuple[dict[str, list[_Slot]], Reply]]:
         """Missing items, one per key, in calls of at most max_items; each item sent under an id unique to its call."""
         unique: dict[str | int, list[_Slot]] = {}
@@ -145,9 +177,13 @@ class BatchMerge:
                 if sid in sent or same[0].own is None:
                     sid = f"{same[0].own}~{n}"
                 sent[sid] = same
-                items.append({**same[0].item, self.spec.match_on: sid})
+                # What may be stored is fetched with the rule's own item fields and body template, never with a
+                # client's extra fields or options; an item that cannot be keyed goes as the client wrote it.
+                own = same[0].item if same[0].key is None else {
+                    f.name: same[0].item[f.name] for f in self.spec.fields if f.name in same[0].item}
+                items.append({**own, self.spec.match_on: sid})
             async with self.route.calls:
-                return sent, await self.route.call(items, forward, base=doc)
+                return sent, await self.route.call(items, forward)
 
         results = await asyncio.gather(*(send(c) for c in chunks), return_exceptions=True)
         for r in results:
@@ -155,32 +191,40 @@ class BatchMerge:
                 raise r
         return results  # type: ignore[return-value]
 
-    def _take(self, sent: dict[str, list[_Slot]], reply: Reply) -> None:
-        """Give each slot its answer or failure, and store each answer under its item's own key."""
+    def _take(self, sent: dict[str, list[_Slot]], reply: Reply, request: CIMultiDictProxy[str]) -> None:
+        """Give each slot its answer or failure, and store each under its item's own key (a failure apart, for
+        `negative_ttl`, where only a client's batch reads it)."""
         for sid, same in sent.items():
             if (body := reply.answers.get(sid)) is not None:
                 body = self.spec.with_id(body, same[0].own)
                 for s in same:
                     s.body = body
-                self._store(same[0], body, reply.headers)
+                self._store(same[0], 200, body, reply.headers, request)
             elif (failure := reply.failed.get(sid)) is not None:
                 for s in same:
                     s.failure = failure
+                self._store(same[0], 200, msgspec.json.encode({k: v for k, v in failure.items()
+                                                               if k != self.spec.match_on}),
+                            reply.headers, request, failed=True)
 
-    def _store(self, slot: _Slot, body: bytes, headers: CIMultiDictProxy[str]) -> None:
-        if slot.key is None or slot.request is None or unstorable_reason(200, headers, body, self.rule) is not None:
+    def _store(self, slot: _Slot, status: int, body: bytes, headers: CIMultiDictProxy[str],
+               request: CIMultiDictProxy[str], *, failed: bool = False) -> None:
+        if self.filler is None or slot.key is None or slot.request is None:
+            return
+        if unstorable_reason(status, headers, body, self.rule) is not None or (vary := vary_names(headers)) is None:
             return
         r = self.rule.route
         params, query, hdrs = slot.request
-        self.tiers.store(slot.key, CachedResponse(
-            status=200, headers=stored_headers(headers.items()), body=body, stored_at=self.clock(), ttl=r.ttl,
-            stale_while_revalidate=r.stale_while_revalidate, stale_if_error=r.stale_if_error,
-            tags=tags_for(self.rule, params, query, hdrs), route=self.rule.name,
-        ))
+        terms = Terms(ttl=min(r.ttl, r.negative_ttl) if failed else r.ttl, route=self.rule.name,
+                      stale_while_revalidate=0.0 if failed else r.stale_while_revalidate,
+                      stale_if_error=0.0 if failed else r.stale_if_error, vary=vary,
+                      tags=tuple(tags_for(self.rule, params, query, hdrs)), source="batch", derive_etag=not failed)
+        key = failure_key(slot.key) if failed else slot.key
+        self.filler.store(key, request, status, headers.items(), body, terms, since=self.tiers.generation)
 
     def _merge(
         self, doc: Any, slots: list[_Slot], replies: list[tuple[dict[str, list[_Slot]], Reply]], cached: int,
-        started: float,
+        started: float, origin: str,
     ) -> Merged:
         m = self.spec.match_on
         successful = [msgspec.Raw(self.spec.with_id(s.body, s.own)) for s in slots if s.body is not None]
@@ -201,21 +245,20 @@ class BatchMerge:
             },
         })
         fetched = sum(len(sent) for sent, _ in replies)
-        headers = CIMultiDict(replies[0][1].headers) if replies else CIMultiDict()
+        # The headers the backend gives this client's Origin on this endpoint: this call's, or the last ones learned.
+        headers = CIMultiDict(replies[0][1].headers if replies else self.route.learned.get(origin, {}))
         headers.setdefault("Content-Type", "application/json")
         if not replies:
-            return Merged(200, headers, body, f"sidecache; hit; detail=batch-merged; cached={cached}", "hit")
-        status = f"sidecache; fwd=miss; fwd-status=200; detail=batch-merged; cached={cached}; fetched={fetched}"
+            return Merged(200, headers, body, CacheStatus(hit=True, detail=("batch-merged",),
+                                                          extra=(("cached", str(cached)),)), "hit")
+        status = CacheStatus(fwd="miss", fwd_status=200, detail=("batch-merged",),
+                             extra=(("cached", str(cached)), ("fetched", str(fetched))))
         return Merged(200, headers, body, status, "batched")
 
     async def _relay(self, body: bytes, forward: CIMultiDict[str], raw_path: str, detail: str) -> Merged:
         """The request as the client sent it, the backend's answer as it came."""
-        t0 = time.perf_counter()
-        try:
-            resp = await self.route.upstream.fetch(self.spec.method, raw_path, forward, body)
-        except UpstreamError as exc:
-            self.route.metrics.upstream_error(self.rule.name, type(exc).__name__)
-            raise
-        self.route.metrics.upstream_call(self.rule.name, resp.status, time.perf_counter() - t0)
+        resp = await self.route.upstream.call(self.rule.name, self.spec.method, raw_path, forward, body)
+        if resp.status == 200:
+            self.route.learn(forward.get("Origin", ""), resp.headers)
         headers = end_to_end(resp.headers, drop=("Content-Length",))
-        return Merged(resp.status, headers, resp.body, f"sidecache; fwd=bypass; detail={detail}", "bypass")
+        return Merged(resp.status, headers, resp.body, CacheStatus(fwd="bypass", detail=(detail,)), "bypass")

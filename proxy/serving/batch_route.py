@@ -6,7 +6,7 @@ import asyncio
 import copy
 import math
 import re
-import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +22,8 @@ from proxy.serving.upstream import UpstreamClient, UpstreamResponse
 from proxy.telemetry.metrics import Metrics
 
 ITEMS: Final = "$items"
+_GROUP_SEP: Final = "\x1f"
+_LEARNED: Final = 256  # Origins whose batch reply headers are remembered
 _FLOAT: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INT: Final = re.compile(r"[+-]?\d+")
 # The words pydantic (so a FastAPI single endpoint) reads as booleans in a query string.
@@ -223,6 +225,9 @@ class BatchRoute:
         b = rule.route.batch
         assert b is not None  # BatchSpec raised otherwise
         self.fallback = b.on_item_error == "fallback"
+        # The reply headers the batch endpoint gave each Origin (CORS): a client's batch answered wholly from the
+        # cache carries exactly these, never invented ones (batch_merge.py).
+        self.learned: OrderedDict[str, CIMultiDictProxy[str]] = OrderedDict()
         self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
             self._send, window=float(b.window), max_items=b.max_items, calls=calls, idle=float(b.idle)
         )
@@ -235,7 +240,8 @@ class BatchRoute:
             item = self.spec.item(params, query, headers)
         except Unbatchable:
             return await self.single(raw_path, headers, "unbatchable"), 0
-        group = self.spec.group_of(params, query, headers)
+        # One batch call answers with one set of headers: requests from different origins (CORS) never share one.
+        group = f"{self.spec.group_of(params, query, headers)}{_GROUP_SEP}{headers.get('Origin', '')}"
         got = await self.batcher.submit(group, key, Pending(item, headers))
         if got.shared:
             self.metrics.batch_deduplicated[self.rule.name] += 1
@@ -252,10 +258,7 @@ class BatchRoute:
         """The item as its own call to the single endpoint, at most `max_fallback_calls` at once."""
         self.metrics.batch_fallbacks[(self.rule.name, reason)] += 1
         async with self._fallbacks:
-            t0 = time.perf_counter()
-            resp = await self.upstream.fetch("GET", raw_path, headers)
-        self.metrics.upstream_call(self.rule.name, resp.status, time.perf_counter() - t0)
-        return resp
+            return await self.upstream.call(self.rule.name, "GET", raw_path, headers)
 
     async def call(self, items: list[dict[str, Any]], headers: CIMultiDict[str], base: Any = None) -> Reply:
         """One batch call with items whose ids are unique; transport failures raise UpstreamError."""
@@ -263,14 +266,11 @@ class BatchRoute:
         out["Content-Type"] = "application/json"
         out["Accept-Encoding"] = "identity"  # the reply is parsed here
         self.metrics.batch_sent(self.rule.name, len(items))
-        t0 = time.perf_counter()
-        try:
-            resp = await self.upstream.fetch(self.spec.method, self.spec.path, out, self.spec.body(items, base))
-        except UpstreamError as exc:
-            self.metrics.upstream_error(self.rule.name, type(exc).__name__)
-            raise
-        self.metrics.upstream_call(self.rule.name, resp.status, time.perf_counter() - t0)
+        body = self.spec.body(items, base)
+        resp = await self.upstream.call(self.rule.name, self.spec.method, self.spec.path, out, body)
         kept = CIMultiDictProxy(end_to_end(resp.headers, drop=_REPLY_ONLY))
+        if resp.status == 200:
+            self.learn(headers.get("Origin", ""), kept)
         if resp.status != 200:
             return Reply(resp, f"status-{resp.status}", {}, {}, [], kept)
         try:
@@ -278,6 +278,13 @@ class BatchRoute:
         except msgspec.DecodeError:
             return Reply(resp, "unparseable", {}, {}, [], kept)
         return Reply(resp, None, answers, failed, anonymous, kept)
+
+    def learn(self, origin: str, headers: CIMultiDictProxy[str]) -> None:
+        """Remember the reply headers for this Origin (bounded, most recent kept)."""
+        self.learned[origin] = CIMultiDictProxy(end_to_end(CIMultiDict(headers), drop=_REPLY_ONLY))
+        self.learned.move_to_end(origin)
+        while len(self.learned) > _LEARNED:
+            self.learned.popitem(last=False)
 
     async def _send(self, group: str, pending: list[Pending]) -> list[Answer | Miss]:
         """The Batcher's send: one call for a window's items, each matched back by its sent id."""

@@ -1,40 +1,49 @@
 """Filling a key: one upstream answer (single call, batch, or the origin's 304) fetched and stored for everyone
-waiting on that key; it runs as its own task, so no caller can cancel it for the others."""
+waiting on that key; it runs as its own task, so no caller can cancel it for the others.
+
+Both caching paths store through `Filler.store`: one entry built one way (policy/stored.py), a Vary answer kept
+under its variant's key with a marker under the resource's key, and nothing stored that a purge since the fill
+began would have removed.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
-import msgspec
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.cache.tiers import TieredCache
-from proxy.config.rules import CompiledRule
-from proxy.errors import UpstreamError
+from proxy.policy.cache_status import PERSONAL
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import stored_headers, unstorable_reason
-from proxy.policy.keys import tags_for
-from proxy.policy.validators import derived_etag, keep_for, revalidation_headers
+from proxy.policy.freshness import cache_control
+from proxy.policy.keys import key_tag, variant_key
+from proxy.policy.stored import entry_of, refreshed
 from proxy.serving.batch_route import BatchRoute
-from proxy.serving.headers import add_forwarding, end_to_end
+from proxy.serving.headers import Forwarding, end_to_end, upstream_headers
+from proxy.serving.inbound import Inbound
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.metrics import Metrics
 
-# A fill must not carry one client's conditions or ranges: its answer is shared by everyone who waits on it.
-FILL_DROP: Final = (
-    "Host", "Content-Length", "Accept-Encoding", "If-None-Match", "If-Modified-Since", "If-Match",
-    "If-Unmodified-Since", "If-Range", "Range",
-)
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """How long, and on what terms, an answer may be kept (from a rule, or from the origin's headers)."""
+
+    ttl: float
+    route: str
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    vary: tuple[str, ...] = ()  # request headers that pick the variant, lower-case, sorted
+    tags: tuple[str, ...] = ()
+    keep: float = 0.0
+    derive_etag: bool = True
+    source: str = ""
+    age: float = 0.0  # how old the answer already was when it arrived (RFC 9111 4.2.3)
 
 
-def shared_headers(request: web.BaseRequest) -> CIMultiDict[str]:
-    """The headers of a request made on behalf of every client waiting on it."""
-    return add_forwarding(end_to_end(request.headers, drop=FILL_DROP), client_ip=request.remote,
-                          proto=request.scheme, host=request.host)
+# Given an upstream answer (status, headers, body): the terms to keep it on, or why it may not be kept.
+Judge = Callable[[int, CIMultiDictProxy[str], bytes], "Terms | str"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,72 +60,98 @@ class Fill:
     entry: CachedResponse | None = None  # what was stored, answered from (ETag, client conditions) like a hit
     revalidated: bool = False  # the origin's 304 confirmed the stored answer
 
+    @property
+    def personal(self) -> bool:
+        """The answer belongs to the client it was fetched for: a waiter never receives it (hit-for-miss)."""
+        if self.reason in PERSONAL or "Set-Cookie" in self.headers:
+            return True
+        cc = cache_control(", ".join(self.headers.getall("Cache-Control", ())))
+        return "private" in cc or "no-store" in cc
+
+
+def fill_headers(inb: Inbound, trust: Forwarding, *, send_host: bool) -> CIMultiDict[str]:
+    """The headers of a request made on behalf of every client waiting on a key."""
+    headers = upstream_headers(inb.headers, "fill", peer=inb.peer, scheme=inb.scheme, host=inb.host, trust=trust,
+                               send_host=send_host)
+    headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
+    return headers
+
 
 class Filler:
-    """Fetches and stores for a key; the handler starts it through its coalescer, one task per key."""
+    """Fetches and stores for a key; the caching driver starts it through its coalescer, one task per key."""
 
     def __init__(self, tiers: TieredCache, upstream: UpstreamClient, metrics: Metrics,
-                 clock: Callable[[], float]) -> None:
-        self.tiers, self.upstream, self.metrics, self.clock = tiers, upstream, metrics, clock
+                 clock: Callable[[], float], trust: Forwarding) -> None:
+        self.tiers, self.upstream, self.metrics, self.clock, self.trust = tiers, upstream, metrics, clock, trust
         self.batches: dict[str, BatchRoute] = {}  # rule name -> its [route.batch]; set by the handler's rules
 
-    async def once(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
-                         stale: CachedResponse | None) -> Fill:
-        """`_fetch` under the key's Redis lease: one process of all that share Redis fetches, the others adopt."""
-        return await self.tiers.fill_once(key, lambda: self._fetch(request, rule, params, key, stale), _adopt)
+    async def once(self, inb: Inbound, key: str, judge: Judge, *, stale: CachedResponse | None,
+                   conditions: dict[str, str], send_host: bool, forced: bool = False) -> Fill:
+        """`fetch` under the key's Redis lease: one process of all that share Redis fetches, the others adopt.
+        A forced fill (the client asked past the cache) never adopts another process's copy."""
+        since = self.tiers.generation
 
-    async def _fetch(self, request: web.BaseRequest, rule: CompiledRule, params: dict[str, str], key: str,
-                    stale: CachedResponse | None = None) -> Fill:
+        async def fetch() -> Fill:
+            return await self.fetch(inb, key, judge, stale=stale, conditions=conditions, send_host=send_host,
+                                    since=since)
+
+        if forced:
+            return await fetch()
+        return await self.tiers.fill_once(key, fetch, _adopt)
+
+    async def fetch(self, inb: Inbound, key: str, judge: Judge, *, stale: CachedResponse | None,
+                    conditions: dict[str, str], send_host: bool, since: int) -> Fill:
         """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
-        headers = shared_headers(request)
-        headers["Accept-Encoding"] = "identity"  # one stored body that every client can read
-        batch, batch_size = self.batches.get(rule.name), None
-        conditions = revalidation_headers(CIMultiDict(stale.headers)) if stale is not None and batch is None else {}
+        headers = fill_headers(inb, self.trust, send_host=send_host)
+        batch = self.batches.get(inb.route) if inb.rule is not None and not conditions else None
+        batch_size = None
         headers.update(conditions)  # the origin's own validators only (RFC 9111 4.3.1)
-        t0 = time.perf_counter()
-        try:
-            if batch is None:
-                resp = await self.upstream.fetch("GET", request.raw_path, headers)
-            else:  # counts its own upstream calls: one batch call answers many fills
-                resp, batch_size = await batch.fetch(key, params, request.query, request.raw_path, headers)
-        except UpstreamError as exc:
-            self.metrics.upstream_error(rule.name, type(exc).__name__)
-            raise
         if batch is None:
-            self.metrics.upstream_call(rule.name, resp.status, time.perf_counter() - t0)
+            resp = await self.upstream.call(inb.route, "GET", inb.raw_path, headers)
+        else:  # counts its own upstream calls: one batch call answers many fills
+            resp, batch_size = await batch.fetch(key, inb.params, inb.query, inb.raw_path, headers)
         if resp.status == 304 and conditions and stale is not None:
-            return self._refresh(key, stale, resp.headers)
+            return self.revalidated(key, inb, stale, resp.headers, since)
         out_headers = end_to_end(resp.headers, drop=("Content-Length",))
-        reason = unstorable_reason(resp.status, resp.headers, resp.body, rule)
-        entry = None
-        if reason is None:
-            r = rule.route
-            kept = stored_headers(out_headers.items())
-            if "ETag" not in resp.headers and not rule.echo:  # echo routes get theirs per answer (see _answer)
-                kept.append(("ETag", derived_etag(resp.body)))
-            negative = resp.status != 200
-            entry = CachedResponse(
-                status=resp.status, headers=kept, body=resp.body, stored_at=self.clock(),
-                ttl=min(r.ttl, r.negative_ttl) if negative else r.ttl,
-                stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
-                stale_if_error=r.stale_if_error, tags=tags_for(rule, params, request.query, request.headers),
-                route=rule.name, keep=keep_for(resp.headers) if batch is None else 0.0,
-            )
-            if not self.tiers.store(key, entry):
-                entry, reason = None, "too-large"
+        verdict = judge(resp.status, resp.headers, resp.body)
+        entry, reason = None, verdict if isinstance(verdict, str) else None
+        if isinstance(verdict, Terms):
+            if batch_size:
+                verdict = replace(verdict, source="batch", keep=0.0)
+            entry = self.store(key, inb.headers, resp.status, out_headers.items(), resp.body, verdict, since=since)
+            if entry is None:
+                reason = "too-large"
         if reason is not None:
-            self.metrics.not_storable(rule.name, reason)
+            self.metrics.not_storable(inb.route, reason)
         return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry)
 
-    def _refresh(self, key: str, stale: CachedResponse, fresh_headers: CIMultiDictProxy[str]) -> Fill:
+    def revalidated(self, key: str, inb: Inbound, stale: CachedResponse, not_modified: CIMultiDictProxy[str],
+                    since: int) -> Fill:
         """A 304 from the origin: the stored body stands, with the 304's headers and a new lifetime (RFC 9111 4.3.4)."""
-        merged = CIMultiDict(stale.headers)
-        for k, v in stored_headers(end_to_end(fresh_headers).items()):
-            merged[k] = v
-        entry = msgspec.structs.replace(stale, headers=list(merged.items()), stored_at=self.clock())
-        stored = self.tiers.store(key, entry)
-        return Fill(entry.status, merged, entry.body, stored, None, entry=entry if stored else None,
-                    revalidated=True)
+        entry = refreshed(stale, end_to_end(not_modified).items(), now=self.clock())
+        vkey = variant_key(key, stale.vary, inb.headers) if stale.vary else key
+        stored = self.tiers.store(vkey, entry, since=since)
+        return Fill(entry.status, CIMultiDict(entry.headers), entry.body, stored, None,
+                    entry=entry if stored else None, revalidated=True)
+
+    def store(self, key: str, request: CIMultiDictProxy[str], status: int, headers: Iterable[tuple[str, str]],
+              body: bytes, terms: Terms, *, since: int) -> CachedResponse | None:
+        """Keep an answer; a Vary answer goes under its variant's key, with a marker under the resource's key."""
+        now = self.clock() - terms.age
+        tags = [*terms.tags, key_tag(key)] if terms.vary else list(terms.tags)  # variants: reached by their key's tag
+        entry = entry_of(status, headers, body, stored_at=now, ttl=terms.ttl + terms.age, route=terms.route,
+                         stale_while_revalidate=terms.stale_while_revalidate, stale_if_error=terms.stale_if_error,
+                         tags=tags, keep=terms.keep, derive_etag=terms.derive_etag, source=terms.source,
+                         vary=list(terms.vary))
+        if terms.vary:
+            marker = CachedResponse(status=0, headers=[], body=b"", stored_at=now, ttl=terms.ttl + terms.age,
+                                    stale_while_revalidate=terms.stale_while_revalidate,
+                                    stale_if_error=terms.stale_if_error, tags=tags, route=terms.route,
+                                    vary=list(terms.vary), keep=terms.keep)
+            if not self.tiers.store(key, marker, since=since):
+                return None
+            key = variant_key(key, terms.vary, request)
+        return entry if self.tiers.store(key, entry, since=since) else None
 
 
 def _adopt(entry: CachedResponse) -> Fill:

@@ -1,14 +1,17 @@
-"""Requests no rule matches, under `[defaults] unruled = "origin"`: a shared cache run by the origin's own headers.
+"""The lane of requests no rule matches, under `[defaults] unruled = "origin"`: a shared cache run by the origin's
+own headers.
 
 RFC 9111 as nginx and Varnish apply it to a backend that does speak HTTP caching: store what max-age, s-maxage
-or Expires allow, honour Vary, no-cache, must-revalidate and Age, revalidate with the origin's validators,
-never store without explicit freshness (heuristic freshness is off). Answers still stream through; a storable
-one is also kept, up to the memory tier's per-entry cap.
+or Expires allow, honour Vary, no-cache, must-revalidate and Age, revalidate with the origin's validators, serve
+stale within the origin's stale-while-revalidate and stale-if-error, never store without explicit freshness
+(heuristic freshness is off). A miss streams through to its client; identical misses meanwhile wait for it (one
+upstream call), then take what it stored, or, when nothing could be stored, go upstream on their own (Varnish's
+waiting list and hit-for-miss). A storable answer is kept up to the memory tier's per-entry cap.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Final
@@ -16,34 +19,22 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.cache.tiers import TieredCache
-from proxy.errors import UpstreamError
+from proxy.policy.cache_status import CacheStatus
+from proxy.policy.decision import Fetch, Revalidate
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import State, cache_control, state, stored_headers, usable_on_error
-from proxy.policy.keys import SEP
-from proxy.policy.origin_policy import OriginPolicy, origin_policy, variant_suffix
-from proxy.policy.validators import derived_etag, keep_for, revalidation_headers
+from proxy.policy.freshness import cache_control
+from proxy.policy.keys import url_tag
+from proxy.policy.origin_policy import OriginPolicy, origin_policy
+from proxy.policy.validators import keep_for
 from proxy.serving import passthrough
 from proxy.serving.answer import from_entry
-from proxy.serving.headers import add_forwarding, end_to_end
-from proxy.serving.upstream import UpstreamClient
-from proxy.telemetry.metrics import Metrics
-
-log = logging.getLogger("sidecache")
+from proxy.serving.caching import ERROR_STATUSES, Caching
+from proxy.serving.fill import Judge, Terms
+from proxy.serving.headers import NOBODY, Forwarding, end_to_end
+from proxy.serving.inbound import Inbound
+from proxy.serving.ruled import Done, Resend
 
 ROUTE: Final = "-"  # how unruled traffic is labelled in metrics and entries
-_FILL_DROP: Final = ("Host", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range",
-                     "Range")
-
-
-def origin_key(raw_path_qs: str) -> str:
-    """The target URI as sent, byte for byte: RFC 9111 keys on the URI, and origins may care about query order."""
-    return f"~{SEP}{raw_path_qs}"
-
-
-def url_tag(raw_path_qs: str) -> str:
-    """Every entry of one URI (all its Vary variants) carries this tag, so an unsafe request can drop them all."""
-    return f"url:{raw_path_qs}"
 
 
 def _no_cache_request(headers: CIMultiDictProxy[str]) -> bool:
@@ -52,112 +43,137 @@ def _no_cache_request(headers: CIMultiDictProxy[str]) -> bool:
     return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
 
 
-class OriginCache:
+class OriginLane:
     """GET and HEAD without a rule; everything else without a rule is plain pass-through (see handler)."""
 
-    def __init__(self, tiers: TieredCache, upstream: UpstreamClient, metrics: Metrics, *, max_entry_bytes: int,
-                 clock: Callable[[], float]) -> None:
-        self.tiers, self.upstream, self.metrics, self.clock = tiers, upstream, metrics, clock
+    def __init__(self, caching: Caching, done: Done, resend: Resend, degraded: Callable[[CacheStatus], str], *,
+                 max_entry_bytes: int, trust: Forwarding = NOBODY) -> None:
+        self.caching, self.done, self.resend, self.degraded = caching, done, resend, degraded
         self.max_entry_bytes = max_entry_bytes
+        self.trust = trust
+        self._waiting: dict[str, asyncio.Future[bool]] = {}  # key -> the miss streaming now: did it store?
 
-    async def handle(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
-        key = origin_key(request.raw_path)
-        entry = await self._lookup(key, request.headers)
-        now = self.clock()
-        bypass = _no_cache_request(request.headers)
-        if entry is not None and not bypass and state(entry, now) is State.FRESH:
-            status = f"sidecache; hit; ttl={int(entry.expires_at - now)}"
-            return self._done(from_entry(request, entry, status, now - entry.stored_at), "hit", started)
-        conditions = revalidation_headers(CIMultiDict(entry.headers)) if entry is not None else {}
+    def revalidate(self, inb: Inbound) -> bool:
+        return _no_cache_request(inb.headers)
+
+    def validators(self, inb: Inbound) -> bool:
+        return inb.method == "GET"
+
+    def send_host(self, inb: Inbound) -> bool:
+        return True  # the key holds the Host (RFC 9111 keys on the whole target URI)
+
+    def stale_on(self, inb: Inbound) -> frozenset[int]:
+        return ERROR_STATUSES
+
+    def judge(self, inb: Inbound) -> Judge:
+        clock = self.caching.clock
+
+        def judge(status: int, headers: CIMultiDictProxy[str], body: bytes) -> Terms | str:
+            policy = origin_policy(status, headers, inb.headers, clock())
+            return policy if isinstance(policy, str) else _terms(policy, inb, headers)
+
+        return judge
+
+    def answer(self, inb: Inbound, entry: CachedResponse, status: CacheStatus, age: float | None,
+               *, upstream_s: float | None = None) -> web.StreamResponse:
+        text = self.degraded(status)
+        return self.done(inb, from_entry(inb.headers, entry, text, age), text, status.outcome, upstream_s)
+
+    async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
+                    stale: CachedResponse | None) -> web.StreamResponse:
+        if isinstance(decision, Revalidate) and inb.method == "GET":
+            return await self._revalidate(inb, request, decision, stale)
+        if (ahead := self._waiting.get(inb.key)) is not None and inb.method == "GET":
+            stored = await asyncio.shield(ahead)  # a miss for this key is streaming: wait for what it stores
+            if stored and (entry := await self.caching.tiers.find(inb.key, inb.headers)) is not None:
+                now = self.caching.clock()
+                status = CacheStatus(fwd="miss", fwd_status=entry.status, collapsed=True)
+                return self.answer(inb, entry, status, now - entry.stored_at)
+        return await self._stream(inb, request, stale)
+
+    async def _revalidate(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate,
+                          stale: CachedResponse | None) -> web.StreamResponse:
+        """Ask the origin whether the stored answer still holds, once for every client asking at once; a 304
+        refreshes it (RFC 9111 4.3.4)."""
+        caching = self.caching
+        t0 = time.perf_counter()
+        fill, joined = await caching.coalescer.run(inb.key, lambda: caching.filler.once(
+            inb, inb.key, self.judge(inb), stale=decision.entry, conditions=decision.conditions, send_host=True,
+            forced=True))
+        upstream_s = time.perf_counter() - t0
+        if fill.status in ERROR_STATUSES and not fill.stored:
+            if (resp := caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)) is not None:
+                return resp
+        if fill.revalidated:
+            use = fill.entry or decision.entry
+            status = CacheStatus(fwd="stale", fwd_status=304, stored=fill.stored, collapsed=joined)
+            return self.answer(inb, use, status, caching.clock() - use.stored_at, upstream_s=upstream_s)
+        if fill.entry is not None:
+            status = CacheStatus(fwd="stale", fwd_status=fill.status, stored=True, collapsed=joined)
+            return self.answer(inb, fill.entry, status, 0.0, upstream_s=upstream_s)
+        if joined and fill.personal:
+            return await self.resend(inb, request, "uncacheable-personal")
+        out = CachedResponse(status=fill.status, headers=list(fill.headers.items()), body=fill.body,
+                             stored_at=caching.clock(), ttl=0)
+        status = CacheStatus(fwd="stale", fwd_status=fill.status, collapsed=joined)
+        return self.answer(inb, out, status, 0.0, upstream_s=upstream_s)
+
+    async def _stream(self, inb: Inbound, request: web.BaseRequest,
+                      stale: CachedResponse | None) -> web.StreamResponse:
+        """The miss itself: streamed to its client, teed into the cache when the origin allows; identical misses
+        that arrive meanwhile wait on it."""
+        lead = inb.method == "GET" and inb.key not in self._waiting
+        done: asyncio.Future[bool] | None = None
+        if lead:
+            done = self._waiting[inb.key] = asyncio.get_running_loop().create_future()
+        stored = False
         try:
-            if conditions and request.method == "GET":
-                return await self._revalidate(request, key, entry, conditions, started)  # type: ignore[arg-type]
-            refetch = bypass and entry is not None  # a stored answer existed, but the client asked past it
-            resp, tee = await passthrough.forward(request, self.upstream, self._decider(request, refetch))
-        except UpstreamError:
-            if entry is not None and usable_on_error(entry, self.clock()):
-                now = self.clock()
-                status = f"sidecache; fwd=stale; ttl={int(entry.expires_at - now)}; detail=stale-if-error"
-                return self._done(from_entry(request, entry, status, now - entry.stored_at), "stale", started)
-            raise
-        if tee is not None and tee.headers is not None and (body := tee.body) is not None:
-            self._store(key, request, resp.status, tee.headers, body)
-        took = time.perf_counter() - started
-        self.metrics.upstream_call(ROUTE, resp.status, took)  # streamed: the exchange was the upstream's
-        self.metrics.request(ROUTE, "bypass" if tee is None else "miss", took)
-        return resp
+            since = self.caching.tiers.generation
+            resp, tee = await passthrough.forward(request, self.caching.filler.upstream,
+                                                  self._decider(inb, stale), trust=self.trust)
+            if tee is not None and tee.headers is not None and (body := tee.body) is not None:
+                verdict = self.judge(inb)(resp.status, tee.headers, body)
+                if isinstance(verdict, Terms):
+                    stored = self.caching.filler.store(inb.key, inb.headers, resp.status,
+                                                       end_to_end(tee.headers).items(), body, verdict,
+                                                       since=since) is not None
+        except passthrough.Divert as divert:
+            answer = self.caching.stale_for(inb, self, stale, divert.status)
+            assert answer is not None  # the decider diverts only when a stale copy may answer
+            return answer
+        finally:
+            if done is not None:
+                del self._waiting[inb.key]
+                done.set_result(stored)
+        took = time.perf_counter() - inb.started
+        self.caching.metrics.upstream_call(ROUTE, resp.status, took)  # streamed: the exchange was the upstream's
+        return self.done(inb, resp, resp.headers.get("Cache-Status", ""), "bypass" if tee is None else "miss", took)
 
-    async def _lookup(self, key: str, headers: CIMultiDictProxy[str]) -> CachedResponse | None:
-        entry = self.tiers.local(key) or await self.tiers.shared(key)
-        if entry is not None and entry.status == 0:  # a Vary marker: the variant lives under its own key
-            vkey = key + variant_suffix(tuple(entry.vary), headers)
-            entry = self.tiers.local(vkey) or await self.tiers.shared(vkey)
-        return entry
-
-    def _decider(self, request: web.BaseRequest, refetch: bool) -> passthrough.Decide:
+    def _decider(self, inb: Inbound, stale: CachedResponse | None) -> passthrough.Decide:
         """Decide, from the upstream's headers alone, whether this answer will be kept and what to tell the client."""
+        refetch = stale is not None and self.revalidate(inb)  # a stored answer existed, but the client asked past it
 
         def decide(status: int, headers: CIMultiDictProxy[str]) -> tuple[str, passthrough.Tee | None]:
+            if status in ERROR_STATUSES and self.caching.may_serve_stale(inb, self, stale, status):
+                raise passthrough.Divert(status)
             fwd = "request" if refetch else "miss"
-            if request.method != "GET":
-                return f"sidecache; fwd={fwd}; fwd-status={status}; detail=head", None
-            policy = origin_policy(status, headers, request.headers, self.clock())
+            if inb.method != "GET":
+                return str(CacheStatus(fwd=fwd, fwd_status=status, detail=("head",))), None
+            policy = origin_policy(status, headers, inb.headers, self.caching.clock())
             if isinstance(policy, str):
-                return f"sidecache; fwd={fwd}; fwd-status={status}; detail={policy}", None
+                return str(CacheStatus(fwd=fwd, fwd_status=status, detail=(policy,))), None
             length = headers.get("Content-Length")
             if headers.get("Content-Encoding") and "accept-encoding" not in policy.vary:
-                return f"sidecache; fwd={fwd}; fwd-status={status}; detail=encoded-without-vary", None
+                return str(CacheStatus(fwd=fwd, fwd_status=status, detail=("encoded-without-vary",))), None
             if length is not None and length.isdigit() and int(length) > self.max_entry_bytes:
-                return f"sidecache; fwd={fwd}; fwd-status={status}; detail=too-large", None
-            return f"sidecache; fwd={fwd}; fwd-status={status}; stored", passthrough.Tee(self.max_entry_bytes)
+                return str(CacheStatus(fwd=fwd, fwd_status=status, detail=("too-large",))), None
+            return str(CacheStatus(fwd=fwd, fwd_status=status, stored=True)), passthrough.Tee(self.max_entry_bytes)
 
         return decide
 
-    async def _revalidate(self, request: web.BaseRequest, key: str, entry: CachedResponse, conditions: dict[str, str],
-                          started: float) -> web.StreamResponse:
-        """Ask the origin whether the stored answer still holds; a 304 refreshes it (RFC 9111 4.3.4)."""
-        headers = add_forwarding(end_to_end(request.headers, drop=_FILL_DROP), client_ip=request.remote,
-                                 proto=request.scheme, host=request.host)
-        headers.update(conditions)
-        t0 = time.perf_counter()
-        resp = await self.upstream.fetch("GET", request.raw_path, headers)
-        self.metrics.upstream_call(ROUTE, resp.status, time.perf_counter() - t0)
-        if resp.status == 304:
-            merged = CIMultiDict(entry.headers)
-            for k, v in stored_headers(end_to_end(resp.headers).items()):
-                merged[k] = v
-            fresh = self._store(key, request, entry.status, merged, entry.body)
-            use = fresh or entry
-            status = "sidecache; fwd=stale; fwd-status=304" + ("; stored" if fresh else "")
-            return self._done(from_entry(request, use, status, self.clock() - use.stored_at), "miss", started)
-        body_headers = end_to_end(resp.headers, drop=("Content-Length",))
-        out = CachedResponse(status=resp.status, headers=list(body_headers.items()), body=resp.body,
-                             stored_at=self.clock(), ttl=0)
-        stored = self._store(key, request, resp.status, resp.headers, resp.body)
-        status = f"sidecache; fwd=stale; fwd-status={resp.status}" + ("; stored" if stored else "")
-        return self._done(from_entry(request, stored or out, status, 0.0), "miss", started)
 
-    def _store(self, key: str, request: web.BaseRequest, status: int, headers: CIMultiDictProxy[str] | CIMultiDict[str],
-               body: bytes) -> CachedResponse | None:
-        """Keep an answer the origin allows us to share; a Vary answer goes under its variant's key, with a marker."""
-        now = self.clock()
-        policy = origin_policy(status, CIMultiDictProxy(CIMultiDict(headers)), request.headers, now)
-        if not isinstance(policy, OriginPolicy):
-            return None
-        kept = stored_headers(end_to_end(CIMultiDict(headers)).items())
-        if not any(k.lower() == "etag" for k, _ in kept):
-            kept.append(("ETag", derived_etag(body)))
-        age = float(a) if (a := headers.get("Age", "")).isdigit() else 0.0  # time spent upstream (RFC 9111 4.2.3)
-        common = dict(stored_at=now - age, ttl=policy.ttl + age, stale_while_revalidate=policy.stale_while_revalidate,
-                      stale_if_error=policy.stale_if_error, tags=[url_tag(request.raw_path)], route=ROUTE,
-                      keep=keep_for(headers))
-        entry = CachedResponse(status=status, headers=kept, body=body, **common)  # type: ignore[arg-type]
-        if policy.vary:
-            marker = CachedResponse(status=0, headers=[], body=b"", vary=list(policy.vary), **common)  # type: ignore[arg-type]
-            self.tiers.store(key, marker)
-            key += variant_suffix(policy.vary, request.headers)
-        return entry if self.tiers.store(key, entry) else None
-
-    def _done(self, resp: web.StreamResponse, outcome: str, started: float) -> web.StreamResponse:
-        self.metrics.request(ROUTE, outcome, time.perf_counter() - started)
-        return resp
+def _terms(policy: OriginPolicy, inb: Inbound, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> Terms:
+    age = float(a) if (a := headers.get("Age", "")).isdigit() else 0.0  # time spent upstream (RFC 9111 4.2.3)
+    return Terms(ttl=policy.ttl, route=ROUTE, stale_while_revalidate=policy.stale_while_revalidate,
+                 stale_if_error=policy.stale_if_error, vary=policy.vary, tags=(url_tag(inb.raw_path),),
+                 keep=keep_for(headers), age=age)

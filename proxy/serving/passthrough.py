@@ -9,10 +9,10 @@ from typing import Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import UpstreamError
-from proxy.serving.headers import VIA, add_forwarding, end_to_end
+from proxy.serving.headers import NOBODY, VIA, Forwarding, end_to_end, upstream_headers
 from proxy.serving.upstream import UpstreamClient
 
 CHUNK: Final = 64 * 1024
@@ -41,8 +41,16 @@ class Tee:
         return b"".join(self.chunks) if self.complete and self.limit >= 0 else None
 
 
+class Divert(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a Decide to answer otherwise (a stale copy for an origin error): nothing was sent to the client."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"upstream answered {status}")
+
+
 # Given the upstream's status and headers, before anything reaches the client: the Cache-Status to send,
-# and a Tee when the body should also be kept for the cache.
+# and a Tee when the body should also be kept for the cache (or Divert).
 Decide = Callable[[int, CIMultiDictProxy[str]], tuple[str, Tee | None]]
 
 
@@ -51,17 +59,16 @@ async def forward(
     upstream: UpstreamClient,
     cache_status: str | Decide,
     *,
-    extra: dict[str, str] | None = None,
+    trust: Forwarding = NOBODY,
 ) -> tuple[web.StreamResponse, Tee | None]:
     """Stream the request to the upstream and its answer back, holding at most a chunk in memory (plus what a
     Tee keeps, bounded by its limit)."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    headers = upstream_headers(request.headers, "websocket" if websocket else "pass", peer=request.remote,
+                               scheme=request.scheme, host=request.host, trust=trust)
+    if websocket:
         assert isinstance(cache_status, str)
-        return await _websocket(request, upstream, cache_status), None
-    headers = add_forwarding(
-        end_to_end(request.headers, drop=("Host",)), client_ip=request.remote, proto=request.scheme, host=request.host
-    )
-    headers.update(extra or {})
+        return await _websocket(request, upstream, cache_status, headers), None
     body = request.content if request.body_exists else None
     async with upstream.open(request.method, request.raw_path, headers, body) as up:
         status, tee = cache_status(up.status, up.headers) if callable(cache_status) else (cache_status, None)
@@ -85,13 +92,10 @@ async def forward(
         return resp, tee
 
 
-async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str) -> web.StreamResponse:
+async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str,
+                     headers: CIMultiDict[str]) -> web.StreamResponse:
     """Open the upstream socket first, so a refused upstream is a 502 rather than a socket closed at once."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    drop = ("Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol")
-    headers = add_forwarding(
-        end_to_end(request.headers, drop=drop), client_ip=request.remote, proto=request.scheme, host=request.host
-    )
     url = upstream.url(request.raw_path)
     try:
         up = await upstream.session.ws_connect(url, headers=headers, protocols=protocols, autoping=False)

@@ -1,0 +1,47 @@
+"""The one way a response becomes a stored entry, and the one way a 304 updates one (RFC 9111 3, 4.3.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from proxy.policy.entry import CachedResponse
+from proxy.policy.freshness import stored_headers
+from proxy.policy.validators import derived_etag
+
+
+def entry_of(
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    stored_at: float,
+    ttl: float,
+    route: str,
+    stale_while_revalidate: float = 0.0,
+    stale_if_error: float = 0.0,
+    tags: list[str] | None = None,
+    keep: float = 0.0,
+    derive_etag: bool = True,
+    source: str = "",
+    vary: list[str] | None = None,
+) -> CachedResponse:
+    """Headers without cookies, lengths, ages or hop-by-hop ones, and an ETag of our own where the origin sent none
+    (`derive_etag` False for answers whose body is rewritten per client, which get theirs per answer)."""
+    kept = stored_headers(headers)
+    if derive_etag and not any(k.lower() == "etag" for k, _ in kept):
+        kept.append(("ETag", derived_etag(body)))
+    return CachedResponse(
+        status=status, headers=kept, body=body, stored_at=stored_at, ttl=ttl,
+        stale_while_revalidate=stale_while_revalidate, stale_if_error=stale_if_error, tags=list(tags or ()),
+        route=route, keep=keep, source=source, vary=list(vary or ()),
+    )
+
+
+def refreshed(entry: CachedResponse, not_modified: Iterable[tuple[str, str]], *, now: float) -> CachedResponse:
+    """The stored body stands, with the 304's headers laid over the stored ones and a new lifetime."""
+    updates = stored_headers(not_modified)
+    replaced = {k.lower() for k, _ in updates}
+    headers = [h for h in entry.headers if h[0].lower() not in replaced] + updates
+    return msgspec.structs.replace(entry, headers=headers, stored_at=now)

@@ -1,0 +1,137 @@
+"""The lane of routes a rule governs: the rule says what is stored, for how long, keyed on what.
+
+The origin still has its say where sharing would be wrong: its `Vary` picks variants (CORS's `Vary: Origin`
+included), and `Vary: *` is never stored. A fill's own answer goes to the client that made it; collapsed waiters
+get the stored copy, or, when nothing was stored and the answer was personal, are sent upstream on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.policy.cache_status import CacheStatus
+from proxy.policy.decision import Fetch, Revalidate
+from proxy.policy.entry import CachedResponse
+from proxy.policy.freshness import client_wants_revalidation, stored_headers, unstorable_reason
+from proxy.policy.keys import tags_for
+from proxy.policy.origin_policy import vary_names
+from proxy.policy.validators import derived_etag, keep_for
+from proxy.serving.answer import echo, etag_of, from_entry
+from proxy.serving.caching import Caching
+from proxy.serving.fill import Fill, Judge, Terms
+from proxy.serving.headers import VIA
+from proxy.serving.inbound import Inbound
+
+# How a finished request leaves: the handler's one exit step (metrics, access log).
+Done = Callable[[Inbound, web.StreamResponse, CacheStatus | str, str, float | None], web.StreamResponse]
+Resend = Callable[[Inbound, web.BaseRequest, str], Awaitable[web.StreamResponse]]
+
+
+class RuledLane:
+    """Ruled GET and HEAD: the rule decides, the origin's Vary picks variants."""
+
+    def __init__(self, caching: Caching, done: Done, resend: Resend, degraded: Callable[[CacheStatus], str]) -> None:
+        self.caching, self.done, self.resend, self.degraded = caching, done, resend, degraded
+
+    def revalidate(self, inb: Inbound) -> bool:
+        assert inb.rule is not None
+        return client_wants_revalidation(inb.headers, inb.rule)
+
+    def validators(self, inb: Inbound) -> bool:
+        return inb.route not in self.caching.filler.batches  # a batch call carries no conditions
+
+    def send_host(self, inb: Inbound) -> bool:
+        assert inb.rule is not None
+        return any(f.source == "header" and f.name.lower() in ("host", "x-forwarded-host")
+                   for f in inb.rule.key_fields or ())
+
+    def stale_on(self, inb: Inbound) -> frozenset[int]:
+        assert inb.rule is not None
+        return frozenset(inb.rule.route.stale_on_status)
+
+    def judge(self, inb: Inbound) -> Judge:
+        rule = inb.rule
+        assert rule is not None
+        tags = tuple(tags_for(rule, inb.params, inb.query, inb.headers))
+
+        def judge(status: int, headers: CIMultiDictProxy[str], body: bytes) -> Terms | str:
+            if (reason := unstorable_reason(status, headers, body, rule)) is not None:
+                return reason
+            vary = vary_names(headers)
+            if vary is None:
+                return "vary-star"
+            r = rule.route
+            negative = status != 200
+            return Terms(ttl=min(r.ttl, r.negative_ttl) if negative else r.ttl, route=rule.name,
+                         stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
+                         stale_if_error=r.stale_if_error, vary=vary, tags=tags, derive_etag=not rule.echo,
+                         keep=keep_for(headers) if self.validators(inb) else 0.0)
+
+        return judge
+
+    def answer(self, inb: Inbound, entry: CachedResponse, status: CacheStatus, age: float | None,
+               *, upstream_s: float | None = None) -> web.StreamResponse:
+        """From a stored entry: the hit path, kept to one header list and no parsing unless the rule echoes.
+
+        `age` None: the entry was fetched for this very request, so it carries no Age (RFC 9111 5.1)."""
+        rule = inb.rule
+        assert rule is not None
+        body = etag = None
+        if rule.echo:
+            body = echo(entry.body, rule, inb)
+            etag = derived_etag(body)
+        text = self.degraded(status)
+        resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag)
+        return self.done(inb, resp, text, status.outcome, upstream_s)
+
+    async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
+                    stale: CachedResponse | None) -> web.StreamResponse:
+        """The coalesced fill, then the answer: the leader gets the upstream's answer whole, waiters the stored copy."""
+        rule = inb.rule
+        assert rule is not None
+        caching = self.caching
+        conditions = decision.conditions if isinstance(decision, Revalidate) else {}
+        t0 = time.perf_counter()
+        flight = inb.key + ("\x00forced" if inb.forced else "")  # a forced refresh never joins an ordinary fill
+        fill, joined = await caching.coalescer.run(flight, lambda: caching.filler.once(
+            inb, inb.key, self.judge(inb), stale=stale, conditions=conditions, send_host=self.send_host(inb),
+            forced=inb.forced or self.revalidate(inb)))
+        upstream_s = time.perf_counter() - t0
+        joined = joined or fill.collapsed
+        if fill.status >= 500 and not fill.stored:
+            resp = caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
+            if resp is not None:
+                return resp
+        if joined and fill.entry is None:
+            if fill.personal:  # hit-for-miss: another client's cookie or private answer never reaches this one
+                return await self.resend(inb, request, f"uncacheable-{fill.reason or 'personal'}")
+        status = _fill_status(fill, stale, joined)
+        if joined and fill.entry is not None:  # the stored copy: no other client's cookie, and an ETag
+            return self.answer(inb, fill.entry, status, None, upstream_s=upstream_s)
+        headers = fill.headers.copy() if not joined else _shared(fill)
+        body = echo(fill.body, rule, inb) if rule.echo else fill.body
+        if fill.entry is not None and (etag := derived_etag(body) if rule.echo else etag_of(fill.entry)):
+            headers["ETag"] = etag
+        text = self.degraded(status)
+        headers["Cache-Status"] = text
+        headers.add("Via", VIA)
+        resp = web.Response(status=fill.status, headers=headers, body=body)
+        return self.done(inb, resp, text, status.outcome, upstream_s)
+
+
+def _fill_status(fill: Fill, stale: CachedResponse | None, joined: bool) -> CacheStatus:
+    detail = fill.reason or ("batched" if fill.batch_size else "batch-fallback" if fill.batch_size == 0
+                             else "revalidated" if fill.revalidated else None)
+    extra = (("batch-size", str(fill.batch_size)),) if fill.batch_size else ()
+    return CacheStatus(fwd="stale" if stale is not None else "miss",
+                       fwd_status=304 if fill.revalidated else fill.status, collapsed=joined,
+                       stored=fill.stored and not joined, detail=(detail,) if detail else (), extra=extra)
+
+
+def _shared(fill: Fill) -> CIMultiDict[str]:
+    """A fill that was not stored, as a waiter gets it: without anything that was the leader's own."""
+    return CIMultiDict(stored_headers(fill.headers.items()))
