@@ -13,7 +13,7 @@ from yarl import URL
 from proxy.cache.events import Selector
 from proxy.cache.tiers import TieredCache
 from proxy.config.rules import RuleSet
-from proxy.policy.keys import cache_key, key_tag, raw_params, url_tag
+from proxy.policy.keys import cache_key, key_tag, keyed_query, raw_params, url_tag
 
 
 async def purge_uri(tiers: TieredCache, rules: RuleSet, uri: URL) -> int:
@@ -22,6 +22,7 @@ async def purge_uri(tiers: TieredCache, rules: RuleSet, uri: URL) -> int:
     selectors = [Selector("tag", url_tag(target))]
     if (found := rules.match_pattern("GET", uri.path)) is not None and found[0].cacheable:
         rule, _, pattern = found
-        key = cache_key(rule, raw_params(rule, pattern, uri.raw_path), uri.query, {}, pattern=pattern)
+        key = cache_key(rule, raw_params(rule, pattern, uri.raw_path), keyed_query(rule, uri.query), {},
+                        pattern=pattern)
         selectors += [Selector("key", key), Selector("tag", key_tag(key))]
     return sum([await tiers.purge(s) for s in selectors])

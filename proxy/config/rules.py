@@ -83,8 +83,8 @@ class Route(_Strict, frozen=True):
     cache_status: list[Annotated[int, Meta(ge=200, le=499)]] = msgspec.field(default_factory=lambda: [200])
     negative_ttl: Duration = Duration.of("30s")  # for stored statuses other than 200 (capped at `ttl`)
     client_no_cache: Literal["ignore", "revalidate"] = "ignore"
-    # Requests where one of these `field=value` holds go upstream and refresh the entry stored under the key without
-    # that field, e.g. ["query.force_refresh=true"]: the backend's own "bypass your cache" switch keeps working.
+    # Query switches such as ["query.force_refresh=true"]: the parameter is never part of the key, and a request
+    # where it has that value goes upstream and refreshes the entry (the backend's own "past your cache" switch).
     refresh_when: list[str] = []
     # Origin statuses a stale copy answers for within `stale_if_error` (RFC 5861 4; nginx's proxy_cache_use_stale).
     stale_on_status: list[Annotated[int, Meta(ge=500, le=599)]] = msgspec.field(

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 import msgspec
-from multidict import MultiMapping
+from multidict import MultiDict, MultiMapping
 
 from proxy.config.rules import CompiledRule, field_value
 
@@ -106,7 +106,9 @@ def tags_for(
     return out
 
 
-def without_query(query: MultiMapping[str], names: Iterable[str]) -> list[tuple[str, str]]:
-    """The query minus some parameters, in order (the plain key of a forced refresh)."""
-    drop = set(names)
-    return [(k, v) for k, v in query.items() if k not in drop]
+def keyed_query(rule: CompiledRule, query: MultiMapping[str]) -> MultiMapping[str]:
+    """The query a key is built from: without the rule's `refresh_when` switches, which never pick an entry."""
+    if not rule.refresh_when:
+        return query
+    drop = {f.name for f, _ in rule.refresh_when}
+    return MultiDict((k, v) for k, v in query.items() if k not in drop)

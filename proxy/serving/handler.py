@@ -24,7 +24,7 @@ from proxy.config.rules import CompiledRule, RuleSet
 from proxy.errors import UpstreamError
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.freshness import private_request_reason
-from proxy.policy.keys import cache_key, origin_key, raw_params
+from proxy.policy.keys import cache_key, keyed_query, origin_key, raw_params
 from proxy.serving import passthrough
 from proxy.serving.answer import StoredAnswer
 from proxy.serving.batch_merge import BatchMerge
@@ -122,15 +122,11 @@ class ProxyHandler:
         if (private := private_request_reason(inb.headers, rule)) is not None:
             return await self._pass(inb, request, private)
         query = inb.query
-        forced = [f.name for f, value in rule.refresh_when if value in query.getall(f.name, ())]
-        if forced:  # the backend's own "refresh" switch: fetch, and store under the key without it
-            inb.forced = True
-            query = query.copy()  # type: ignore[assignment]
-            for name in forced:
-                query.popall(name)  # type: ignore[attr-defined]
-        inb.key = cache_key(rule, raw_params(rule, inb.pattern, inb.raw_path), query, inb.headers,
-                            pattern=inb.pattern)
-        if not rule.keyed_on_headers and not forced:
+        # the backend's own "refresh" switch: never part of the key; when on, fetch and refresh the entry
+        inb.forced = any(value in query.getall(f.name, ()) for f, value in rule.refresh_when)
+        inb.key = cache_key(rule, raw_params(rule, inb.pattern, inb.raw_path), keyed_query(rule, query),
+                            inb.headers, pattern=inb.pattern)
+        if not rule.keyed_on_headers and not inb.forced:
             if len(self._targets) >= MAX_TARGETS:
                 self._targets.clear()  # bounded; refilled by the targets that keep coming
             self._targets[inb.raw_path] = (rule, inb.params, inb.key, inb.pattern)
