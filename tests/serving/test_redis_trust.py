@@ -1,0 +1,66 @@
+"""The right answer with Redis shared by several processes (issue 11, items 8 and 9): purges are final across
+processes, and a client's `no-cache` reaches the upstream even when another process holds a fresh copy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from proxy.config.settings import Config, RedisConfig
+from proxy.config.units import Duration
+
+from ..conftest import ProxyFactory, Upstream
+
+RULES = """
+[[route]]
+name = "player"
+match = "GET /players/{name}"
+ttl = "5m"
+client_no_cache = "revalidate"
+tags = ["player:{name}"]
+"""
+
+
+def shared(url: str) -> Config:
+    return Config(redis=RedisConfig(url=url, probe_min=Duration.of("50ms"), probe_max=Duration.of("200ms"),
+                                    timeout=Duration.of("250ms")))
+
+
+async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
+    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, dict(r.headers), await r.read()
+
+
+async def test_a_purge_on_one_process_beats_a_fill_in_flight_on_another(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
+    redis: aioredis.Redis,
+) -> None:
+    a = await make_proxy(RULES, config=shared(redis_url))
+    b = await make_proxy(RULES, config=shared(redis_url))
+    upstream.reply("/players/judge", delay=0.4)
+    slow = asyncio.ensure_future(get(http, b.proxy_url + "/players/judge"))
+    await asyncio.sleep(0.15)
+    async with http.post(a.admin_url + "/purge", json={"tag": "player:judge"}) as r:
+        assert r.status == 200
+    status, h, _ = await slow
+    assert status == 200 and "stored" not in h["Cache-Status"]
+    await asyncio.sleep(0.3)  # anything B might still write to Redis
+    assert [k for k in await redis.keys("sidecache:v1:entry:*")] == []
+    upstream.reply("/players/judge")
+    _, h, _ = await get(http, a.proxy_url + "/players/judge")
+    assert h["Cache-Status"].startswith("sidecache; fwd=miss")
+    assert upstream.hits["/players/judge"] == 2
+
+
+async def test_client_no_cache_reaches_the_upstream_although_redis_holds_a_fresh_copy(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
+) -> None:
+    a = await make_proxy(RULES, config=shared(redis_url))
+    b = await make_proxy(RULES, config=shared(redis_url))
+    await get(http, a.proxy_url + "/players/soto")
+    await asyncio.sleep(0.2)  # the write reaches Redis
+    _, h, _ = await get(http, b.proxy_url + "/players/soto", headers={"Cache-Control": "no-cache"})
+    assert "collapsed" not in h["Cache-Status"]
+    assert upstream.hits["/players/soto"] == 2
