@@ -34,7 +34,12 @@ uncacheable_bodies = ["null"]
   to = "POST /api/v1/optimized/batch-prop-analysis"
   group_by = "query.player_name"
   window = "10ms"
-  item = { prop_id = "path.prop_id", player_name = "query.player_name", stat_type = "query.stat_type", line = "query.line:float", team = "query.team", matchup = "query.matchup" }
+  item.prop_id = "path.prop_id"
+  item.player_name = "query.player_name"
+  item.stat_type = "query.stat_type"
+  item.line = "query.line:float"
+  item.team = "query.team"
+  item.matchup = "query.matchup"
   body = { requests = "$items", use_cache = true }
 """
 
