@@ -31,9 +31,9 @@ def test_byte_bound_evicts_until_it_fits_and_tracks_bytes() -> None:
     t = tier(now, max_entries=100, max_bytes=1000)
     for k in "abcd":
         t.set(k, entry(size=300))
-    assert len(t) == 2 and t.bytes == 2 * (300 + 128)
+    assert len(t) == 2 and t.bytes == 2 * (300 + 128 + 1)  # the one-letter key counts too (issue 12.6)
     t.delete("c")
-    assert t.bytes == 300 + 128
+    assert t.bytes == 300 + 128 + 1
     t.clear()
     assert (len(t), t.bytes) == (0, 0)
 
@@ -56,3 +56,14 @@ def test_entries_expire_lazily_after_their_last_stale_window() -> None:
     now[0] = 1120.0
     assert t.get("a") is None
     assert (len(t), t.bytes) == (0, 0)
+
+
+def test_long_keys_and_reserved_bytes_count_against_the_byte_budget() -> None:
+    now = [1000.0]
+    t = tier(now, max_entries=100, max_bytes=10_000)
+    t.set("k" * 4000, entry(size=100))
+    assert t.bytes == 100 + 128 + 4000
+    t.reserve(6000)  # what the handler's request-target memo keeps
+    assert len(t) == 0 and t.evictions == 1  # over budget: the entry goes, not the process's memory
+    t.reserve(-6000)
+    assert t.reserved == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Final, TypeVar
 
@@ -23,6 +23,7 @@ V = TypeVar("V")
 
 MAX_PENDING_WRITES: Final = 512  # Redis writes in flight; past this a write is dropped (counted), never queued
 RECENT_PURGES: Final = 1024  # purges remembered, so a fill that began before one does not store what it removed
+SUPERSEDED: Final = 1024  # copies another process refilled, kept for stale-if-error while Redis cannot answer
 
 
 class TieredCache:
@@ -51,6 +52,9 @@ class TieredCache:
         self._reads: Coalescer[str, CachedResponse | None] = Coalescer()
         self.generation = 0  # bumped by every purge, here or in another process; a fill notes it when it starts
         self._purges: deque[tuple[int, Selector]] = deque(maxlen=RECENT_PURGES)
+        # key -> the memory copy another process's fill superseded: the newer one is in Redis, but if Redis cannot
+        # give it and the upstream fails too, this older copy is still what stale-if-error may answer with.
+        self._superseded: OrderedDict[str, CachedResponse] = OrderedDict()
 
     @property
     def degraded(self) -> bool:
@@ -90,12 +94,19 @@ class TieredCache:
 
     async def find(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
         """The entry for a request: under its key, or, where the key holds a Vary marker, under its variant's key."""
-        entry = self.memory.get(key) or await self.shared(key)
+        entry = await self._one(key)
         if entry is not None and entry.is_marker:
-            vkey = variant_key(key, entry.vary, request)
-            entry = self.memory.get(vkey) or await self.shared(vkey)
+            entry = await self._one(variant_key(key, entry.vary, request))
             if entry is not None and entry.is_marker:
                 return None
+        return entry
+
+    async def _one(self, key: str) -> CachedResponse | None:
+        entry = self.memory.get(key) or await self.shared(key)
+        if entry is None and (older := self._superseded.get(key)) is not None:
+            if older.keep_until > self.clock():
+                return older  # Redis did not give the newer copy: the older one, for its stale windows
+            del self._superseded[key]
         return entry
 
     def purged_since(self, generation: int, key: str, entry: CachedResponse) -> bool:
@@ -141,7 +152,10 @@ class TieredCache:
         except CacheBackendError:
             return None
         if entry is None or entry.keep_until <= self.clock():
+            if entry is None:
+                self._superseded.pop(key, None)  # Redis answered: there is no newer copy to stand in for
             return None
+        self._superseded.pop(key, None)
         self.memory.set(key, entry)
         return entry
 
@@ -205,6 +219,9 @@ class TieredCache:
             return  # counted by the tier
 
     def _drop(self, selector: Selector) -> list[str]:
+        for key, older in list(self._superseded.items()):
+            if selector.matches(key, older):
+                del self._superseded[key]
         if selector.kind == "key":  # one entry: no scan (every unsafe request invalidates its URI this way)
             return [selector.value] if self.memory.delete(selector.value) else []
         doomed = [k for k, e in self.memory.items() if selector.matches(k, e)]
@@ -251,7 +268,11 @@ class TieredCache:
         if isinstance(event, Filled):
             # The next request here reads the newer copy from Redis. A lease waiter woken below adopts it
             # after this drop, never before, so the drop cannot undo its promotion.
-            self.memory.delete(event.key)
+            if (older := self.memory.pop(event.key)) is not None:
+                self._superseded[event.key] = older
+                self._superseded.move_to_end(event.key)
+                if len(self._superseded) > SUPERSEDED:
+                    self._superseded.popitem(last=False)
         if self.lease is not None:
             self.lease.notify(event.key)
 

@@ -44,6 +44,7 @@ log = logging.getLogger("sidecache")
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
 SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1: every other method invalidates
 MAX_TARGETS: Final = 8192  # request targets remembered with their rule and key (the hit path's shortcut)
+_MEMO_OVERHEAD: Final = 400  # bytes a remembered target costs besides its strings (dict slot, tuple, str headers)
 
 
 class ProxyHandler:
@@ -76,6 +77,8 @@ class ProxyHandler:
                                   max_entry_bytes=max_entry_bytes, trust=trust) if unruled == "origin" else None)
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
         self._tasks: set[asyncio.Task[int]] = set()
+        self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int]] = {}
+        self._target_bytes = 0
         self.use_rules(rules)
 
     def use_rules(self, rules: RuleSet) -> None:
@@ -87,7 +90,7 @@ class ProxyHandler:
         incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
         self.rules, self.batches, self.incoming = rules, batches, incoming
         self.filler.batches = batches
-        self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int]] = {}
+        self._forget()  # remembered targets carry the old rules
 
     async def close(self, grace: float = 1.0) -> None:
         """At shutdown: give fills in flight a moment to finish and store, then cancel what is left."""
@@ -127,10 +130,24 @@ class ProxyHandler:
         inb.key = cache_key(rule, raw_params(rule, inb.pattern, inb.raw_path), keyed_query(rule, query),
                             inb.headers, pattern=inb.pattern)
         if not rule.keyed_on_headers and not inb.forced:
-            if len(self._targets) >= MAX_TARGETS:
-                self._targets.clear()  # bounded; refilled by the targets that keep coming
-            self._targets[inb.raw_path] = (rule, inb.params, inb.key, inb.pattern)
+            self._remember(inb)
         return await self._serve(inb, request, self.ruled)
+
+    def _remember(self, inb: Inbound) -> None:
+        """The hit path's shortcut for a target seen before; its bytes count against the memory tier's budget."""
+        assert inb.rule is not None
+        if len(self._targets) >= MAX_TARGETS or self._target_bytes > self.tiers.memory.max_bytes // 8:
+            self._forget()  # bounded; refilled by the targets that keep coming
+        size = _MEMO_OVERHEAD + 2 * len(inb.raw_path) + len(inb.key) + sum(
+            len(k) + len(v) for k, v in inb.params.items())
+        self._targets[inb.raw_path] = (inb.rule, inb.params, inb.key, inb.pattern)
+        self._target_bytes += size
+        self.tiers.memory.reserve(size)
+
+    def _forget(self) -> None:
+        self._targets.clear()
+        self.tiers.memory.reserve(-self._target_bytes)
+        self._target_bytes = 0
 
     async def _serve(self, inb: Inbound, request: web.BaseRequest, lane: Lane) -> web.StreamResponse:
         try:

@@ -4,14 +4,17 @@ processes, and a client's `no-cache` reaches the upstream even when another proc
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import aiohttp
+import msgspec
 import redis.asyncio as aioredis
 
 from proxy.config.settings import Config, RedisConfig
 from proxy.config.units import Duration
 
-from ..conftest import ProxyFactory, Upstream
+from ..conftest import ProxyFactory, RedisFactory, Upstream
 
 RULES = """
 [[route]]
@@ -64,3 +67,29 @@ async def test_client_no_cache_reaches_the_upstream_although_redis_holds_a_fresh
     _, h, _ = await get(http, b.proxy_url + "/players/soto", headers={"Cache-Control": "no-cache"})
     assert "collapsed" not in h["Cache-Status"]
     assert upstream.hits["/players/soto"] == 2
+
+
+async def test_a_stale_copy_survives_another_process_refilling_it_when_redis_and_upstream_then_fail(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory()
+    now = [1000.0]
+    rules = RULES + 'stale_if_error = "10m"\n'
+    a = await make_proxy(rules, config=shared(server.url()), clock=lambda: now[0])
+    b = await make_proxy(rules, config=shared(server.url()), clock=lambda: now[0])
+    await get(http, a.proxy_url + "/players/ohtani")
+    await asyncio.sleep(0.2)
+    await get(http, b.proxy_url + "/players/ohtani")  # B holds the copy in memory
+    now[0] += 301
+    await get(http, a.proxy_url + "/players/ohtani")  # A refills it: B is told, and drops its memory copy
+    await asyncio.sleep(0.2)
+    upstream.reply("/players/ohtani", status=503, body=b"down")
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)  # Redis hangs, and the upstream fails: a double fault
+    try:
+        now[0] += 301
+        status, h, body = await get(http, b.proxy_url + "/players/ohtani")
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert (status, "detail=stale-if-error" in h["Cache-Status"]) == (200, True)
+    assert msgspec.json.decode(body)["path"] == "/players/ohtani"
