@@ -22,7 +22,7 @@ from proxy.policy.stored import entry_of, refreshed
 from proxy.serving.batch_route import BatchRoute
 from proxy.serving.headers import Forwarding, end_to_end, upstream_headers
 from proxy.serving.inbound import Inbound
-from proxy.serving.upstream import UpstreamClient
+from proxy.serving.upstream import Overflow, UpstreamClient
 from proxy.telemetry.metrics import Metrics
 
 
@@ -59,11 +59,12 @@ class Fill:
     collapsed: bool = False  # another process fetched it (Redis lease); this one read its stored entry
     entry: CachedResponse | None = None  # what was stored, answered from (ETag, client conditions) like a hit
     revalidated: bool = False  # the origin's 304 confirmed the stored answer
+    overflow: Overflow | None = None  # an answer too large to keep, still open, for the leader alone to stream
 
     @property
     def personal(self) -> bool:
         """The answer belongs to the client it was fetched for: a waiter never receives it (hit-for-miss)."""
-        if self.reason in PERSONAL or "Set-Cookie" in self.headers:
+        if self.reason in PERSONAL or "Set-Cookie" in self.headers or self.overflow is not None:
             return True
         cc = cache_control(", ".join(self.headers.getall("Cache-Control", ())))
         return "private" in cc or "no-store" in cc
@@ -107,7 +108,13 @@ class Filler:
         batch_size = None
         headers.update(conditions)  # the origin's own validators only (RFC 9111 4.3.1)
         if batch is None:
-            resp = await self.upstream.call(inb.route, "GET", inb.raw_path, headers)
+            got = await self.upstream.call_upto(inb.route, "GET", inb.raw_path, headers,
+                                                self.tiers.memory.max_entry_bytes)
+            if isinstance(got, Overflow):  # too large to keep: its one client streams it, waiters ask their own
+                self.metrics.not_storable(inb.route, "too-large")
+                return Fill(got.status, end_to_end(got.headers, drop=("Content-Length",)), b"", False, "too-large",
+                            overflow=got)
+            resp = got
         else:  # counts its own upstream calls: one batch call answers many fills
             resp, batch_size = await batch.fetch(key, inb.params, inb.query, inb.raw_path, headers)
         if resp.status == 304 and conditions and stale is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 import aiohttp
@@ -17,6 +17,7 @@ from proxy.config.settings import UpstreamConfig
 from proxy.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.telemetry.metrics import Metrics
 
+_UNCLAIMED: Final = 5.0  # seconds an Overflow waits for its client before closing itself
 # aiohttp would otherwise add these on its own, and the proxy must forward only what the client sent.
 _SKIP_AUTO: Final = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 
@@ -27,6 +28,28 @@ class UpstreamResponse(msgspec.Struct, frozen=True):
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+
+
+class Overflow:
+    """An answer too large to keep, still open: its first bytes read, the rest for its one client to stream.
+
+    Whoever takes it streams and closes it; one that nobody takes (its client left) closes itself shortly."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, prefix: bytes, stack: AsyncExitStack) -> None:
+        self.resp, self.prefix, self._stack = resp, prefix, stack
+        self.status, self.headers = resp.status, resp.headers
+        self._timer = asyncio.get_running_loop().call_later(_UNCLAIMED, self._abandon)
+
+    def take(self) -> aiohttp.ClientResponse:
+        self._timer.cancel()
+        return self.resp
+
+    async def close(self) -> None:
+        self._timer.cancel()
+        await self._stack.aclose()
+
+    def _abandon(self) -> None:
+        self.resp.close()  # nobody streams it: drop the connection rather than hold it
 
 
 class UpstreamClient:
@@ -69,6 +92,38 @@ class UpstreamClient:
             self.metrics.upstream_call(route, resp.status, time.perf_counter() - t0)
         return resp
 
+    async def call_upto(
+        self, route: str, method: str, raw_path_qs: str, headers: CIMultiDict[str], limit: int
+    ) -> UpstreamResponse | Overflow:
+        """`call` for an answer that may be too large to keep: read whole up to `limit` bytes, else handed over
+        open (Overflow) for its client to stream, so no fill ever buffers more than the cache could keep."""
+        t0 = time.perf_counter()
+        stack = AsyncExitStack()
+        try:
+            resp = await stack.enter_async_context(self.open(method, raw_path_qs, headers))
+            length = resp.content_length
+            if length is not None and length > limit:
+                out: UpstreamResponse | Overflow = Overflow(resp, b"", stack)
+            else:
+                try:
+                    body = await resp.read() if length is not None else await _read_upto(resp, limit + 1)
+                    if len(body) > limit:
+                        out = Overflow(resp, body, stack)
+                    else:
+                        out = UpstreamResponse(resp.status, resp.headers, body)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise _convert(exc, self.url(raw_path_qs)) from exc
+        except BaseException as exc:
+            await stack.aclose()
+            if isinstance(exc, UpstreamError) and self.metrics is not None:
+                self.metrics.upstream_error(route, type(exc).__name__)
+            raise
+        if isinstance(out, UpstreamResponse):
+            await stack.aclose()
+        if self.metrics is not None:
+            self.metrics.upstream_call(route, out.status, time.perf_counter() - t0)
+        return out
+
     async def fetch(
         self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None
     ) -> UpstreamResponse:
@@ -96,6 +151,15 @@ class UpstreamClient:
             yield resp
         finally:
             resp.release()
+
+
+async def _read_upto(resp: aiohttp.ClientResponse, n: int) -> bytes:
+    """Up to n bytes of the body: fewer only at its end."""
+    chunks, size = [], 0
+    while size < n and (chunk := await resp.content.read(n - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _convert(exc: BaseException, url: URL) -> UpstreamError:

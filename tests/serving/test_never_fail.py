@@ -3,7 +3,11 @@ error within stale-if-error, and the hit path's own memory stays within the byte
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.config.settings import Config, MemoryConfig
 from proxy.config.units import ByteSize
@@ -80,3 +84,41 @@ async def test_many_long_distinct_urls_stay_within_the_byte_budget(
     memory = proxy.memory
     assert memory.bytes + memory.reserved <= budget
     assert memory.evictions > 0
+
+
+async def test_an_answer_too_large_to_keep_streams_to_its_client_and_waiters_ask_their_own(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    big = bytes(range(256)) * 12_000  # 3 MB against a 1 MB cap
+    upstream.reply("/players/big", body=big, delay=0.2)
+    proxy = await make_proxy(RULE, config=Config(memory=MemoryConfig(max_entry_bytes=ByteSize(1024 * 1024))))
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/players/big") for _ in range(3)))
+    assert all((s, b) == (200, big) for s, _, b in got)
+    statuses = sorted(h["Cache-Status"] for _, h, _ in got)
+    assert statuses[-1] == "sidecache; fwd=miss; fwd-status=200; detail=too-large"  # the leader, streamed
+    assert all("uncacheable-too-large" in s for s in statuses[:-1])  # the waiters, each on its own
+    assert upstream.hits["/players/big"] == 3 and len(proxy.memory) == 0
+
+
+async def test_a_chunked_answer_past_the_cap_streams_whole(make_proxy: ProxyFactory,
+                                                            http: aiohttp.ClientSession) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for n in range(40):
+            await resp.write(bytes([n]) * 65536)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/players/{name}", chunked)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        proxy = await make_proxy(RULE, upstream_url=str(server.make_url("")).rstrip("/"),
+                                 config=Config(memory=MemoryConfig(max_entry_bytes=ByteSize(1024 * 1024))))
+        s, h, body = await get(http, proxy.proxy_url + "/players/stream")
+        assert (s, len(body), body[-1]) == (200, 40 * 65536, 39) and "detail=too-large" in h["Cache-Status"]
+    finally:
+        await server.close()
