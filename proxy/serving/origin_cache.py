@@ -81,8 +81,9 @@ class OriginLane:
 
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
                     stale: CachedResponse | None) -> web.StreamResponse:
-        if isinstance(decision, Revalidate) and inb.method == "GET":
-            return await self._revalidate(inb, request, decision, stale)
+        if inb.method == "GET" and stale is not None:  # buffered, so a cut body still leaves the stale copy to answer
+            conditions = decision.conditions if isinstance(decision, Revalidate) else {}
+            return await self._refill(inb, request, stale, conditions)
         if (ahead := self._waiting.get(inb.key)) is not None and inb.method == "GET":
             stored = await asyncio.shield(ahead)  # a miss for this key is streaming: wait for what it stores
             if stored and (entry := await self.caching.tiers.find(inb.key, inb.headers)) is not None:
@@ -91,31 +92,33 @@ class OriginLane:
                 return self.answer(inb, entry, status, now - entry.stored_at)
         return await self._stream(inb, request, stale)
 
-    async def _revalidate(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate,
-                          stale: CachedResponse | None) -> web.StreamResponse:
-        """Ask the origin whether the stored answer still holds, once for every client asking at once; a 304
-        refreshes it (RFC 9111 4.3.4)."""
+    async def _refill(self, inb: Inbound, request: web.BaseRequest, stale: CachedResponse,
+                      conditions: dict[str, str]) -> web.StreamResponse:
+        """Fetch past a stored answer (with the origin's validators when it has them), once for every client asking
+        at once; a 304 refreshes it (RFC 9111 4.3.4), an error leaves it for stale-if-error."""
         caching = self.caching
         t0 = time.perf_counter()
         fill, joined = await caching.coalescer.run(inb.key, lambda: caching.filler.once(
-            inb, inb.key, self.judge(inb), stale=decision.entry, conditions=decision.conditions, send_host=True,
-            forced=True))
+            inb, inb.key, self.judge(inb), stale=stale, conditions=conditions, send_host=True, forced=True))
         upstream_s = time.perf_counter() - t0
+        fwd = "stale" if conditions else "request" if self.revalidate(inb) else "miss"
         if fill.status in ERROR_STATUSES and not fill.stored:
             if (resp := caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)) is not None:
                 return resp
         if fill.revalidated:
-            use = fill.entry or decision.entry
+            use = fill.entry or stale
             status = CacheStatus(fwd="stale", fwd_status=304, stored=fill.stored, collapsed=joined)
             return self.answer(inb, use, status, caching.clock() - use.stored_at, upstream_s=upstream_s)
-        if fill.entry is not None:
-            status = CacheStatus(fwd="stale", fwd_status=fill.status, stored=True, collapsed=joined)
-            return self.answer(inb, fill.entry, status, 0.0, upstream_s=upstream_s)
-        if joined and fill.personal:
+        if joined and fill.entry is None and fill.personal:
             return await self.resend(inb, request, "uncacheable-personal")
-        out = CachedResponse(status=fill.status, headers=list(fill.headers.items()), body=fill.body,
-                             stored_at=caching.clock(), ttl=0)
-        status = CacheStatus(fwd="stale", fwd_status=fill.status, collapsed=joined)
+        detail = (fill.reason,) if fill.reason and not fill.stored else ()
+        status = CacheStatus(fwd=fwd, fwd_status=fill.status, stored=fill.stored, collapsed=joined, detail=detail)
+        if fill.overflow is not None:
+            text = self.degraded(status)
+            resp = await passthrough.stream_overflow(request, fill.overflow, fill.headers, text)
+            return self.done(inb, resp, text, status.outcome, upstream_s)
+        out = fill.entry or CachedResponse(status=fill.status, headers=list(fill.headers.items()), body=fill.body,
+                                           stored_at=caching.clock(), ttl=0)
         return self.answer(inb, out, status, 0.0, upstream_s=upstream_s)
 
     async def _stream(self, inb: Inbound, request: web.BaseRequest,

@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import UpstreamError
 from proxy.serving.headers import NOBODY, VIA, Forwarding, end_to_end, upstream_headers
-from proxy.serving.upstream import UpstreamClient
+from proxy.serving.upstream import Overflow, UpstreamClient
 
 CHUNK: Final = 64 * 1024
 
@@ -90,6 +90,31 @@ async def forward(
         if tee is not None:
             tee.complete = True
         return resp, tee
+
+
+async def stream_overflow(request: web.BaseRequest, overflow: Overflow, headers: CIMultiDict[str],
+                          cache_status: str) -> web.StreamResponse:
+    """An answer too large to keep, streamed to the client whose fill fetched it, never held whole."""
+    up = overflow.take()
+    try:
+        resp = web.StreamResponse(status=overflow.status, reason=up.reason, headers=headers.copy())
+        if up.content_length is not None:
+            resp.content_length = up.content_length
+        resp.headers["Cache-Status"] = cache_status
+        resp.headers.add("Via", VIA)
+        await resp.prepare(request)
+        body = request.method != "HEAD"
+        if overflow.prefix and body:
+            await resp.write(overflow.prefix)
+        async for chunk in up.content.iter_chunked(CHUNK):
+            if body:
+                await resp.write(chunk)
+        await resp.write_eof()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc  # headers are gone already
+    finally:
+        await overflow.close()
+    return resp
 
 
 async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_status: str,

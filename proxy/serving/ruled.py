@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -26,8 +25,7 @@ from proxy.serving.caching import Caching
 from proxy.serving.fill import Fill, Judge, Terms
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
-from proxy.serving.passthrough import CHUNK
-from proxy.serving.upstream import Overflow
+from proxy.serving.passthrough import stream_overflow
 
 # How a finished request leaves: the handler's one exit step (metrics, access log).
 Done = Callable[[Inbound, web.StreamResponse, CacheStatus | str, str, float | None], web.StreamResponse]
@@ -113,8 +111,10 @@ class RuledLane:
             if fill.personal:  # hit-for-miss: another client's cookie or private answer never reaches this one
                 return await self.resend(inb, request, f"uncacheable-{fill.reason or 'personal'}")
         status = _fill_status(fill, stale, joined)
-        if fill.overflow is not None:
-            return await self._stream(inb, request, fill, fill.overflow, status, upstream_s)
+        if fill.overflow is not None:  # too large to keep: streamed to this client, never held whole
+            text = self.degraded(status)
+            resp = await stream_overflow(request, fill.overflow, fill.headers, text)
+            return self.done(inb, resp, text, status.outcome, upstream_s)
         if joined and fill.entry is not None:  # the stored copy: no other client's cookie, and an ETag
             return self.answer(inb, fill.entry, status, None, upstream_s=upstream_s)
         headers = fill.headers.copy() if not joined else _shared(fill)
@@ -125,30 +125,6 @@ class RuledLane:
         headers["Cache-Status"] = text
         headers.add("Via", VIA)
         resp = web.Response(status=fill.status, headers=headers, body=body)
-        return self.done(inb, resp, text, status.outcome, upstream_s)
-
-    async def _stream(self, inb: Inbound, request: web.BaseRequest, fill: Fill, overflow: Overflow,
-                      status: CacheStatus, upstream_s: float) -> web.StreamResponse:
-        """An answer too large to keep, streamed to the client whose fill fetched it, never held whole."""
-        up = overflow.take()
-        try:
-            text = self.degraded(status)
-            resp = web.StreamResponse(status=fill.status, reason=up.reason, headers=fill.headers.copy())
-            if up.content_length is not None:
-                resp.content_length = up.content_length
-            resp.headers["Cache-Status"] = text
-            resp.headers.add("Via", VIA)
-            await resp.prepare(request)
-            if overflow.prefix and inb.method != "HEAD":
-                await resp.write(overflow.prefix)
-            async for chunk in up.content.iter_chunked(CHUNK):
-                if inb.method != "HEAD":
-                    await resp.write(chunk)
-            await resp.write_eof()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc  # headers are gone already
-        finally:
-            await overflow.close()
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
 

@@ -8,6 +8,8 @@ import io
 
 import aiohttp
 import msgspec
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.telemetry.access_log import AccessLog
 
@@ -74,3 +76,36 @@ async def test_waiters_on_an_answer_that_cannot_be_stored_ask_for_their_own(
     # the first answer went to its own client only; the others waited for it, then each asked for its own
     assert [msgspec.json.decode(b)["n"] for _, _, b in got].count(1) == 1
     assert upstream.hits["/me"] == 5
+
+
+async def test_a_refresh_cut_mid_answer_leaves_the_stale_copy_to_answer(
+    make_proxy: ProxyFactory, http: aiohttp.ClientSession
+) -> None:
+    cut = [False]
+
+    async def doc(request: web.Request) -> web.StreamResponse:
+        headers = {"Cache-Control": "max-age=1, stale-if-error=600", "Content-Length": "100"}
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        if not cut[0]:
+            await resp.write(b"v" * 100)
+            await resp.write_eof()
+            return resp
+        await resp.write(b"partial")
+        assert request.transport is not None
+        request.transport.close()  # the connection goes away mid-answer
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/doc", doc)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    now = [1000.0]
+    try:
+        proxy = await make_proxy(upstream_url=str(server.make_url("")).rstrip("/"), clock=lambda: now[0])
+        await get(http, proxy.proxy_url + "/doc")
+        cut[0], now[0] = True, now[0] + 30
+        s, h, body = await get(http, proxy.proxy_url + "/doc")
+        assert (s, body) == (200, b"v" * 100) and "detail=stale-if-error" in h["Cache-Status"]
+    finally:
+        await server.close()
