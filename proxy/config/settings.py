@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -17,6 +17,7 @@ from proxy.errors import ConfigError
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Count = Annotated[int, Meta(ge=1)]
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
@@ -25,7 +26,6 @@ def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
     if not sep or not port.isdigit() or not host or int(port) > 65535:
         raise ValueError(f"`{field}` must be HOST:PORT such as \"127.0.0.1:8080\", got {value!r}")
     return host.strip("[]"), int(port)
-
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -139,18 +139,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_config(path: Path | None) -> Config:
-    """Decode one config file strictly; None gives the embedded defaults."""
-    if path is None:
-        return Config()
+def convert_part(value: object, type_: type[S], at: str) -> S | str:
+    """Validate one part of a decoded file (a section, one `[[route]]`) on its own, so a mistake in one part
+    never hides the mistakes in the others; a failure comes back as msgspec's message re-rooted at `at`."""
+    try:
+        return msgspec.convert(value, type=type_, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if " - at `$" in text:
+            return text.replace(" - at `$", f" - at `{at}", 1)
+        return f"{text} - at `{at}`"
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as plain data; ConfigError names the file (and the TOML parser's line) on failure."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+        raise ConfigError([f"{path}: cannot read {what} file: {exc.strerror}"]) from exc
     try:
-        return msgspec.toml.decode(data, type=Config, dec_hook=dec_hook)
+        decoded: dict[str, Any] = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError([f"{path}: {exc}"]) from exc
+    return decoded
+
+
+def load_config(path: Path | None) -> Config:
+    """Decode one config file strictly, each section on its own so that every problem is reported in one run;
+    None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    data = read_toml(path, "config")
+    problems: list[str] = []
+    sections: dict[str, msgspec.Struct] = {}
+    fields = {f.name: f.type for f in msgspec.structs.fields(Config)}
+    for name, value in data.items():
+        type_ = fields.get(name)
+        if type_ is None:
+            problems.append(f"{path}: Object contains unknown field `{name}`")
+            continue
+        part = convert_part(value, type_, f"$.{name}")
+        if isinstance(part, str):
+            problems.append(f"{path}: {part}")
+        else:
+            sections[name] = part
+    if problems:
+        raise ConfigError(problems)
+    return Config(**sections)  # type: ignore[arg-type]
 
 
 def apply_overrides(
