@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -105,8 +106,12 @@ class ListenConfig(_Strict, frozen=True):
     access_log: bool = False
     # Peers (CIDRs) whose X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced (first hop).
     trusted_proxies: list[str] = []
+    admin_hosts: list[str] = []  # extra `Host` names the admin listener answers for, besides loopback and its IP
 
     def __post_init__(self) -> None:
+        for i, name in enumerate(self.admin_hosts):
+            if not _is_host(name):
+                raise ValueError(f"`admin_hosts[{i}]` must be a host name or IP address without a port, got {name!r}")
         for name in ("listen", "admin"):
             parse_hostport(getattr(self, name), field=name)
         if self.metrics:
@@ -127,6 +132,15 @@ class Config(_Strict, frozen=True):
     memory: MemoryConfig = MemoryConfig()
     redis: RedisConfig = RedisConfig()
     defaults: DefaultsConfig = DefaultsConfig()
+
+
+def _is_host(name: str) -> bool:
+    """A bare host name or IP address: no port, scheme or path."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name))
 
 
 def is_loopback(host: str) -> bool:
