@@ -1,7 +1,8 @@
 """A worker's Metrics as plain data, so worker 0 can show the sum of every `--workers` process in one scrape.
 
 The snapshot is generic over Metrics' attributes: every `Counter` is summed and every dict of Histograms is
-merged bucket by bucket (with its quantile sketch), so a counter another part adds to Metrics crosses processes without changes here.
+merged bucket by bucket (with its quantile sketch), so a counter another part adds to Metrics crosses processes
+without changes here.
 Registered gauges and counters are read once and sent as samples; gauges are summed unless `gauge_merge` says
 "max" or "min".
 """
