@@ -23,6 +23,8 @@ from proxy.errors import ConfigError
 from proxy.telemetry.logs import LEVELS, configure
 
 BUNDLED: Final = Path(__file__).parent / "defaults"  # the A1Betting rules, used when there is no ./rules
+BENCH_TIME: Final = "about 2 min with wrk installed, longer with the built-in load generator"  # docs/benchmark.md
+BENCH_QUICK_TIME: Final = "under a minute"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -62,9 +64,9 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers",
                           parents=[logs])
     _common(demo)
-    bench = sub.add_parser("bench", help="the reference benchmark: proxy vs direct, printed as ratios",
-                           parents=[logs])
-    bench.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+    bench_about = f"the reference benchmark: proxy vs direct, printed as ratios ({BENCH_TIME})"
+    bench = sub.add_parser("bench", help=bench_about, description=bench_about + ".", parents=[logs])
+    bench.add_argument("--quick", action="store_true", help=f"a shorter run ({BENCH_QUICK_TIME})")
     bench.add_argument("--latency", type=float, default=0.05, help="sample backend latency, seconds (0.05)")
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument("--png", type=Path, help="also draw the targets as a chart (needs Debian's chromium)")
