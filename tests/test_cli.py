@@ -114,12 +114,12 @@ def test_check_and_serve_name_the_rules_files_and_warn_of_shadowed_rules(tmp_pat
     assert f"WARNING sidecache: {warning}\n" in out
 
 
-def test_log_format_json_puts_both_logs_in_json_lines_with_rfc3339_times(tmp_path: Path) -> None:
+def test_log_format_json_puts_both_logs_in_json_lines_and_names_the_bundled_rules(tmp_path: Path) -> None:
     listen, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--log-format", "json", "--access-log", "--upstream",
          "http://127.0.0.1:1", "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # a folder without ./rules
     try:
         wait_for(f"http://127.0.0.1:{admin}/healthz")
         with pytest.raises(urllib.error.HTTPError) as info:  # 502: nothing listens upstream
@@ -131,7 +131,8 @@ def test_log_format_json_puts_both_logs_in_json_lines_with_rfc3339_times(tmp_pat
     rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
     app = [json.loads(line) for line in err.decode().splitlines()]
     assert app and all(set(x) >= {"ts", "level", "logger", "msg"} and rfc3339.match(x["ts"]) for x in app)
-    assert any(x["level"] == "info" and x["msg"].startswith("rules: 7 from rules") for x in app)
+    assert any(x["level"] == "info" and x["msg"].startswith("rules: 7 bundled A1Betting rules from ") and
+               "they fit the A1Betting backend only" in x["msg"] for x in app)  # serve says it as check does
     [access] = [json.loads(line) for line in out.decode().splitlines()]
     assert rfc3339.match(access["ts"]) and (access["path"], access["status"]) == ("/x", 502)
 
