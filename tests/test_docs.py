@@ -114,3 +114,22 @@ def test_bench_help_and_the_benchmark_page_agree_on_how_long_it_takes() -> None:
         parser().parse_args(["bench", "--help"])
     shown = " ".join(out.getvalue().split())
     assert BENCH_TIME in shown and BENCH_QUICK_TIME in shown
+
+
+def test_every_rule_and_config_field_is_documented() -> None:
+    """A field added to a Struct without a line in the reference pages fails here."""
+    import msgspec
+
+    from proxy.config.rules import Batch, Route
+    from proxy.config.settings import Config
+
+    rules = (ROOT / "docs" / "rules.md").read_text()
+    missing = [f.name for s in (Route, Batch) for f in msgspec.structs.fields(s) if f"| `{f.name}` |" not in rules]
+    pages = {"redis": (ROOT / "docs" / "redis.md").read_text()}
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    for section in msgspec.structs.fields(Config):
+        for f in msgspec.structs.fields(section.type):
+            page = pages.get(section.name)
+            if (f"`{f.name}`" not in page) if page is not None else (f"`{section.name}.{f.name}`" not in configuration):
+                missing.append(f"{section.name}.{f.name}")
+    assert missing == []
