@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -148,14 +149,18 @@ class Sidecar:
         own = snapshot_of(self.metrics, worker=self.worker_index, started_at=self.started_at, now=self.clock())
         return [own, *(self.workers.others() if self.workers is not None and not self.worker_index else [])]
 
-    def reload(self) -> Reloaded:
-        """Re-read the files this process started with and apply them at once; on any problem nothing changes."""
-        if self.sources is None:
-            raise ConfigError(["this sidecache was started without files to reload"])
+    def reload(self, trigger: str = "POST /rules/reload") -> Reloaded:
+        """Re-read the files this process started with and apply them at once; on any problem nothing changes,
+        and the rejection is logged in one line whichever way the reload was asked for."""
         try:
+            if self.sources is None:
+                raise ConfigError(["this sidecache was started without files to reload"])
             config, rules = load_sources(self.sources)
-        except ConfigError:
+        except ConfigError as exc:
             self.metrics.reloads["rejected"] += 1
+            problems = "; ".join(p.strip() for p in exc.problems)
+            log.error("worker %d: reload rejected, the old config and rules stay in force: %s (asked by %s)",
+                      self.worker_index, problems, trigger)
             raise
         self.config, applied, waiting = live_config(self.config, config)
         self.rules = rules  # no await from here to the end: a request sees the old set or the new one
@@ -165,16 +170,16 @@ class Sidecar:
         mem = self.config.memory
         self.memory.resize(max_entries=mem.max_entries, max_bytes=mem.max_bytes, max_entry_bytes=mem.max_entry_bytes)
         self.metrics.reloads["ok"] += 1
-        log.info("worker %d: reloaded %d rules; %s", self.worker_index, len(rules.rules),
+        log.info("worker %d: reloaded %d rules (asked by %s); %s", self.worker_index, len(rules.rules), trigger,
                  "; ".join(applied + waiting) or "config unchanged")
+        for warning in rules.warnings:
+            log.warning("worker %d: %s", self.worker_index, warning)
         return Reloaded(rules=len(rules.rules), applied=applied, restart_required=waiting)
 
-    def reload_logged(self) -> None:
+    def reload_logged(self, trigger: str = "SIGHUP") -> None:
         """SIGHUP's reload: the outcome goes to the log, as there is no one to answer."""
-        try:
-            self.reload()
-        except ConfigError as exc:
-            log.error("worker %d: reload rejected, the old config and rules stay in force:\n%s", self.worker_index, exc)
+        with contextlib.suppress(ConfigError):  # reload() has logged it
+            self.reload(trigger)
 
     def _access_log(self) -> AccessLog | None:
         return AccessLog(sys.stdout.buffer) if self.config.server.access_log else None
@@ -188,7 +193,7 @@ class Sidecar:
             except OSError as exc:  # the shared folder went away: the supervisor is stopping us
                 log.warning("worker %d: cannot publish metrics: %s", self.worker_index, exc)
             if self.workers is not None and self.worker_index and self.workers.reload_requested():
-                self.reload_logged()
+                self.reload_logged("worker 0")
 
     def _publish(self) -> None:
         if self.serve_admin:

@@ -13,11 +13,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Final
 
+from proxy import __version__
 from proxy.config.reload import Overrides, Sources
 from proxy.config.rules import RuleSet, load_rules
 from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
 from proxy.errors import ConfigError
+from proxy.telemetry.logs import LEVELS, configure
+
+BUNDLED: Final = Path(__file__).parent / "defaults"  # the A1Betting rules, used when there is no ./rules
+BENCH_TIME: Final = "about 2 min with wrk installed, longer with the built-in load generator"  # docs/benchmark.md
+BENCH_QUICK_TIME: Final = "under a minute"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,10 +34,20 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "default: ./rules, else the bundled A1Betting rules")
 
 
+def _logging() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-level", choices=LEVELS, default="info", help="application log level (info)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="application log on stderr as text or JSON lines (text)")
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sidecache", description="A caching reverse-proxy sidecar.")
+    ap.add_argument("--version", action="version", version=f"sidecache {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
+    logs = _logging()
+    serve = sub.add_parser("serve", help="run the proxy", parents=[logs])
     _common(serve)
     serve.add_argument("--upstream", help="backend URL (env SIDECACHE_UPSTREAM)")
     serve.add_argument("--redis", help="Redis URL for the shared tier (env SIDECACHE_REDIS_URL)")
@@ -42,12 +59,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_const", const=True, default=None,
                        help="one JSON line per request on stdout (config: [server] access_log)")
     serve.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)  # the supervisor's, for workers
-    check = sub.add_parser("check", help="validate config and rules; exit 2 on error")
+    check = sub.add_parser("check", help="validate config and rules; exit 2 on error", parents=[logs])
     _common(check)
-    demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers")
+    demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers",
+                          parents=[logs])
     _common(demo)
-    bench = sub.add_parser("bench", help="the reference benchmark: proxy vs direct, printed as ratios")
-    bench.add_argument("--quick", action="store_true", help="a short run (seconds, not minutes)")
+    bench_about = f"the reference benchmark: proxy vs direct, printed as ratios ({BENCH_TIME})"
+    bench = sub.add_parser("bench", help=bench_about, description=bench_about + ".", parents=[logs])
+    bench.add_argument("--quick", action="store_true", help=f"a shorter run ({BENCH_QUICK_TIME})")
     bench.add_argument("--latency", type=float, default=0.05, help="sample backend latency, seconds (0.05)")
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument("--png", type=Path, help="also draw the targets as a chart (needs Debian's chromium)")
@@ -59,7 +78,18 @@ def default_rules(given: list[Path] | None) -> list[Path]:
     if given:
         return given
     local = Path("rules")
-    return [local] if local.is_dir() else [Path(__file__).parent / "defaults"]
+    return [local] if local.is_dir() else [BUNDLED]
+
+
+def rules_summary(rules: RuleSet) -> list[str]:
+    """Which rules files are in force, said plainly when they are the bundled A1Betting ones, then any warnings."""
+    if rules.files and all(f.parent == BUNDLED for f in rules.files):
+        lines = [f"rules: {len(rules.rules)} bundled A1Betting rules from {', '.join(map(str, rules.files))} (no "
+                 "./rules folder and no --rules); they fit the A1Betting backend only: write your own in ./rules "
+                 "or pass --rules FILE"]
+    else:
+        lines = [f"rules: {len(rules.rules)} from {', '.join(map(str, rules.files)) or 'no files'}"]
+    return lines + [f"warning: {w}" for w in rules.warnings]
 
 
 def load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
@@ -82,13 +112,14 @@ def load(args: argparse.Namespace) -> tuple[Config, RuleSet]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, args.log_format)
     try:
         if args.command == "check":
             config, rules = load(args)
             problems = check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN"))
             if problems:
                 raise ConfigError(problems)
+            print("\n".join(rules_summary(rules)))
             print(f"ok: {len(rules.rules)} rules; upstream {config.upstream.url}")
             return 0
         if args.command == "serve":
@@ -148,6 +179,9 @@ async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int
     sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0,
                       sources=sources, worker_index=index, state_dir=state_dir)
     await sidecar.start()
+    if index == 0:
+        for line in rules_summary(rules):
+            (log.warning if line.startswith("warning: ") else log.info)(line.removeprefix("warning: "))
     log.info("worker %d: proxy on %s -> %s; admin on %s; %d rules", index, sidecar.proxy_url,
              config.upstream.url, sidecar.admin_url or "(worker 0)", len(rules.rules))
     stop = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -71,3 +72,29 @@ async def test_access_log_is_off_by_default(make_proxy: ProxyFactory, http: aioh
         async with http.get(proxy.proxy_url + "/players/a") as r:
             await r.read()
     assert json_lines(capfd.readouterr().out) == []
+
+
+async def test_bytes_is_the_body_sent_for_every_outcome(make_proxy: ProxyFactory, upstream: Upstream,
+                                                        http: aiohttp.ClientSession,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    """A relayed answer used to count its status line and headers too; a HEAD counted the body it never sent."""
+    body = b'{"x": "' + b"a" * 5000 + b'"}'
+    upstream.reply("/players/a", body=body)
+    upstream.reply("/free", body=body)
+    proxy = await make_proxy(RULES, config=Config(server=ListenConfig(access_log=True)))
+    for method, path in (("GET", "/players/a"), ("GET", "/players/a"), ("HEAD", "/players/a"), ("GET", "/free"),
+                         ("POST", "/free")):
+        async with http.request(method, proxy.proxy_url + path) as r:
+            got = await r.read()
+            assert len(got) == (0 if method == "HEAD" else len(body))
+    lines: list[dict[str, object]] = []
+    for _ in range(200):  # a relayed answer is logged once the proxy is done with it, which may be after the client
+        lines += json_lines(capfd.readouterr().out)
+        if len(lines) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    assert [(x["method"], x["cache"].split(";")[1].strip(), x["bytes"]) for x in lines] == [  # type: ignore[union-attr]
+        ("GET", "fwd=miss", len(body)), ("GET", "hit", len(body)), ("HEAD", "hit", 0),
+        ("GET", "fwd=miss", len(body)), ("POST", "fwd=bypass", len(body)),
+    ]
+    assert all(isinstance(x["ts"], str) and x["ts"].endswith("Z") for x in lines)  # type: ignore[union-attr]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import aiohttp
 import msgspec
+
+from proxy.config.settings import Config, ListenConfig
 
 from .conftest import ProxyFactory, Upstream
 
@@ -85,7 +89,8 @@ async def test_purge_by_url_route_tag_and_all(make_proxy: ProxyFactory, upstream
     status, body = await purge({"tag": "x", "all": True})
     assert status == 400
     assert "give exactly one of `url`, `route`, `tag` or `all`" in body["message"]  # type: ignore[index]
-    async with http.post(proxy.admin_url + "/purge", data=b"{not json") as r:
+    json_type = {"Content-Type": "application/json"}
+    async with http.post(proxy.admin_url + "/purge", data=b"{not json", headers=json_type) as r:
         assert r.status == 400 and r.content_type == "application/json"
 
 
@@ -141,3 +146,46 @@ async def test_pass_through_calls_count_as_upstream_calls_and_save_nothing(
         stats = await r.json()
     assert stats["upstream_calls"] == 4 == sum(upstream.hits.values())
     assert stats["upstream_calls_saved"] == 0
+
+
+async def test_a_cross_site_page_cannot_purge(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """What a web page on another site can send without a preflight: a text/plain or form POST; and what a
+    browser says about a fetch it makes from another origin."""
+    proxy = await make_proxy(RULES)
+    await fill(http, proxy.proxy_url, "/players/a")
+    purge = proxy.admin_url + "/purge"
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+        async with http.post(purge, data=b'{"all": true}', headers=headers) as r:
+            assert r.status == 415 and (await r.json())["error"] == "unsupported_media_type", headers
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site"}):
+        async with http.post(purge, json={"all": True}, headers=headers) as r:
+            assert r.status == 403 and (await r.json())["error"] == "cross_site_request", headers
+    assert (await fill(http, proxy.proxy_url, "/players/a"))[0].startswith("sidecache; hit")  # nothing was purged
+    own = {"Origin": proxy.admin_url, "Sec-Fetch-Site": "same-origin"}  # the admin's own page may
+    async with http.post(purge, json={"all": True}, headers=own) as r:
+        assert (r.status, await r.json()) == (200, {"purged": 1})
+
+
+async def test_admin_answers_only_its_own_host_names(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 must not read /stats."""
+    proxy = await make_proxy(RULES, config=Config(server=ListenConfig(admin_hosts=["sidecache-admin.internal"])))
+    port = proxy.admin_url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
+        async with http.get(proxy.admin_url + "/stats", headers={"Host": host}) as r:
+            assert r.status == 421, host
+            assert (await r.json())["error"] == "misdirected_request"
+    for host in (f"127.0.0.1:{port}", "localhost:18000", "localhost", "[::1]:9901", "sidecache-admin.internal:9901"):
+        async with http.get(proxy.admin_url + "/stats", headers={"Host": host}) as r:
+            assert r.status == 200, host
+
+
+async def test_every_admin_error_is_json(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    async with http.get(proxy.admin_url + "/nope") as r:
+        assert (r.status, (await r.json())["error"]) == (404, "not_found")
+    async with http.get(proxy.admin_url + "/purge") as r:
+        assert (r.status, (await r.json())["error"]) == (405, "method_not_allowed")
+    async with http.post(proxy.admin_url + "/purge", data=io.BytesIO(b"[" + b"1," * 600_000 + b"1]"),
+                         headers={"Content-Type": "application/json"}) as r:
+        assert (r.status, (await r.json())["error"]) == (413, "request_entity_too_large")

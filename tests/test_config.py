@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.config.units import Duration
 from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +69,43 @@ def test_public_admin_needs_a_token() -> None:
     ]
     assert check_admin_exposure(public, "s3cret") == []
     assert check_admin_exposure(Config(), None) == []
+
+
+def test_five_mistakes_are_reported_in_one_run(tmp_path: Path) -> None:
+    message = error_of(tmp_path, """
+[server]
+listen = "8080"
+
+[upstream]
+url = "localhost:8000"
+
+[memory]
+max_entries = 0
+
+[redis]
+timeout = "fast"
+
+[metrics]
+port = 9902
+""")
+    assert message.split("\n") == [
+        "FILE: `listen` must be HOST:PORT such as \"127.0.0.1:8080\", got '8080' - at `$.server`",
+        "FILE: `url` must be an http:// or https:// URL with a host, got 'localhost:8000' - at `$.upstream`",
+        "FILE: Expected `int` >= 1 - at `$.memory.max_entries`",
+        "FILE: Expected a duration such as \"200ms\", \"30s\", \"5m\", \"24h\", got 'fast' - at `$.redis.timeout`",
+        "FILE: Object contains unknown field `metrics`",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("1.5s", 1.5), ("90s", 90.0), ("1h30m", 5400.0), ("2d12h", 216000.0), ("1m 30s", 90.0)],
+)
+def test_durations_accept_compound_forms(text: str, seconds: float) -> None:
+    assert float(Duration.parse(text)) == seconds and Duration.parse(text).text == text
+
+
+@pytest.mark.parametrize("text", ["30m1h", "1m1m", "5q", "", "1h30", "h"])
+def test_durations_refuse_out_of_order_repeated_or_unitless_parts(text: str) -> None:
+    with pytest.raises(ValueError, match="Expected a duration such as"):
+        Duration.parse(text)

@@ -88,3 +88,15 @@ async def test_dashboard_is_one_self_contained_file(make_proxy: ProxyFactory, ht
     async with http.get(proxy.admin_url + "/stats/history") as r:
         history = await r.json()
     assert history["interval_s"] == 1.0 and history["samples"][0][1:4] == [0, 0, 0]
+
+
+async def test_a_proxy_without_traffic_says_so_instead_of_grading_it(make_proxy: ProxyFactory,
+                                                                   http: aiohttp.ClientSession,
+                                                                   tmp_path: Path) -> None:
+    proxy = await make_proxy(RULES)
+    async with http.get(proxy.admin_url + "/stats") as r:
+        assert (await r.json())["grade"] == "no_traffic"
+    dom = await chromium(tmp_path / "profile", "--virtual-time-budget=3000", "--dump-dom", proxy.admin_url + "/")
+    page = Page(dom.decode())
+    assert page.body.get("data-loaded") == "true"
+    assert page.stats[""]["grade"] == "no traffic yet"

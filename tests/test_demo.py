@@ -19,3 +19,4 @@ def test_demo_prints_requests_backend_calls_and_hit_ratio() -> None:
     assert re.search(r"hit ratio\s+9\d\.\d%", out)  # batched prop misses count as served: one call answers many
     assert re.search(r"batching\s+60 prop requests answered by \d+ batch calls", out)
     assert "'prop-analysis'" not in out  # no prop went to the single endpoint
+    assert "/stats" not in out and "the demo's proxy has stopped" in out  # no URL that is dead once it is printed

@@ -16,6 +16,10 @@ def test_grade(ratio: float, grade: str) -> None:
     assert insights.grade(ratio) == grade
 
 
+def test_no_requests_get_no_grade() -> None:
+    assert insights.grade(0.0, 0) == "no_traffic" and insights.grade(0.0, 1) == "needs_improvement"
+
+
 @pytest.mark.parametrize(("misses", "soon", "swr", "expected"), [
     (50, 20, False, "route game-logs: 40% of misses are expiries within 10 s of TTL; "
                     "raise ttl or add stale_while_revalidate"),

@@ -138,3 +138,72 @@ def test_shipped_rules_load_and_route_the_a1betting_paths() -> None:
         assert matched is not None, path
         assert (matched[0].name, matched[0].route.ttl) == (name, ttl)
     assert rules.match("POST", "/api/v1/optimized/batch-prop-analysis") is None
+
+
+def test_every_broken_route_of_one_file_is_reported_in_one_run(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.toml", """
+[[route]]
+name = "a"
+match = "GET /a"
+ttl = "5q"
+
+[[route]]
+name = "b"
+match = []
+ttl = "1m"
+
+[[route]]
+name = "c"
+match = "GET /api/teams/*"
+ttl = "1m"
+
+[[route]]
+name = "d"
+match = "GET /d"
+ttl = "1m"
+colour = "red"
+
+[[route]]
+name = "e"
+match = "GET /e"
+ttl = "1m"
+share = "everyone"
+""")
+    assert problems(path).split("\n") == [
+        "invalid rules:",
+        '  FILE: Expected a duration such as "200ms", "30s", "5m", "24h", got \'5q\' - at `$.route[0].ttl`',
+        "  FILE: Expected `array` of length >= 1 - at `$.route[1].match`",
+        "  FILE: Object contains unknown field `colour` - at `$.route[3]`",
+        "  FILE: Invalid enum value 'everyone' - at `$.route[4].share`",
+        "  FILE: rule 'c' at `$.route[2].match`: 'GET /api/teams/*': `*` is not a wildcard in a path (it would "
+        "match a literal *); write {rest...} for the rest of the path or {name} for one segment",
+    ]
+
+
+def test_a_file_without_routes_is_an_error_not_zero_rules(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.toml", "# nothing yet\n")
+    assert problems(path) == "invalid rules:\n  FILE: 0 rules; a rules file needs at least one [[route]] table"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shadowed"),
+    [
+        ("GET /api/teams/{id}", "GET /api/teams/nyy", True),
+        ("GET /api/{rest...}", "GET /api/teams/{id}", True),
+        ("* /x", "GET|POST /x", True),
+        ("GET /x", "HEAD /x", True),  # a GET rule answers HEAD too
+        ("GET /api/teams/{id}", "GET /api/teams/{id}/roster", False),
+        ("GET /api/teams/{id}", "POST /api/teams/nyy", False),
+        ("GET /a/{x}/{y}", "GET /a/{rest...}", False),  # the rest may be one segment
+        ("GET /api/teams/nyy", "GET /api/teams/{id}", False),
+    ],
+)
+def test_a_rule_an_earlier_one_always_matches_first_is_a_warning(
+    tmp_path: Path, first: str, second: str, shadowed: bool
+) -> None:
+    path = write(tmp_path, "r.toml", f'[[route]]\nname = "a"\nmatch = "{first}"\nttl = "0s"\n\n'
+                                     f'[[route]]\nname = "b"\nmatch = "{second}"\nttl = "0s"\n')
+    warnings = [w.replace(str(path), "FILE") for w in load_rules(path).warnings]
+    assert warnings == ([f"FILE: rule 'b' at `$.route[1].match`: '{second}' is never reached: rule 'a' ('{first}', "
+                         "in FILE) comes first and matches every request it does; move this rule above it or narrow "
+                         "that pattern"] if shadowed else [])

@@ -13,8 +13,8 @@ import msgspec
 from msgspec import Meta
 from multidict import MultiMapping
 
-from proxy.config.settings import _Strict
-from proxy.config.units import Duration, dec_hook
+from proxy.config.settings import _Strict, convert_part, read_toml
+from proxy.config.units import Duration
 from proxy.errors import ConfigError
 
 RouteName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -70,7 +70,7 @@ class Route(_Strict, frozen=True):
     """One rule as written in a rules file."""
 
     name: RouteName
-    match: str | list[str]
+    match: str | Annotated[list[str], Meta(min_length=1)]
     ttl: Duration
     stale_while_revalidate: Duration = ZERO
     stale_if_error: Duration = ZERO
@@ -159,8 +159,11 @@ class CompiledRule:
 class RuleSet:
     """The compiled rules, in load order; the first rule whose method and pattern match wins."""
 
-    def __init__(self, rules: Iterable[CompiledRule] = ()) -> None:
+    def __init__(self, rules: Iterable[CompiledRule] = (), *, files: Iterable[Path] = (),
+                 warnings: Iterable[str] = ()) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self.files: tuple[Path, ...] = tuple(files)  # what was loaded, in match order
+        self.warnings: tuple[str, ...] = tuple(warnings)  # rules that load but cannot do what they say
         self.by_name: dict[str, CompiledRule] = {r.name: r for r in self.rules}
 
     def match(self, method: str, path: str) -> tuple[CompiledRule, dict[str, str]] | None:
@@ -196,6 +199,11 @@ def compile_pattern(pattern: str) -> tuple[frozenset[str], re.Pattern[str], froz
         out.append(f"(?P<{m.group(1)}>.+)" if m.group(2) else f"(?P<{m.group(1)}>[^/]+)")
         pos = m.end()
     rest = path[pos:]
+    if "*" in path:
+        raise ValueError(
+            f"{pattern!r}: `*` is not a wildcard in a path (it would match a literal *); write {{rest...}} for "
+            "the rest of the path or {name} for one segment"
+        )
     if "{" in rest or "}" in rest or len(set(names)) != len(names):
         raise ValueError(f"{pattern!r}: parameters are written {{name}} or {{name...}}, each name once")
     out.append(re.escape(rest))
@@ -284,41 +292,101 @@ def rule_files(path: Path) -> list[Path]:
 
 
 def load_rules(paths: Path | Iterable[Path] | None) -> RuleSet:
-    """Phase 1 decodes each file strictly; phase 2 compiles and checks across files; all problems raise at once."""
+    """Phase 1 decodes each file, and each `[[route]]` in it on its own; phase 2 compiles and checks across
+    files; every problem raises at once. Rules that can never be reached come back as warnings."""
     if paths is None:
         return RuleSet()
-    files = [f for p in ([paths] if isinstance(paths, Path) else paths) for f in rule_files(p)]
+    given = [paths] if isinstance(paths, Path) else list(paths)
+    files = [f for p in given for f in rule_files(p)]
     problems: list[str] = []
-    decoded: list[tuple[Path, RulesFile]] = []
+    decoded: list[tuple[Path, int, Route]] = []
     for f in files:
         try:
-            decoded.append((f, msgspec.toml.decode(f.read_bytes(), type=RulesFile, dec_hook=dec_hook)))
-        except OSError as exc:
-            problems.append(f"{f}: cannot read rules file: {exc.strerror}")
-        except msgspec.DecodeError as exc:
-            problems.append(f"{f}: {exc}")
+            data = read_toml(f, "rules")
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        problems += [f"{f}: {p}" for p in _decode_file(data, f, decoded)]
     compiled: list[CompiledRule] = []
     seen: dict[str, str] = {}
     seen_patterns: dict[str, str] = {}
-    for f, rf in decoded:
-        for i, route in enumerate(rf.route):
-            where = _locator(f, i, route.name)
-            if route.name in seen:
-                problems.append(f"{where('name')}: duplicate rule name, first defined in {seen[route.name]}")
-            seen.setdefault(route.name, str(f))
-            for pattern in route.patterns:
-                norm = " ".join(pattern.split())
-                if norm in seen_patterns:
-                    problems.append(f"{where('match')}: {pattern!r} is already matched by rule {seen_patterns[norm]}")
-                seen_patterns.setdefault(norm, repr(route.name))
-            rule = _compile(route, str(f), problems, where)
-            if rule is not None:
-                compiled.append(rule)
-    if not files and isinstance(paths, Path):
-        problems.append(f"{paths}: no rules files (*.toml) found")
+    for f, i, route in decoded:
+        where = _locator(f, i, route.name)
+        if route.name in seen:
+            problems.append(f"{where('name')}: duplicate rule name, first defined in {seen[route.name]}")
+        seen.setdefault(route.name, str(f))
+        for pattern in route.patterns:
+            norm = " ".join(pattern.split())
+            if norm in seen_patterns:
+                problems.append(f"{where('match')}: {pattern!r} is already matched by rule {seen_patterns[norm]}")
+            seen_patterns.setdefault(norm, repr(route.name))
+        rule = _compile(route, str(f), problems, where)
+        if rule is not None:
+            compiled.append(rule)
+    for p in given:
+        if p.is_dir() and not rule_files(p):
+            problems.append(f"{p}: no rules files (*.toml) found")
+    if files and not problems and not compiled:
+        problems.append(f"{', '.join(map(str, files))}: 0 rules; a rules file needs at least one [[route]] table")
     if problems:
         raise ConfigError(["invalid rules:", *("  " + p for p in problems)])
-    return RuleSet(compiled)
+    return RuleSet(compiled, files=files, warnings=shadowed(compiled, decoded))
+
+
+def _decode_file(data: dict[str, Any], file: Path, into: list[tuple[Path, int, Route]]) -> list[str]:
+    """Each `[[route]]` decoded on its own, so one broken rule does not hide the problems of the next."""
+    routes = data.get("route", [])
+    rest = convert_part({k: v for k, v in data.items() if k != "route"}, RulesFile, "$")
+    problems = [rest.removesuffix(" - at `$`")] if isinstance(rest, str) else []
+    if not isinstance(routes, list):
+        return [*problems, f"Expected `array`, got `{type(routes).__name__}` - at `$.route`"]
+    for i, value in enumerate(routes):
+        route = convert_part(value, Route, f"$.route[{i}]")
+        if isinstance(route, str):
+            problems.append(route)
+        else:
+            into.append((file, i, route))
+    return problems
+
+
+def shadowed(rules: list[CompiledRule], decoded: list[tuple[Path, int, Route]]) -> tuple[str, ...]:
+    """A pattern that an earlier rule matches in full can never be reached (the first match wins)."""
+    where = {id(route): _locator(f, i, route.name) for f, i, route in decoded}
+    out: list[str] = []
+    for n, rule in enumerate(rules):
+        for j, pattern in enumerate(rule.route.patterns):
+            for earlier in rules[:n]:
+                if (by := _covering(earlier, pattern)) is not None:
+                    field = "match" if isinstance(rule.route.match, str) else f"match[{j}]"
+                    out.append(f"{where[id(rule.route)](field)}: {pattern!r} is never reached: rule "
+                               f"{earlier.name!r} ({by!r}, in {earlier.source}) comes first and matches every "
+                               "request it does; move this rule above it or narrow that pattern")
+                    break
+    return tuple(out)
+
+
+def _covering(earlier: CompiledRule, pattern: str) -> str | None:
+    """The earlier rule's pattern that matches every request `pattern` matches, if one does.
+
+    Each parameter of `pattern` is replaced by a byte no literal path holds (a `{rest...}` by one and by two
+    segments of it); the earlier regex must match every such sample, with every method `pattern` allows."""
+    methods, rx, _ = compile_pattern(pattern)
+    theirs = set(earlier.methods) | ({"HEAD"} if "GET" in earlier.methods else set())
+    if "*" not in theirs and ("*" in methods or not methods <= theirs):
+        return None
+    path = pattern.strip().partition(" ")[2].strip()
+    samples = [""]
+    pos = 0
+    for m in _PARAM.finditer(path):
+        lit = path[pos:m.start()]
+        options = ["\0", "\0/\0"] if m.group(2) else ["\0"]
+        samples = [s + lit + o for s in samples for o in options]
+        pos = m.end()
+    samples = [s + path[pos:] for s in samples]
+    for written, theirs_rx in zip(earlier.route.patterns, earlier.regexes, strict=True):
+        if all(theirs_rx.fullmatch(s) for s in samples) and " ".join(written.split()) != " ".join(pattern.split()):
+            return written
+    return None
 
 
 def field_value(f: Field, params: Mapping[str, str], query: Mapping[str, str], headers: Mapping[str, str]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -17,6 +18,7 @@ from proxy.errors import ConfigError
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Count = Annotated[int, Meta(ge=1)]
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
@@ -25,7 +27,6 @@ def parse_hostport(value: str, *, field: str = "address") -> tuple[str, int]:
     if not sep or not port.isdigit() or not host or int(port) > 65535:
         raise ValueError(f"`{field}` must be HOST:PORT such as \"127.0.0.1:8080\", got {value!r}")
     return host.strip("[]"), int(port)
-
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -105,8 +106,12 @@ class ListenConfig(_Strict, frozen=True):
     access_log: bool = False
     # Peers (CIDRs) whose X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced (first hop).
     trusted_proxies: list[str] = []
+    admin_hosts: list[str] = []  # extra `Host` names the admin listener answers for, besides loopback and its IP
 
     def __post_init__(self) -> None:
+        for i, name in enumerate(self.admin_hosts):
+            if not _is_host(name):
+                raise ValueError(f"`admin_hosts[{i}]` must be a host name or IP address without a port, got {name!r}")
         for name in ("listen", "admin"):
             parse_hostport(getattr(self, name), field=name)
         if self.metrics:
@@ -129,6 +134,15 @@ class Config(_Strict, frozen=True):
     defaults: DefaultsConfig = DefaultsConfig()
 
 
+def _is_host(name: str) -> bool:
+    """A bare host name or IP address: no port, scheme or path."""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", name))
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and the loopback ranges, where an admin API without a token is safe."""
     if host == "localhost":
@@ -139,18 +153,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_config(path: Path | None) -> Config:
-    """Decode one config file strictly; None gives the embedded defaults."""
-    if path is None:
-        return Config()
+def convert_part(value: object, type_: type[S], at: str) -> S | str:
+    """Validate one part of a decoded file (a section, one `[[route]]`) on its own, so a mistake in one part
+    never hides the mistakes in the others; a failure comes back as msgspec's message re-rooted at `at`."""
+    try:
+        return msgspec.convert(value, type=type_, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if " - at `$" in text:
+            return text.replace(" - at `$", f" - at `{at}", 1)
+        return f"{text} - at `{at}`"
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as plain data; ConfigError names the file (and the TOML parser's line) on failure."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from exc
+        raise ConfigError([f"{path}: cannot read {what} file: {exc.strerror}"]) from exc
     try:
-        return msgspec.toml.decode(data, type=Config, dec_hook=dec_hook)
+        decoded: dict[str, Any] = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError([f"{path}: {exc}"]) from exc
+    return decoded
+
+
+def load_config(path: Path | None) -> Config:
+    """Decode one config file strictly, each section on its own so that every problem is reported in one run;
+    None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    data = read_toml(path, "config")
+    problems: list[str] = []
+    sections: dict[str, msgspec.Struct] = {}
+    fields = {f.name: f.type for f in msgspec.structs.fields(Config)}
+    for name, value in data.items():
+        type_ = fields.get(name)
+        if type_ is None:
+            problems.append(f"{path}: Object contains unknown field `{name}`")
+            continue
+        part = convert_part(value, type_, f"$.{name}")
+        if isinstance(part, str):
+            problems.append(f"{path}: {part}")
+        else:
+            sections[name] = part
+    if problems:
+        raise ConfigError(problems)
+    return Config(**sections)  # type: ignore[arg-type]
 
 
 def apply_overrides(

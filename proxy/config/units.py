@@ -1,11 +1,19 @@
-"""Durations ("200ms", "5m", "24h") and sizes ("64MiB") as they are written in config and rules files."""
+"""Durations ("200ms", "5m", "1h30m") and sizes ("64MiB") as they are written in config and rules files.
+
+A duration is one or more parts `<number><unit>`, units ms, s, m, h and d (a day is 24 h), largest first and
+each at most once: "250ms", "1.5s", "90s", "1h30m", "2d12h". A size is a whole number of bytes, bare or with
+B, KB, KiB, MB, MiB, GB or GiB.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Final
 
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_PART: Final = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)"
+_DURATION: Final = re.compile(rf"^\s*{_PART}(?:\s*{_PART})*\s*$")
+_PARTS: Final = re.compile(_PART)
+_ORDER: Final = ("d", "h", "m", "s", "ms")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE: Final = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS: Final = {
@@ -20,10 +28,12 @@ class Duration(float):
 
     @classmethod
     def parse(cls, value: object) -> Duration:
-        if not isinstance(value, str) or not (m := _DURATION.match(value)):
+        parts = _PARTS.findall(value) if isinstance(value, str) and _DURATION.match(value) else []
+        ranks = [_ORDER.index(unit) for _, unit in parts]
+        if not parts or ranks != sorted(set(ranks)):  # "30m1h" or "1m1m" is more likely a typo than meant
             raise ValueError(f"Expected a duration such as \"200ms\", \"30s\", \"5m\", \"24h\", got {value!r}")
-        d = cls(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
-        d.text = value.strip()
+        d = cls(sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts))
+        d.text = str(value).strip()
         return d
 
     @classmethod

@@ -106,7 +106,8 @@ async def run_demo(config: Config, rules: RuleSet, users: int = 3) -> int:
                 items = sum(h.sum for h in m.batch_items.values())
                 print(f"batching                     {outcomes['batched']} prop requests answered by {batches} batch "
                       f"calls ({items / batches:.1f} items a call), {sum(m.batch_fallbacks.values())} sent alone")
-            print(f"\nlive numbers while it runs: {proxy.admin_url}/stats and {proxy.admin_url}/metrics")
+        print("\nthe demo's proxy has stopped; for live numbers, put sidecache in front of your own backend "
+              "(README, \"In front of your backend\") and open its dashboard")
     finally:
         await runner.cleanup()
     return 0

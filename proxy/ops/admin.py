@@ -21,7 +21,7 @@ from proxy.cache.invalidation import purge_uri
 from proxy.cache.tiers import TieredCache
 from proxy.config.reload import Reloaded
 from proxy.config.rules import RuleSet
-from proxy.config.settings import Config
+from proxy.config.settings import Config, is_loopback
 from proxy.config.units import enc_hook
 from proxy.errors import ConfigError
 from proxy.ops.stats import History, stats_of
@@ -51,7 +51,7 @@ class Sidecar(Protocol):
 
     def snapshots(self) -> list[Snapshot]: ...
 
-    def reload(self) -> Reloaded: ...
+    def reload(self, trigger: str = ...) -> Reloaded: ...
 
 READY_TIMEOUT: Final = 2.0  # seconds; Kubernetes' default probe timeout is 1 s, ours is set to 3 s
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
@@ -73,7 +73,7 @@ class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 
 
 def build_admin_app(sidecar: Sidecar) -> web.Application:
-    app = web.Application(middlewares=[_auth])
+    app = web.Application(middlewares=[_errors, _host, _auth, _same_origin])
     app[SIDECAR] = sidecar
     app[DASHBOARD] = (resources.files(__package__) / "dashboard.html").read_bytes()
     app.router.add_get("/", _dashboard)
@@ -91,7 +91,7 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
 
 def build_metrics_app(sidecar: Sidecar) -> web.Application:
     """The read-only listener (`[server] metrics`): safe to expose to Prometheus and probes, nothing mutates."""
-    app = web.Application()
+    app = web.Application(middlewares=[_errors])
     app[SIDECAR] = sidecar
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
@@ -107,6 +107,61 @@ def _json(data: object, status: int = 200) -> web.Response:
 def problem(status: int, error: str, message: str) -> web.Response:
     """Every admin error is JSON with a machine-readable `error` and a message a person can act on."""
     return _json({"error": error, "message": message, "status": status}, status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) as JSON, like every other admin error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        hint = {404: f"no admin call at {request.path}; see the README's admin API table",
+                405: f"{request.method} is not allowed on {request.path}",
+                413: f"the body is larger than {request.client_max_size} bytes"}.get(exc.status, exc.reason)
+        return problem(exc.status, exc.reason.lower().replace(" ", "_"), hint)
+
+
+def host_allowed(host_header: str, own: tuple[str, ...]) -> bool:
+    """Whether a `Host` names this listener: a loopback name or address, or one of `own` (the address the
+    connection arrived on and `[server] admin_hosts`). A page on another name that resolves here (DNS
+    rebinding) is refused, whatever the port, since a port-forward may change the port."""
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower().rstrip(".")
+    return bool(host) and (is_loopback(host) or host.endswith(".localhost") or host in own)
+
+
+@web.middleware
+async def _host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin listener answers only for its own names (DNS rebinding would otherwise read /stats)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    own = (*(h.strip("[]").lower() for h in request.app[SIDECAR].config.server.admin_hosts),
+           *((str(sockname[0]).lower(),) if sockname else ()))
+    if not host_allowed(request.headers.get("Host", ""), own):
+        return problem(421, "misdirected_request", f"this admin listener does not answer for Host "
+                       f"{request.headers.get('Host', '')!r}; use 127.0.0.1 or localhost, or add the name to "
+                       "[server] admin_hosts")
+    return await handler(request)
+
+
+@web.middleware
+async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A mutating call must come from a script or a person, not from a web page on another site: a browser
+    says where a request comes from (`Origin`, `Sec-Fetch-Site`), and cannot send a body as `Content-Type:
+    application/json` across sites without a CORS preflight, which this listener never grants. A call without
+    a body (`/rules/reload`) needs no Content-Type."""
+    if request.method in ("GET", "HEAD"):
+        return await handler(request)
+    site = request.headers.get("Sec-Fetch-Site", "")
+    origin = request.headers.get("Origin")
+    if site in ("cross-site", "same-site") or (origin is not None and URL(origin).raw_authority != request.host):
+        return problem(403, "cross_site_request", f"mutating admin calls are refused from web pages on other "
+                       f"origins (Origin {origin!r}, Sec-Fetch-Site {site!r}); call it with curl or a script")
+    if request.content_type != "application/json" and request.content_length != 0 and request.body_exists:
+        return problem(415, "unsupported_media_type", f"send the body as JSON with `Content-Type: "
+                       f"application/json`, got {request.headers.get('Content-Type', 'none')!r}")
+    return await handler(request)
 
 
 @web.middleware

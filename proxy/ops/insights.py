@@ -10,7 +10,7 @@ from typing import Final, Literal
 
 from proxy.policy.cache_status import NotStored, reason_kind
 
-Grade = Literal["excellent", "good", "needs_improvement"]
+Grade = Literal["excellent", "good", "needs_improvement", "no_traffic"]
 
 EXPIRY_WINDOW: Final = 10.0  # seconds past TTL within which a miss counts as "the TTL was just too short"
 MIN_MISSES: Final = 20  # fewer misses than this say nothing about a route
@@ -33,8 +33,10 @@ _NOT_STORED_HINTS: Final[dict[NotStored, str]] = {
 }
 
 
-def grade(hit_ratio: float) -> Grade:
-    """The seed's cache-efficiency grade: excellent above 0.8, good above 0.6."""
+def grade(hit_ratio: float, requests: int | None = None) -> Grade:
+    """The seed's cache-efficiency grade: excellent above 0.8, good above 0.6; no grade for no requests."""
+    if requests == 0:
+        return "no_traffic"
     if hit_ratio > 0.8:
         return "excellent"
     if hit_ratio > 0.6:

@@ -184,7 +184,7 @@ def route_stats(view: Metrics, route: str) -> RouteStats:
     pct = _pct(view.latency.get(route))
     return RouteStats(
         requests=requests, outcomes=outcomes, hits=hits, hit_ratio=_ratio(hits, requests),
-        grade=insights.grade(_ratio(hits, requests)), upstream_calls=calls,
+        grade=insights.grade(_ratio(hits, requests), requests), upstream_calls=calls,
         upstream_calls_saved=0 if route == UNRULED else max(0, requests - calls),
         upstream_status={str(s): n for (r, s), n in sorted(view.upstream.items()) if r == route},
         upstream_errors={e: n for (r, e), n in sorted(view.upstream_errors.items()) if r == route},
@@ -254,7 +254,8 @@ def stats_of(view: Metrics, snaps: list[Snapshot], *, rules: RuleSet, history: H
         version=__version__, at=round(now, 3), uptime_s=round(now - started_at, 3),
         workers=[WorkerStats(s.worker, s.pid, s.requests, round(max(0.0, now - s.written_at), 3))
                  for s in sorted(snaps, key=lambda s: s.worker)],
-        requests=requests, hits=hits, hit_ratio=_ratio(hits, requests), grade=insights.grade(_ratio(hits, requests)),
+        requests=requests, hits=hits, hit_ratio=_ratio(hits, requests),
+        grade=insights.grade(_ratio(hits, requests), requests),
         upstream_calls=sum(view.upstream.values()),
         upstream_calls_saved=sum(r.upstream_calls_saved for r in routes.values()),
         latency=_pct(_merged(view.latency.values())), upstream_latency=_pct(_merged(view.upstream_latency.values())),

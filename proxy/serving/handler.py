@@ -34,6 +34,7 @@ from proxy.serving.fill import Filler, fill_headers
 from proxy.serving.headers import NOBODY, VIA, Forwarding
 from proxy.serving.inbound import Inbound
 from proxy.serving.origin_cache import OriginLane
+from proxy.serving.passthrough import BODY_BYTES
 from proxy.serving.ruled import RuledLane
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.access_log import AccessLog
@@ -183,14 +184,8 @@ class ProxyHandler:
         took = time.perf_counter() - inb.started
         self.metrics.request(inb.route, outcome, took)
         if self.access_log is not None:
-            if isinstance(resp, StoredAnswer):
-                size = resp.size
-            elif isinstance(resp, web.Response):
-                size = resp.content_length or 0
-            else:
-                size = resp.body_length
-            self.access_log.write(inb.method, inb.raw_path, inb.route, str(cache_status), resp.status, size, took,
-                                  upstream_s)
+            self.access_log.write(inb.method, inb.raw_path, inb.route, str(cache_status), resp.status,
+                                  body_bytes(inb.method, resp), took, upstream_s)
         return resp
 
     async def _resend(self, inb: Inbound, request: web.BaseRequest, detail: str) -> web.StreamResponse:
@@ -227,3 +222,14 @@ class ProxyHandler:
         resp = web.Response(status=status, body=body, content_type="application/json",
                             headers={"Cache-Status": str(cs), "Via": VIA})
         return self._done(inb, resp, cs, "error", None)
+
+
+def body_bytes(method: str, resp: web.StreamResponse) -> int:
+    """The body bytes a response sent, whichever path answered: none for HEAD, 1xx, 204 and 304 (RFC 9110 6.4.1)."""
+    if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+        return 0
+    if BODY_BYTES in resp:
+        return resp[BODY_BYTES]
+    if isinstance(resp, StoredAnswer):
+        return resp.size
+    return resp.content_length or 0

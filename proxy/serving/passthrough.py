@@ -16,6 +16,7 @@ from proxy.serving.headers import NOBODY, VIA, Forwarding, end_to_end, upstream_
 from proxy.serving.upstream import Overflow, UpstreamClient
 
 CHUNK: Final = 64 * 1024
+BODY_BYTES: Final = web.ResponseKey("body_bytes", int)  # what a relayed answer's body came to, for the access log
 
 
 @dataclass
@@ -78,15 +79,18 @@ async def forward(
         resp.headers["Cache-Status"] = status
         resp.headers.add("Via", VIA)
         await resp.prepare(request)
+        sent = 0
         try:
             async for chunk in up.content.iter_chunked(CHUNK):
                 if tee is not None:
                     tee.add(chunk)
                 await resp.write(chunk)
+                sent += len(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already: the only honest signal left is to cut the connection.
             raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc
         await resp.write_eof()
+        resp[BODY_BYTES] = sent
         if tee is not None:
             tee.complete = True
         return resp, tee

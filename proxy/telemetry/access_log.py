@@ -1,4 +1,7 @@
-"""The access log: one JSON line per proxied request, written only when switched on.
+"""The access log: one JSON line per proxied request on stdout, written only when switched on.
+
+`bytes` is the body sent to the client (0 for a HEAD or a 304), whatever the outcome; `ts` is RFC 3339, as in the
+application log's JSON format (telemetry/logs.py).
 
 Off (the default) the handler holds None and pays one `is not None` test per request; nothing is formatted.
 """
@@ -10,11 +13,13 @@ from typing import BinaryIO
 
 import msgspec
 
+from proxy.telemetry.logs import rfc3339
+
 
 class AccessLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What happened to one request; times in milliseconds."""
 
-    ts: float
+    ts: str
     method: str
     path: str
     route: str
@@ -35,7 +40,7 @@ class AccessLog:
     def write(self, method: str, path: str, route: str, cache: str, status: int, size: int, total_s: float,
               upstream_s: float | None) -> None:
         line = AccessLine(
-            ts=round(time.time(), 3), method=method, path=path, route=route, cache=cache, status=status, bytes=size,
+            ts=rfc3339(time.time()), method=method, path=path, route=route, cache=cache, status=status, bytes=size,
             total_ms=round(total_s * 1000, 3), upstream_ms=None if upstream_s is None else round(upstream_s * 1000, 3),
         )
         self.stream.write(self._encoder.encode(line) + b"\n")

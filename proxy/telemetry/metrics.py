@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.telemetry.sketch import Sketch
+
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
@@ -26,37 +28,32 @@ RESERVED: Final = {"sidecache_redis_up": "gauge", "sidecache_redis_errors": "cou
 
 
 class Histogram:
-    """Fixed buckets, cumulative on export; percentiles interpolated within a bucket."""
+    """Fixed buckets for Prometheus, cumulative on export; beside them a quantile sketch, which is what
+    percentiles are read from (within 1 %, never above the largest value seen)."""
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "counts", "sum", "count", "sketch")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.count = 0
+        self.sketch = Sketch()
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
+        self.sketch.add(value)
 
     def merge(self, other: Histogram) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.sum += other.sum
         self.count += other.count
+        self.sketch.merge(other.sketch)
 
     def quantile(self, q: float) -> float:
-        if not self.count:
-            return 0.0
-        rank, seen = q * self.count, 0
-        for i, n in enumerate(self.counts):
-            if n and seen + n >= rank:
-                lo = self.bounds[i - 1] if i else 0.0
-                hi = self.bounds[i] if i < len(self.bounds) else self.bounds[-1] * 2
-                return lo + (hi - lo) * (rank - seen) / n
-            seen += n
-        return self.bounds[-1]
+        return self.sketch.quantile(q)
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, acc = [], 0

@@ -1,7 +1,8 @@
 """A worker's Metrics as plain data, so worker 0 can show the sum of every `--workers` process in one scrape.
 
 The snapshot is generic over Metrics' attributes: every `Counter` is summed and every dict of Histograms is
-merged bucket by bucket, so a counter another part adds to Metrics crosses processes without changes here.
+merged bucket by bucket (with its quantile sketch), so a counter another part adds to Metrics crosses processes
+without changes here.
 Registered gauges and counters are read once and sent as samples; gauges are summed unless `gauge_merge` says
 "max" or "min".
 """
@@ -16,18 +17,40 @@ from typing import Final
 import msgspec
 
 from proxy.telemetry.metrics import Histogram, Metrics
+from proxy.telemetry.sketch import Sketch
 
-FORMAT: Final = 1
+FORMAT: Final = 2  # 2: histograms carry their quantile sketch
 Key = str | int | list[str | int]
 Samples = list[tuple[dict[str, str], float]]
 
 
+class SketchData(msgspec.Struct, array_like=True, frozen=True):
+    """One quantile sketch as numbers: (bucket, count) pairs, zeros, exact min and max."""
+
+    alpha: float
+    bins: list[tuple[int, int]]
+    zeros: int
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, s: Sketch) -> SketchData:
+        return cls(s.alpha, list(s.bins.items()), s.zeros, s.min, s.max)
+
+    def sketch(self) -> Sketch:
+        s = Sketch(self.alpha)
+        s.bins, s.zeros, s.min, s.max = dict(self.bins), self.zeros, self.min, self.max
+        s.count = self.zeros + sum(n for _, n in self.bins)
+        return s
+
+
 class HistogramData(msgspec.Struct, array_like=True, frozen=True):
-    """One Histogram's buckets as numbers."""
+    """One Histogram's buckets and its sketch as numbers."""
 
     bounds: list[float]
     counts: list[int]
     sum: float
+    sketch: SketchData
 
 
 class Snapshot(msgspec.Struct, kw_only=True, frozen=True):
@@ -61,7 +84,8 @@ def snapshot_of(m: Metrics, *, worker: int, started_at: float, now: float) -> Sn
         if isinstance(value, Counter):
             counters[name] = [(list(k) if isinstance(k, tuple) else k, n) for k, n in value.items()]
         elif isinstance(value, dict) and value and all(isinstance(h, Histogram) for h in value.values()):
-            histograms[name] = {r: HistogramData(list(h.bounds), list(h.counts), h.sum) for r, h in value.items()}
+            histograms[name] = {r: HistogramData(list(h.bounds), list(h.counts), h.sum, SketchData.of(h.sketch))
+                                for r, h in value.items()}
     return Snapshot(
         worker=worker, pid=os.getpid(), started_at=started_at, written_at=now, counters=counters,
         histograms=histograms, gauges={n: read() for n, read in m.gauges.items()}, gauge_merge=dict(m.gauge_merge),
@@ -103,6 +127,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Metrics:
             for route, data in hists.items():
                 h = Histogram(tuple(data.bounds))
                 h.counts, h.sum, h.count = list(data.counts), data.sum, sum(data.counts)
+                h.sketch = data.sketch.sketch()
                 if route in into and into[route].bounds == h.bounds:
                     into[route].merge(h)
                 else:
