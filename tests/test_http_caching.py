@@ -59,16 +59,54 @@ async def test_what_the_origin_forbids_is_never_stored(make_proxy: ProxyFactory,
     }
     for path, (headers, _) in cases.items():
         upstream.reply(path, headers=headers)
-    upstream.reply("/err", status=500, headers={"Cache-Control": "max-age=60"})
     proxy = await make_proxy()
     for path, (_, reason) in cases.items():
         for _ in range(2):
             _, h, _ = await get(http, proxy.proxy_url + path)
         assert h["Cache-Status"] == f"sidecache; fwd=miss; fwd-status=200; detail={reason}", path
         assert upstream.hits[path] == 2, path
+
+
+async def test_any_final_status_with_explicit_freshness_is_stored(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                  http: aiohttp.ClientSession) -> None:
+    stored = {"/found": 302, "/bad": 400, "/err": 500, "/odd": 599}
+    for path, status in stored.items():
+        upstream.reply(path, status=status, body=path.encode(), headers={"Cache-Control": "max-age=60"})
+    upstream.reply("/created", status=201, body=b"c")  # no explicit freshness, not heuristically cacheable
+    upstream.reply("/err-bare", status=500, body=b"e")
+    proxy = await make_proxy(clock=lambda: 1000.0)
+    for path, status in stored.items():
+        s1, h1, _ = await get(http, proxy.proxy_url + path, allow_redirects=False)
+        s2, h2, b2 = await get(http, proxy.proxy_url + path, allow_redirects=False)
+        assert (s1, h1["Cache-Status"]) == (status, f"sidecache; fwd=miss; fwd-status={status}; stored"), path
+        assert (s2, b2, h2["Cache-Status"]) == (status, path.encode(), "sidecache; hit; ttl=60"), path
+        assert upstream.hits[path] == 1, path
+    for path, detail in (("/created", "status-201"), ("/err-bare", "status-500")):
+        for _ in range(2):
+            s, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"].endswith(f"detail={detail}") and upstream.hits[path] == 2, path
+
+
+async def test_a_ruled_route_stores_an_unlisted_status_only_with_the_origins_freshness(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    now = [1000.0]
+    upstream.reply("/players/down", status=503, body=b"busy", headers={"Cache-Control": "max-age=5"})
+    upstream.reply("/players/err", status=500, body=b"err")
+    upstream.reply("/players/long", status=500, body=b"err", headers={"Cache-Control": "max-age=3600"})
+    proxy = await make_proxy(RULE, clock=lambda: now[0])
     for _ in range(2):
-        s, h, _ = await get(http, proxy.proxy_url + "/err")
-    assert s == 500 and upstream.hits["/err"] == 2
+        s, h, _ = await get(http, proxy.proxy_url + "/players/down")
+    assert (s, h["Cache-Status"]) == (503, "sidecache; hit; ttl=5")  # the origin's 5 s, not negative_ttl's 30 s
+    _, h, _ = await get(http, proxy.proxy_url + "/players/long")
+    _, h, _ = await get(http, proxy.proxy_url + "/players/long")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=30"  # never longer than the rule's negative_ttl
+    for _ in range(2):
+        s, h, _ = await get(http, proxy.proxy_url + "/players/err")
+    assert (s, h["Cache-Status"]) == (500, "sidecache; fwd=miss; fwd-status=500; detail=status-500")
+    now[0] += 6
+    await get(http, proxy.proxy_url + "/players/down")
+    assert (upstream.hits["/players/down"], upstream.hits["/players/err"]) == (2, 2)
 
 
 async def test_authorization_needs_public_or_s_maxage(make_proxy: ProxyFactory, upstream: Upstream,
