@@ -48,9 +48,9 @@ def byte_range(value: str, length: int) -> ByteRange | Unsatisfiable | None:
             return Unsatisfiable(length)
         return ByteRange(max(0, length - n), length - 1, length)
     first = int(first_s)
-    last = int(last_s) if last_s else length - 1
-    if last < first:
+    if last_s and int(last_s) < first:
         return None  # invalid, so the Range field is ignored
+    last = int(last_s) if last_s else length - 1
     if first >= length:
         return Unsatisfiable(length)
     return ByteRange(first, min(last, length - 1), length)
