@@ -508,3 +508,17 @@ async def test_ruled_routes_answer_ranges_from_cache_too(make_proxy: ProxyFactor
     assert "Range" not in upstream.seen[0].headers
     s, h, b = await get(http, proxy.proxy_url + "/players/a", headers={"Range": "bytes=0-1"})
     assert (s, b, h["Content-Range"]) == (206, b'{"', "bytes 0-1/13")
+
+
+async def test_no_cache_with_field_names_keeps_those_fields_out_of_answers_from_cache(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.reply("/doc", headers={"A": "1", "B": "2", "C": "3"},
+                   lines=[("Cache-Control", 'no-cache="a, b"'), ("Cache-Control", "max-age=3600")])
+    proxy = await make_proxy()
+    _, first, _ = await get(http, proxy.proxy_url + "/doc")
+    _, h, _ = await get(http, proxy.proxy_url + "/doc")
+    assert (first["A"], first["B"]) == ("1", "2")  # the answer fetched for this client is whole
+    assert h["Cache-Status"].startswith("sidecache; hit")
+    assert ("A" in h, "B" in h, h["C"]) == (False, False, "3")
+    assert upstream.hits["/doc"] == 1

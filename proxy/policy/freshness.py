@@ -102,7 +102,8 @@ def _now(now: float | None) -> float:
     return time.time() if now is None else now
 
 
-def stored_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What of a response's headers goes into the cache: never a cookie, never a per-response length or age."""
-    drop = {"set-cookie", "content-length", "age", "date"}
+def stored_headers(headers: Iterable[tuple[str, str]], omit: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """What of a response's headers goes into the cache: never a cookie, never a per-response length or age (the
+    origin's Date is kept apart, in the entry), nor the lower-case names in `omit`."""
+    drop = {"set-cookie", "content-length", "age", "date", *omit}
     return [(k, v) for k, v in headers if k.lower() not in drop]

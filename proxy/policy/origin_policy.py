@@ -37,6 +37,7 @@ class OriginPolicy:
     vary: tuple[str, ...] = ()  # request headers that select among stored variants, lower-case, sorted
     revalidate: bool = False  # no-cache: store, but ask the origin before every use (RFC 9111 5.2.2.4)
     age: float = field(default=0.0, compare=False)  # the corrected initial age (RFC 9111 4.2.3)
+    omit: tuple[str, ...] = ()  # `no-cache="a, b"`: fields never sent from the stored copy (RFC 9111 5.2.2.4)
 
 
 def vary_names(headers: MultiMapping[str]) -> tuple[str, ...] | None:
@@ -138,4 +139,5 @@ def origin_policy(
         vary=vary,
         revalidate=revalidate,
         age=age,
+        omit=tuple(sorted({n.strip().lower() for n in cc.get("no-cache", "").split(",")} - {""})),
     )

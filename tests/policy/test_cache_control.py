@@ -130,3 +130,16 @@ def test_origin_policy_reads_every_cache_control_line(lines: list[tuple[str, str
 def test_request_cache_control_lines_combine_too() -> None:
     request = CIMultiDict([("Cache-Control", "max-age=10"), ("Cache-Control", "no-store")])
     assert origin_policy(200, CIMultiDict({"Cache-Control": "max-age=60"}), request, NOW) == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("lines", "omit"),
+    [
+        ([("Cache-Control", 'no-cache="a"'), ("Cache-Control", "max-age=3600")], ("a",)),
+        ([("Cache-Control", 'no-cache="A, b", max-age=3600')], ("a", "b")),
+        ([("Cache-Control", "max-age=3600")], ()),
+    ],
+)
+def test_no_cache_with_field_names_stores_all_but_those_fields(lines: list[tuple[str, str]],
+                                                               omit: tuple[str, ...]) -> None:
+    assert origin_policy(200, CIMultiDict(lines), CIMultiDict(), NOW) == OriginPolicy(ttl=3600, omit=omit)

@@ -33,9 +33,9 @@ IN_60 = "Sun, 15 Jun 2025 15:07:40 GMT"
         ("Thu, 18  Aug  2050 02:01:18 GMT", None),  # extra spaces
         ("Thu 18 Aug 2050 02:01:18 GMT", None),  # no comma
         ("Thu, 18 Aug 2050 02.01.18 GMT", None),  # periods
-        ("THU, 18 Aug 2050 02:01:18 GMT", None),  # case-sensitive
-        ("Thu, 18 AUG 2050 02:01:18 GMT", None),
-        ("Thu, 18 Aug 2050 02:01:18 gMT", None),
+        ("THU, 18 Aug 2050 02:01:18 GMT", 2544400878.0),  # names in any case (5.6.7's robustness)
+        ("Thu, 18 AUG 2050 02:01:18 GMT", 2544400878.0),
+        ("Thu, 18 Aug 2050 02:01:18 gMT", 2544400878.0),
         ("Thu, 31 Feb 2050 02:01:18 GMT", None),
         ("Thu, 18 Aug 2050 24:01:18 GMT", None),
         ("Thu, 18 Aug 2050 02:01:18", None),
