@@ -131,6 +131,8 @@ def test_entry_round_trips_and_rejects_other_versions() -> None:
         ("private", 302, {"Expires": "Sun, 15 Jun 2025 15:07:40 GMT", "Date": "Sun, 15 Jun 2025 15:06:40 GMT"},
          None, 30),
         ("private", 500, {"Cache-Control": "max-age=5", "Age": "5"}, "status-500", 0),  # none left
+        ("private", 500, {"Cache-Control": "max-age=60", "Date": "Sun, 15 Jun 2025 15:05:30 GMT"}, "status-500", 0),
+        ("private", 500, {"Cache-Control": "max-age=100", "Date": "Sun, 15 Jun 2025 15:05:30 GMT"}, None, 30),
         ("private", 500, {"Cache-Control": "max-age=0"}, "status-500", 0),
         ("private", 500, {"Cache-Control": "max-age=60, no-cache"}, "status-500", 0),
         ("private", 206, {"Cache-Control": "max-age=60"}, "status-206", 0),

@@ -69,7 +69,8 @@ def freshness_lifetime(cc: Directives, targeted: bool, response: Mapping[str, st
     expires = parse_http_date(expires_lines[0], now=now) if len(expires_lines) == 1 else None
     if expires is None:
         return 0.0
-    return max(0.0, expires - (date_value(response, now) or now))
+    date = date_value(response, now)
+    return max(0.0, expires - (now if date is None else date))
 
 
 def date_value(response: Mapping[str, str], now: float | None = None) -> float | None:
@@ -79,7 +80,7 @@ def date_value(response: Mapping[str, str], now: float | None = None) -> float |
 
 
 def explicit_lifetime(status: int, response: Mapping[str, str], now: float, targets: Sequence[str] = ()) -> float:
-    """Freshness an origin gave a storable status explicitly, less the Age it came with; 0 when none (or
+    """Freshness an origin gave a storable status explicitly, less the age it came with; 0 when none (or
     no-store/no-cache say it may not be reused as it is). Lets a ruled route store a status its rule did not
     list, for no longer than the origin said."""
     if not storable_status(status):
@@ -88,7 +89,9 @@ def explicit_lifetime(status: int, response: Mapping[str, str], now: float, targ
     if "no-store" in cc or "no-cache" in cc:
         return 0.0
     lifetime = freshness_lifetime(cc, targeted, response, now)
-    return 0.0 if lifetime is None else lifetime - (parse_age(field_lines(response, "Age")) or 0)
+    if lifetime is None:
+        return 0.0
+    return lifetime - initial_age(parse_age(field_lines(response, "Age")), date_value(response, now), now, now)
 
 
 def origin_policy(
