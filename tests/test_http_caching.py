@@ -484,6 +484,8 @@ async def test_a_range_of_a_stored_answer_is_answered_from_cache(make_proxy: Pro
         assert (s, b, h.get("Content-Range")) == (status, body, content_range), headers
         assert h["Cache-Status"].startswith("sidecache; hit"), headers
         assert h["Content-Length"] == str(len(body)), headers
+    async with http.head(proxy.proxy_url + "/file", headers={"Range": "bytes=0-1"}) as r:
+        assert (r.status, r.headers["Content-Length"]) == (200, "10")  # ranges are for GET only (RFC 9110 14.2)
     assert upstream.hits["/file"] == 1
 
 
