@@ -9,6 +9,7 @@ max-age).
 
 from __future__ import annotations
 
+from collections import UserString
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -105,8 +106,8 @@ def targeted(headers: Mapping[str, str], targets: Sequence[str]) -> Directives |
                 out[key] = str(min(value, DELTA_MAX))
             elif value is True:
                 out[key] = ""
-            elif isinstance(value, str):  # String or Token
-                out[key] = value
+            elif isinstance(value, (str, UserString)):  # a String, or a Token (http_sf's is a UserString)
+                out[key] = str(value)
         return out
     return None
 

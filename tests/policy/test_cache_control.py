@@ -55,6 +55,7 @@ def test_delta_seconds(value: str | None, expected: int | None) -> None:
         ({"CDN-Cache-Control": "max-age=99999999999"}, {"max-age": str(2**31)}),
         ({"CDN-Cache-Control": 'max-age="10000"'}, {}),  # wrong type: the directive is ignored, not the field
         ({"CDN-Cache-Control": "max-age=1.5, private"}, {"private": ""}),
+        ({"CDN-Cache-Control": 'ext=tok, other="s", b=?0, max-age=(1 2)'}, {"ext": "tok", "other": "s"}),
         ({"CDN-Cache-Control": 'no-cache="a", max-age=5;x=1'}, {"no-cache": "a", "max-age": "5"}),  # params ignored
         ({"CDN-Cache-Control": "max-age=10000, &&&&&"}, None),  # not a Structured Field: as if absent
         ({"CDN-Cache-Control": "MaX-aGe=3600"}, None),
