@@ -94,7 +94,8 @@ class Sidecar:
         self.handler = ProxyHandler(self.rules, self.tiers, self.upstream, self.metrics, clock=self.clock,
                                     unruled=self.config.defaults.unruled,
                                     max_entry_bytes=self.config.memory.max_entry_bytes,
-                                    trust=Forwarding(self.config.server.trusted_proxies))
+                                    trust=Forwarding(self.config.server.trusted_proxies),
+                                    targets=self.config.defaults.targeted_cache_control)
         self._register_gauges()
         self.handler.access_log = self._access_log()
         server = web.Server(self.handler, access_log=None, handler_cancellation=True)

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from proxy.app import Sidecar
 from proxy.config.rules import RuleSet, load_rules
@@ -33,6 +34,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     vary_on: str | None = None  # a request header whose value is echoed into the body (to tell variants apart)
+    lines: list[tuple[str, str]] = field(default_factory=list)  # more header lines, names repeated as they come
 
 
 @dataclass
@@ -84,7 +86,9 @@ class Upstream:
                 {"method": request.method, "path": request.path, "raw_path": request.raw_path,
                  "n": self.hits[request.path], "body_len": len(body)}
             )
-        return web.Response(status=r.status, body=payload, headers={"Content-Type": "application/json", **r.headers})
+        headers = CIMultiDict({"Content-Type": "application/json", **r.headers})
+        headers.extend(r.lines)
+        return web.Response(status=r.status, body=payload, headers=headers)
 
 
 @pytest.fixture

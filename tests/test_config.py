@@ -109,3 +109,28 @@ def test_durations_accept_compound_forms(text: str, seconds: float) -> None:
 def test_durations_refuse_out_of_order_repeated_or_unitless_parts(text: str) -> None:
     with pytest.raises(ValueError, match="Expected a duration such as"):
         Duration.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[defaults]\ntargeted_cache_control = ["CDN Cache Control"]',
+         "FILE: `targeted_cache_control` must list header field names other than Cache-Control, got "
+         "'CDN Cache Control' - at `$.defaults`"),
+        ('[defaults]\ntargeted_cache_control = ["cache-control"]',
+         "FILE: `targeted_cache_control` must list header field names other than Cache-Control, got "
+         "'cache-control' - at `$.defaults`"),
+        ('[defaults]\ntargeted_cache_control = "CDN-Cache-Control"',
+         "FILE: Expected `array`, got `str` - at `$.defaults.targeted_cache_control`"),
+    ],
+)
+def test_bad_targeted_cache_control(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, text) == message
+
+
+def test_targeted_cache_control_can_be_turned_off_or_reordered(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text('[defaults]\ntargeted_cache_control = []')
+    assert load_config(path).defaults.targeted_cache_control == ()
+    path.write_text('[defaults]\ntargeted_cache_control = ["CDN-Cache-Control", "Fastly-Cache-Control"]')
+    assert load_config(path).defaults.targeted_cache_control == ("CDN-Cache-Control", "Fastly-Cache-Control")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from multidict import CIMultiDict
 
@@ -13,6 +14,7 @@ from proxy.policy.freshness import (
     State,
     cache_control,
     private_request_reason,
+    rule_ttl,
     state,
     stored_headers,
     unstorable_reason,
@@ -119,3 +121,40 @@ def test_entry_round_trips_and_rejects_other_versions() -> None:
     assert decode(encode(e)) == e
     assert decode(b"\x92\x02\x90") is None  # format version 2 from some future sidecache
     assert decode(b"garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("rule", "status", "headers", "reason", "ttl"),
+    [
+        ("private", 500, {"Cache-Control": "max-age=5"}, None, 5),  # the origin's explicit freshness
+        ("private", 503, {"Cache-Control": "max-age=3600"}, None, 30),  # capped at negative_ttl
+        ("private", 302, {"Expires": "Sun, 15 Jun 2025 15:07:40 GMT", "Date": "Sun, 15 Jun 2025 15:06:40 GMT"},
+         None, 30),
+        ("private", 500, {"Cache-Control": "max-age=5", "Age": "5"}, "status-500", 0),  # none left
+        ("private", 500, {"Cache-Control": "max-age=60", "Date": "Sun, 15 Jun 2025 15:05:30 GMT"}, "status-500", 0),
+        ("private", 500, {"Cache-Control": "max-age=100", "Date": "Sun, 15 Jun 2025 15:05:30 GMT"}, None, 30),
+        ("private", 500, {"Cache-Control": "max-age=0"}, "status-500", 0),
+        ("private", 500, {"Cache-Control": "max-age=60, no-cache"}, "status-500", 0),
+        ("private", 206, {"Cache-Control": "max-age=60"}, "status-206", 0),
+        ("private", 500, {"CDN-Cache-Control": "max-age=5"}, None, 5),  # a targeted field counts
+        ("private", 200, {"Cache-Control": "private", "CDN-Cache-Control": "max-age=5"}, None, 60),
+        ("private", 200, {"Cache-Control": "max-age=60", "CDN-Cache-Control": "no-store"}, "no-store", 60),
+        ("private", 200, {}, None, 60),
+        ("shared", 404, {}, None, 30),
+    ],
+)
+def test_ruled_storage_of_statuses_the_rule_does_not_list(rules: dict[str, CompiledRule], rule: str, status: int,
+                                                          headers: dict[str, str], reason: str | None,
+                                                          ttl: float) -> None:
+    targets = ("CDN-Cache-Control",)
+    now = 1_750_000_000.0
+    assert unstorable_reason(status, CIMultiDict(headers), b"{}", rules[rule], targets=targets, now=now) == reason
+    if reason is None:
+        assert rule_ttl(status, CIMultiDict(headers), rules[rule], targets=targets, now=now) == ttl
+
+
+def test_entries_of_the_previous_layout_still_decode() -> None:
+    e = CachedResponse(status=200, headers=[], body=b"x", stored_at=1.0, ttl=2, date="Sun, 15 Jun 2025 15:06:40 GMT")
+    old = msgspec.msgpack.encode([1, [200, [], b"x", 1.0, 2.0, 0.0, 0.0, [], "", [], 0.0]])  # before `date`
+    assert decode(old) == msgspec.structs.replace(e, date="")
+    assert decode(encode(e)) == e

@@ -59,16 +59,54 @@ async def test_what_the_origin_forbids_is_never_stored(make_proxy: ProxyFactory,
     }
     for path, (headers, _) in cases.items():
         upstream.reply(path, headers=headers)
-    upstream.reply("/err", status=500, headers={"Cache-Control": "max-age=60"})
     proxy = await make_proxy()
     for path, (_, reason) in cases.items():
         for _ in range(2):
             _, h, _ = await get(http, proxy.proxy_url + path)
         assert h["Cache-Status"] == f"sidecache; fwd=miss; fwd-status=200; detail={reason}", path
         assert upstream.hits[path] == 2, path
+
+
+async def test_any_final_status_with_explicit_freshness_is_stored(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                  http: aiohttp.ClientSession) -> None:
+    stored = {"/found": 302, "/bad": 400, "/err": 500, "/odd": 599}
+    for path, status in stored.items():
+        upstream.reply(path, status=status, body=path.encode(), headers={"Cache-Control": "max-age=60"})
+    upstream.reply("/created", status=201, body=b"c")  # no explicit freshness, not heuristically cacheable
+    upstream.reply("/err-bare", status=500, body=b"e")
+    proxy = await make_proxy(clock=lambda: 1000.0)
+    for path, status in stored.items():
+        s1, h1, _ = await get(http, proxy.proxy_url + path, allow_redirects=False)
+        s2, h2, b2 = await get(http, proxy.proxy_url + path, allow_redirects=False)
+        assert (s1, h1["Cache-Status"]) == (status, f"sidecache; fwd=miss; fwd-status={status}; stored"), path
+        assert (s2, b2, h2["Cache-Status"]) == (status, path.encode(), "sidecache; hit; ttl=60"), path
+        assert upstream.hits[path] == 1, path
+    for path, detail in (("/created", "status-201"), ("/err-bare", "status-500")):
+        for _ in range(2):
+            s, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"].endswith(f"detail={detail}") and upstream.hits[path] == 2, path
+
+
+async def test_a_ruled_route_stores_an_unlisted_status_only_with_the_origins_freshness(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    now = [1000.0]
+    upstream.reply("/players/down", status=503, body=b"busy", headers={"Cache-Control": "max-age=5"})
+    upstream.reply("/players/err", status=500, body=b"err")
+    upstream.reply("/players/long", status=500, body=b"err", headers={"Cache-Control": "max-age=3600"})
+    proxy = await make_proxy(RULE, clock=lambda: now[0])
     for _ in range(2):
-        s, h, _ = await get(http, proxy.proxy_url + "/err")
-    assert s == 500 and upstream.hits["/err"] == 2
+        s, h, _ = await get(http, proxy.proxy_url + "/players/down")
+    assert (s, h["Cache-Status"]) == (503, "sidecache; hit; ttl=5")  # the origin's 5 s, not negative_ttl's 30 s
+    _, h, _ = await get(http, proxy.proxy_url + "/players/long")
+    _, h, _ = await get(http, proxy.proxy_url + "/players/long")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=30"  # never longer than the rule's negative_ttl
+    for _ in range(2):
+        s, h, _ = await get(http, proxy.proxy_url + "/players/err")
+    assert (s, h["Cache-Status"]) == (500, "sidecache; fwd=miss; fwd-status=500; detail=status-500")
+    now[0] += 6
+    await get(http, proxy.proxy_url + "/players/down")
+    assert (upstream.hits["/players/down"], upstream.hits["/players/err"]) == (2, 2)
 
 
 async def test_authorization_needs_public_or_s_maxage(make_proxy: ProxyFactory, upstream: Upstream,
@@ -286,3 +324,203 @@ async def test_purge_by_url_reaches_answers_stored_without_a_rule(make_proxy: Pr
     assert h["Cache-Status"].startswith("sidecache; fwd=miss")
     async with http.post(proxy.admin_url + "/purge", json={"url": "doc"}) as r:
         assert r.status == 400
+
+
+# --- RFC 9111 details: dates, targeted fields, field lines, Date and Age, invalidation, ranges -------------
+
+T0 = 1_750_000_000.0  # Sun, 15 Jun 2025 15:06:40 GMT
+T0_DATE = "Sun, 15 Jun 2025 15:06:40 GMT"
+
+
+async def test_expires_counts_only_when_it_is_a_valid_http_date(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                http: aiohttp.ClientSession) -> None:
+    cases = {
+        "/imf": ([("Expires", "Sun, 15 Jun 2025 15:07:40 GMT")], "stored"),
+        "/rfc850": ([("Expires", "Sunday, 15-Jun-25 15:07:40 GMT")], "stored"),
+        "/asctime": ([("Expires", "Sun Jun 15 15:07:40 2025")], "stored"),
+        "/utc": ([("Expires", "Sun, 15 Jun 2025 15:07:40 UTC")], "detail=stale-on-arrival"),
+        "/hour": ([("Expires", "Sun, 15 Jun 2025 5:07:40 GMT")], "detail=stale-on-arrival"),
+        "/year": ([("Expires", "Sun, 15 Jun 25 15:07:40 GMT")], "detail=stale-on-arrival"),
+        "/twice": ([("Expires", "Sun, 15 Jun 2025 15:07:40 GMT")] * 2, "detail=stale-on-arrival"),
+    }
+    for path, (lines, _) in cases.items():
+        upstream.reply(path, headers={"Date": T0_DATE}, lines=lines)
+    proxy = await make_proxy(clock=lambda: T0)
+    for path, (_, outcome) in cases.items():
+        await get(http, proxy.proxy_url + path)
+        _, h, _ = await get(http, proxy.proxy_url + path)
+        if outcome == "stored":
+            assert h["Cache-Status"] == "sidecache; hit; ttl=60", path
+        else:
+            assert h["Cache-Status"] == f"sidecache; fwd=miss; fwd-status=200; {outcome}", path
+        assert upstream.hits[path] == (1 if outcome == "stored" else 2), path
+
+
+async def test_targeted_cache_control_replaces_cache_control_for_the_proxy_only(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.reply("/cdn", headers={"Cache-Control": "no-store", "CDN-Cache-Control": "max-age=60"})
+    upstream.reply("/own", headers={"Sidecache-Cache-Control": "no-store", "CDN-Cache-Control": "max-age=60"})
+    upstream.reply("/bad", headers={"Cache-Control": "no-store", "CDN-Cache-Control": "max-age=60, &&"})
+    proxy = await make_proxy(clock=lambda: T0)
+    for _ in range(2):
+        _, h, _ = await get(http, proxy.proxy_url + "/cdn")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=60"
+    assert (h["Cache-Control"], h["CDN-Cache-Control"]) == ("no-store", "max-age=60")  # passed on unchanged
+    for path, detail in (("/own", "no-store"), ("/bad", "no-store")):  # ours first; an invalid one is ignored
+        for _ in range(2):
+            _, h, _ = await get(http, proxy.proxy_url + path)
+        assert h["Cache-Status"] == f"sidecache; fwd=miss; fwd-status=200; detail={detail}", path
+    off = await make_proxy(config=Config(defaults=DefaultsConfig(targeted_cache_control=())))
+    for _ in range(2):
+        _, h, _ = await get(http, off.proxy_url + "/cdn")
+    assert h["Cache-Status"] == "sidecache; fwd=miss; fwd-status=200; detail=no-store"
+    assert (upstream.hits["/cdn"], upstream.hits["/own"], upstream.hits["/bad"]) == (3, 2, 2)
+
+
+async def test_targeted_cache_control_lets_a_ruled_route_store_what_browsers_must_not(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.reply("/players/a", headers={"Cache-Control": "private", "Sidecache-Cache-Control": "max-age=60"})
+    upstream.reply("/players/b", headers={"Cache-Control": "private"})
+    proxy = await make_proxy(RULE)
+    for path in ("/players/a", "/players/b"):
+        for _ in range(2):
+            _, h, _ = await get(http, proxy.proxy_url + path)
+    assert (upstream.hits["/players/a"], upstream.hits["/players/b"]) == (1, 2)
+
+
+async def test_cache_control_lines_are_one_list(make_proxy: ProxyFactory, upstream: Upstream,
+                                                http: aiohttp.ClientSession) -> None:
+    upstream.reply("/two", lines=[("Cache-Control", "public"), ("Cache-Control", "s-maxage=60")])
+    upstream.reply("/later-no-store", lines=[("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")])
+    upstream.reply("/quoted", lines=[("Cache-Control", 'extension="max-age=3600", max-age=1')])
+    now = [T0]
+    proxy = await make_proxy(clock=lambda: now[0])
+    for path in ("/two", "/later-no-store", "/quoted"):
+        await get(http, proxy.proxy_url + path)
+    _, h, _ = await get(http, proxy.proxy_url + "/two")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=60"  # the second line's s-maxage counts
+    _, h, _ = await get(http, proxy.proxy_url + "/later-no-store")
+    assert h["Cache-Status"] == "sidecache; fwd=miss; fwd-status=200; detail=no-store"
+    now[0] += 2
+    _, h, _ = await get(http, proxy.proxy_url + "/quoted")
+    assert h["Cache-Status"].startswith("sidecache; fwd=miss")  # max-age=1, not the quoted 3600
+
+
+async def test_answers_from_cache_keep_the_origins_date_and_count_its_age(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    now = [T0]
+    upstream.reply("/dated", headers={"Cache-Control": "max-age=600", "Date": "Sun, 15 Jun 2025 15:06:10 GMT",
+                                      "ETag": '"d1"'})
+    upstream.reply("/aged", headers={"Cache-Control": "max-age=600", "Date": T0_DATE}, lines=[("Age", "100, 5")])
+    upstream.reply("/junk-age", headers={"Cache-Control": "max-age=600", "Date": T0_DATE, "Age": "-7200"})
+    proxy = await make_proxy(clock=lambda: now[0])
+    for path in ("/dated", "/aged", "/junk-age"):
+        await get(http, proxy.proxy_url + path)
+    now[0] += 10
+    _, h, _ = await get(http, proxy.proxy_url + "/dated")
+    # the origin dated it 30 s before it arrived: that is its age, and its Date is the origin's
+    assert (h["Date"], h["Age"]) == ("Sun, 15 Jun 2025 15:06:10 GMT", "40")
+    assert h["Cache-Status"] == "sidecache; hit; ttl=560"
+    s, h, _ = await get(http, proxy.proxy_url + "/dated", headers={"If-None-Match": '"d1"'})
+    assert (s, h["Date"]) == (304, "Sun, 15 Jun 2025 15:06:10 GMT")
+    _, h, _ = await get(http, proxy.proxy_url + "/aged")
+    assert (h["Age"], h["Cache-Status"]) == ("110", "sidecache; hit; ttl=490")  # Age: the first member
+    _, h, _ = await get(http, proxy.proxy_url + "/junk-age")
+    assert (h["Age"], h["Cache-Status"]) == ("10", "sidecache; hit; ttl=590")  # not an integer: ignored
+    assert [upstream.hits[p] for p in ("/dated", "/aged", "/junk-age")] == [1, 1, 1]
+
+
+async def test_any_unsafe_method_invalidates_its_uri_and_same_origin_locations(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy()
+    cached = ["/items/1", "/items/2", "/items/3", "/items/4", "/items/5"]
+    for path in cached:
+        upstream.reply(path, headers={"Cache-Control": "max-age=600"})
+    upstream.reply("/make", status=201, headers={
+        "Location": "/items/2", "Content-Location": upstream.url + "/items/3",
+    })
+    upstream.reply("/make-elsewhere", status=201, headers={
+        "Location": proxy.proxy_url + "/items/4", "Content-Location": "http://127.0.0.2:1/items/5",
+    })
+
+    async def hit(path: str) -> bool:
+        _, h, _ = await get(http, proxy.proxy_url + path)
+        return h["Cache-Status"].startswith("sidecache; hit")
+
+    for path in cached:
+        await get(http, proxy.proxy_url + path)
+    assert all([await hit(p) for p in cached])
+    async with http.request("M-SEARCH", proxy.proxy_url + "/items/1") as r:
+        assert r.status == 200
+    async with http.post(proxy.proxy_url + "/make", data=b"x") as r:
+        assert r.status == 201
+    async with http.post(proxy.proxy_url + "/make-elsewhere", data=b"x") as r:
+        assert r.status == 201
+    assert [await hit(p) for p in cached] == [False, False, False, False, True]  # /items/5: another origin
+    assert [s.method for s in upstream.seen].count("M-SEARCH") == 1
+
+
+async def test_a_range_of_a_stored_answer_is_answered_from_cache(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                 http: aiohttp.ClientSession) -> None:
+    upstream.reply("/file", body=b"0123456789", headers={"Cache-Control": "max-age=600", "ETag": '"f1"',
+                                                         "Content-Type": "text/plain"})
+    proxy = await make_proxy()
+    await get(http, proxy.proxy_url + "/file")
+    cases = [
+        ({"Range": "bytes=0-1"}, 206, b"01", "bytes 0-1/10"),
+        ({"Range": "bytes=5-"}, 206, b"56789", "bytes 5-9/10"),
+        ({"Range": "bytes=-3"}, 206, b"789", "bytes 7-9/10"),
+        ({"Range": "bytes=20-"}, 416, b"", "bytes */10"),
+        ({"Range": "bytes=0-1,3-4"}, 200, b"0123456789", None),  # several ranges: the whole answer
+        ({"Range": "bytes=2-3", "If-Range": '"f1"'}, 206, b"23", "bytes 2-3/10"),
+        ({"Range": "bytes=2-3", "If-Range": '"old"'}, 200, b"0123456789", None),  # changed since: all of it
+    ]
+    for headers, status, body, content_range in cases:
+        s, h, b = await get(http, proxy.proxy_url + "/file", headers=headers)
+        assert (s, b, h.get("Content-Range")) == (status, body, content_range), headers
+        assert h["Cache-Status"].startswith("sidecache; hit"), headers
+        assert h["Content-Length"] == str(len(body)), headers
+    async with http.head(proxy.proxy_url + "/file", headers={"Range": "bytes=0-1"}) as r:
+        assert (r.status, r.headers["Content-Length"]) == (200, "10")  # ranges are for GET only (RFC 9110 14.2)
+    assert upstream.hits["/file"] == 1
+
+
+async def test_a_range_miss_is_forwarded_and_its_206_not_stored(make_proxy: ProxyFactory, upstream: Upstream,
+                                                                http: aiohttp.ClientSession) -> None:
+    upstream.reply("/part", status=206, body=b"01",
+                   headers={"Cache-Control": "max-age=600", "Content-Range": "bytes 0-1/10"})
+    proxy = await make_proxy()
+    for _ in range(2):
+        s, h, b = await get(http, proxy.proxy_url + "/part", headers={"Range": "bytes=0-1"})
+        assert (s, b, h["Content-Range"]) == (206, b"01", "bytes 0-1/10")
+    assert h["Cache-Status"] == "sidecache; fwd=miss; fwd-status=206; detail=status-206"
+    assert [s.headers.get("Range") for s in upstream.seen] == ["bytes=0-1", "bytes=0-1"]
+
+
+async def test_ruled_routes_answer_ranges_from_cache_too(make_proxy: ProxyFactory, upstream: Upstream,
+                                                         http: aiohttp.ClientSession) -> None:
+    upstream.reply("/players/a", body=b'{"name": "a"}')
+    proxy = await make_proxy(RULE)
+    s, _, b = await get(http, proxy.proxy_url + "/players/a", headers={"Range": "bytes=0-1"})
+    assert (s, b) == (200, b'{"name": "a"}')  # the fill is shared: fetched and answered whole
+    assert "Range" not in upstream.seen[0].headers
+    s, h, b = await get(http, proxy.proxy_url + "/players/a", headers={"Range": "bytes=0-1"})
+    assert (s, b, h["Content-Range"]) == (206, b'{"', "bytes 0-1/13")
+
+
+async def test_no_cache_with_field_names_keeps_those_fields_out_of_answers_from_cache(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.reply("/doc", headers={"A": "1", "B": "2", "C": "3"},
+                   lines=[("Cache-Control", 'no-cache="a, b"'), ("Cache-Control", "max-age=3600")])
+    proxy = await make_proxy()
+    _, first, _ = await get(http, proxy.proxy_url + "/doc")
+    _, h, _ = await get(http, proxy.proxy_url + "/doc")
+    assert (first["A"], first["B"]) == ("1", "2")  # the answer fetched for this client is whole
+    assert h["Cache-Status"].startswith("sidecache; hit")
+    assert ("A" in h, "B" in h, h["C"]) == (False, False, "3")
+    assert upstream.hits["/doc"] == 1

@@ -8,6 +8,8 @@ and process.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from yarl import URL
 
 from proxy.cache.events import Selector
@@ -26,3 +28,8 @@ async def purge_uri(tiers: TieredCache, rules: RuleSet, uri: URL) -> int:
                         pattern=pattern)
         selectors += [Selector("key", key), Selector("tag", key_tag(key))]
     return sum([await tiers.purge(s) for s in selectors])
+
+
+async def invalidate(tiers: TieredCache, rules: RuleSet, targets: Iterable[str]) -> int:
+    """Drop what is stored for each request target an unsafe request made stale (policy.invalidation)."""
+    return sum([await purge_uri(tiers, rules, URL(t, encoded=True)) for t in targets])

@@ -16,6 +16,7 @@ from yarl import URL
 from proxy.config.units import ByteSize, Duration, dec_hook, enc_hook
 from proxy.errors import ConfigError
 
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 5.1)
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Count = Annotated[int, Meta(ge=1)]
 S = TypeVar("S", bound=msgspec.Struct)
@@ -94,6 +95,15 @@ class DefaultsConfig(_Strict, frozen=True):
     """What happens to requests no rule matches."""
 
     unruled: Literal["origin", "pass"] = "origin"  # origin: RFC 9111, as the origin's own headers allow
+    # RFC 9213: the first of these fields present and valid in an answer replaces its Cache-Control and Expires
+    # for this cache (passed on to clients unchanged); [] turns targeted fields off.
+    targeted_cache_control: tuple[str, ...] = ("Sidecache-Cache-Control", "CDN-Cache-Control")
+
+    def __post_init__(self) -> None:
+        for name in self.targeted_cache_control:
+            if not _FIELD_NAME.fullmatch(name) or name.lower() == "cache-control":
+                raise ValueError(f"`targeted_cache_control` must list header field names other than Cache-Control, "
+                                 f"got {name!r}")
 
 
 class ListenConfig(_Strict, frozen=True):

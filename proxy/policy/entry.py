@@ -24,6 +24,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     vary: list[str] = []  # set on a variant marker (status 0): the request headers that pick the variant
     keep: float = 0.0  # kept this long past every window, only to be revalidated with the origin (Varnish's keep)
     source: str = ""  # "batch": what the rule's batch endpoint answered for this item (a client's batch may reuse it)
+    date: str = ""  # the origin's Date, sent again with every answer from the entry ("": the time of the answer)
 
     @property
     def is_marker(self) -> bool:

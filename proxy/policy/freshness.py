@@ -6,11 +6,16 @@ Each "why not" answer is a short token that ends up in the Cache-Status `detail`
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 
 from proxy.config.rules import CompiledRule
+from proxy.policy.cache_control import cache_control, field_lines, response_directives
 from proxy.policy.cache_status import not_stored_status
 from proxy.policy.entry import CachedResponse
+from proxy.policy.origin_policy import explicit_lifetime
+
+__all__ = ["cache_control"]  # parsed in cache_control.py; named here too, where the serving code reads it
 
 
 class State(enum.Enum):
@@ -39,25 +44,13 @@ def client_wants_revalidation(headers: Mapping[str, str], rule: CompiledRule) ->
     a frontend must not be able to defeat the cache by accident (RFC 9111 5.2.1 lets a cache decide)."""
     if rule.route.client_no_cache == "ignore":
         return False
-    cc = cache_control(headers.get("Cache-Control"))
+    cc = cache_control(field_lines(headers, "Cache-Control"))
     return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
 
 
 def usable_on_error(entry: CachedResponse, now: float) -> bool:
     """Within the entry's stale-if-error window, so an upstream failure can be answered from it (RFC 5861 4)."""
     return now - entry.stored_at < entry.ttl + entry.stale_if_error
-
-
-def cache_control(value: str | None) -> dict[str, str]:
-    """Parse a Cache-Control value into lower-case directives (RFC 9111 5.2); quoted values unquoted."""
-    out: dict[str, str] = {}
-    if not value:
-        return out
-    for part in value.split(","):
-        name, _, arg = part.strip().partition("=")
-        if name:
-            out[name.strip().lower()] = arg.strip().strip('"')
-    return out
 
 
 def private_request_reason(headers: Mapping[str, str], rule: CompiledRule) -> str | None:
@@ -71,9 +64,14 @@ def private_request_reason(headers: Mapping[str, str], rule: CompiledRule) -> st
     return None
 
 
-def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule: CompiledRule) -> str | None:
-    """Why a complete upstream response may not be stored under this rule, or None."""
-    if status not in rule.route.cache_status:
+def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule: CompiledRule, *,
+                      targets: Sequence[str] = (), now: float | None = None) -> str | None:
+    """Why a complete upstream response may not be stored under this rule, or None.
+
+    A status the rule does not list (a 5xx included) is stored only when the origin gave it explicit freshness
+    (RFC 9111 3), and then for no longer than that (`rule_ttl`). `targets`: the targeted fields (RFC 9213)
+    that replace Cache-Control here."""
+    if status not in rule.route.cache_status and explicit_lifetime(status, headers, _now(now), targets) <= 0:
         return not_stored_status(status)
     if rule.route.uncacheable_bodies and body.strip().decode("utf-8", "replace") in rule.route.uncacheable_bodies:
         return "uncacheable-body"
@@ -81,7 +79,7 @@ def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule
         return None  # the rule overrides the origin, as nginx's proxy_ignore_headers does; Set-Cookie is stripped
     if "Set-Cookie" in headers:
         return "set-cookie"
-    cc = cache_control(headers.get("Cache-Control"))
+    cc, _ = response_directives(headers, targets)
     if "no-store" in cc:
         return "no-store"
     if "private" in cc:
@@ -89,7 +87,23 @@ def unstorable_reason(status: int, headers: Mapping[str, str], body: bytes, rule
     return None
 
 
-def stored_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What of a response's headers goes into the cache: never a cookie, never a per-response length or age."""
-    drop = {"set-cookie", "content-length", "age", "date"}
+def rule_ttl(status: int, headers: Mapping[str, str], rule: CompiledRule, *, targets: Sequence[str] = (),
+             now: float | None = None) -> float:
+    """The freshness a ruled answer is stored with: the rule's ttl, `negative_ttl` for statuses other than 200,
+    and no more than the origin's explicit freshness for a status the rule does not list."""
+    r = rule.route
+    ttl = min(r.ttl, r.negative_ttl) if status != 200 else float(r.ttl)
+    if status not in r.cache_status:
+        ttl = min(ttl, explicit_lifetime(status, headers, _now(now), targets))
+    return ttl
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def stored_headers(headers: Iterable[tuple[str, str]], omit: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """What of a response's headers goes into the cache: never a cookie, never a per-response length or age (the
+    origin's Date is kept apart, in the entry), nor the lower-case names in `omit`."""
+    drop = {"set-cookie", "content-length", "age", "date", *omit}
     return [(k, v) for k, v in headers if k.lower() not in drop]

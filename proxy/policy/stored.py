@@ -26,22 +26,30 @@ def entry_of(
     derive_etag: bool = True,
     source: str = "",
     vary: list[str] | None = None,
+    omit: Iterable[str] = (),
 ) -> CachedResponse:
     """Headers without cookies, lengths, ages or hop-by-hop ones, and an ETag of our own where the origin sent none
-    (`derive_etag` False for answers whose body is rewritten per client, which get theirs per answer)."""
-    kept = stored_headers(headers)
+    (`derive_etag` False for answers whose body is rewritten per client, which get theirs per answer). The origin's
+    Date is kept apart, to be sent again with every answer from the entry; `omit`: fields never stored."""
+    headers = list(headers)
+    kept = stored_headers(headers, omit)
     if derive_etag and not any(k.lower() == "etag" for k, _ in kept):
         kept.append(("ETag", derived_etag(body)))
     return CachedResponse(
         status=status, headers=kept, body=body, stored_at=stored_at, ttl=ttl,
         stale_while_revalidate=stale_while_revalidate, stale_if_error=stale_if_error, tags=list(tags or ()),
-        route=route, keep=keep, source=source, vary=list(vary or ()),
+        route=route, keep=keep, source=source, vary=list(vary or ()), date=_date(headers, ""),
     )
 
 
 def refreshed(entry: CachedResponse, not_modified: Iterable[tuple[str, str]], *, now: float) -> CachedResponse:
     """The stored body stands, with the 304's headers laid over the stored ones and a new lifetime."""
+    not_modified = list(not_modified)
     updates = stored_headers(not_modified)
     replaced = {k.lower() for k, _ in updates}
     headers = [h for h in entry.headers if h[0].lower() not in replaced] + updates
-    return msgspec.structs.replace(entry, headers=headers, stored_at=now)
+    return msgspec.structs.replace(entry, headers=headers, stored_at=now, date=_date(not_modified, entry.date))
+
+
+def _date(headers: list[tuple[str, str]], default: str) -> str:
+    return next((v for k, v in headers if k.lower() == "date"), default)

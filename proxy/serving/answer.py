@@ -13,6 +13,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.config.rules import CompiledRule, field_value
 from proxy.policy.entry import CachedResponse
+from proxy.policy.ranges import ByteRange, byte_range, if_range_holds
 from proxy.policy.validators import not_modified
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
@@ -29,8 +30,11 @@ def from_entry(
     *,
     body: bytes | None = None,
     etag: str | None = None,
+    method: str = "GET",
 ) -> web.StreamResponse:
-    """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is."""
+    """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is.
+
+    A GET's single byte range is answered from the stored body (206 or 416), checked once per answer."""
     headers = entry.headers
     extra = [("Cache-Status", cache_status), ("Via", VIA)]
     if age is not None:
@@ -43,8 +47,25 @@ def from_entry(
         tag = etag or _get(headers, "etag")
         if not_modified(request, tag, _get(headers, "last-modified")):
             kept = [h for h in headers if h[0].lower() in _KEPT_ON_304]
-            return web.Response(status=304, headers=kept + extra)
-    return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status)
+            return web.Response(status=304, headers=kept + extra + ([("Date", entry.date)] if entry.date else []))
+    if "Range" in request and entry.status == 200 and method == "GET":
+        return _ranged(request, entry, headers, extra, entry.body if body is None else body, cache_status, etag)
+    return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status, entry.date)
+
+
+def _ranged(request: CIMultiDictProxy[str], entry: CachedResponse, headers: list[tuple[str, str]],
+            extra: list[tuple[str, str]], body: bytes, cache_status: str, etag: str | None) -> StoredAnswer:
+    """A client's single byte range of a stored complete answer: 206, or 416 when no byte of it exists
+    (RFC 9110 14); the whole answer for several ranges, a malformed one, or an If-Range that does not hold."""
+    wanted = byte_range(request["Range"], len(body))
+    if_range = request.get("If-Range")
+    if wanted is None or (if_range is not None and not if_range_holds(
+            if_range, etag or _get(headers, "etag"), _get(headers, "last-modified"))):
+        return StoredAnswer(entry.status, headers + extra, body, cache_status, entry.date)
+    extra = extra + [("Content-Range", wanted.content_range())]
+    if isinstance(wanted, ByteRange):
+        return StoredAnswer(206, headers + extra, body[wanted.first:wanted.last + 1], cache_status, entry.date)
+    return StoredAnswer(416, extra, b"", cache_status, entry.date)
 
 
 class StoredAnswer(web.StreamResponse):
@@ -55,9 +76,11 @@ class StoredAnswer(web.StreamResponse):
     a hit's cost. Measured on a bare handler with the same 10 headers: about 2x the requests per second.
     """
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, cache_status: str) -> None:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, cache_status: str,
+                 date: str = "") -> None:
         super().__init__(status=status)
         self._stored = (headers, body)
+        self._date = date  # the origin's Date, kept on answers from cache
         self.cache_status = cache_status  # for the access log, which cannot read the unbuilt header map
         self.size = len(body)
 
@@ -74,7 +97,7 @@ class StoredAnswer(web.StreamResponse):
         empty = status in (204, 304) or status < 200
         if not empty:
             lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append(f"Date: {_date()}\r\n")
+        lines.append(f"Date: {self._date or _date()}\r\n")
         if version.minor == 0 and keep_alive:
             lines.append("Connection: keep-alive\r\n")
         elif version.minor == 1 and not keep_alive:

@@ -40,6 +40,7 @@ class Terms:
     derive_etag: bool = True
     source: str = ""
     age: float = 0.0  # how old the answer already was when it arrived (RFC 9111 4.2.3)
+    omit: tuple[str, ...] = ()  # fields never stored (`no-cache="field"`, RFC 9111 5.2.2.4)
 
 
 # Given an upstream answer (status, headers, body): the terms to keep it on, or why it may not be kept.
@@ -149,7 +150,7 @@ class Filler:
         entry = entry_of(status, headers, body, stored_at=now, ttl=terms.ttl + terms.age, route=terms.route,
                          stale_while_revalidate=terms.stale_while_revalidate, stale_if_error=terms.stale_if_error,
                          tags=tags, keep=terms.keep, derive_etag=terms.derive_etag, source=terms.source,
-                         vary=list(terms.vary))
+                         vary=list(terms.vary), omit=terms.omit)
         if terms.vary:
             marker = CachedResponse(status=0, headers=[], body=b"", stored_at=now, ttl=terms.ttl + terms.age,
                                     stale_while_revalidate=terms.stale_while_revalidate,

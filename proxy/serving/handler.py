@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import msgspec
 from aiohttp import web
-from yarl import URL
 
-from proxy.cache.invalidation import purge_uri
+from proxy.cache.invalidation import invalidate
 from proxy.cache.tiers import TieredCache
 from proxy.config.rules import CompiledRule, RuleSet
 from proxy.errors import UpstreamError
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.freshness import private_request_reason
+from proxy.policy.invalidation import invalidated_targets, invalidates, origin_of
 from proxy.policy.keys import cache_key, keyed_query, origin_key, raw_params
 from proxy.serving import passthrough
 from proxy.serving.answer import StoredAnswer
@@ -43,7 +43,6 @@ from proxy.telemetry.metrics import Metrics
 log = logging.getLogger("sidecache")
 
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
-SAFE: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1: every other method invalidates
 MAX_TARGETS: Final = 8192  # request targets remembered with their rule and key (the hit path's shortcut)
 _MEMO_OVERHEAD: Final = 400  # bytes a remembered target costs besides its strings (dict slot, tuple, str headers)
 
@@ -62,6 +61,7 @@ class ProxyHandler:
         unruled: str = "origin",
         max_entry_bytes: int = 1024 * 1024,
         trust: Forwarding = NOBODY,
+        targets: Sequence[str] = (),
     ) -> None:
         self.tiers = tiers
         self.upstream = upstream
@@ -73,9 +73,10 @@ class ProxyHandler:
         self.filler = Filler(tiers, upstream, metrics, clock, trust)
         self.caching = Caching(tiers, self.filler, metrics, clock)
         self.coalescer = self.caching.coalescer
-        self.ruled = RuledLane(self.caching, self._done, self._resend, self._degraded)
+        self.ruled = RuledLane(self.caching, self._done, self._resend, self._degraded, targets=targets)
         self.origin = (OriginLane(self.caching, self._done, self._resend, self._degraded,
-                                  max_entry_bytes=max_entry_bytes, trust=trust) if unruled == "origin" else None)
+                                  max_entry_bytes=max_entry_bytes, trust=trust, targets=targets)
+                       if unruled == "origin" else None)
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
         self._tasks: set[asyncio.Task[int]] = set()
         self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int]] = {}
@@ -201,14 +202,19 @@ class ProxyHandler:
             return self._error(inb, exc)
         took = time.perf_counter() - inb.started
         self.metrics.upstream_call(inb.route, resp.status, took)  # streamed: the whole exchange was the upstream's
-        if inb.method not in SAFE and resp.status < 400:
-            await asyncio.shield(self._invalidate(inb))
+        if invalidates(inb.method, resp.status):
+            await asyncio.shield(self._invalidate(inb, resp.headers))
         return self._done(inb, resp, status, "bypass", took)
 
-    def _invalidate(self, inb: Inbound) -> asyncio.Task[int]:
-        """After a successful unsafe request, stored answers for its URI are gone (RFC 9111 4.4). Its own task: a
-        client that leaves right after its answer must not cut the purge short in another tier or process."""
-        task = asyncio.ensure_future(purge_uri(self.tiers, self.rules, URL(inb.raw_path, encoded=True)))
+    def _invalidate(self, inb: Inbound, response: Mapping[str, str]) -> asyncio.Task[int]:
+        """After a successful unsafe request, stored answers for its URI, and for its answer's same-origin Location
+        and Content-Location, are gone (RFC 9111 4.4). Its own task: a client that leaves right after its answer
+        must not cut the purge short in another tier or process."""
+        base = self.upstream.base
+        origins = {origin_of(str(base)): base.raw_path.rstrip("/"), origin_of(f"{inb.scheme}://{inb.host}"): ""}
+        origins.pop("", None)
+        targets = invalidated_targets(inb.raw_path, response, origins)
+        task = asyncio.ensure_future(invalidate(self.tiers, self.rules, targets))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

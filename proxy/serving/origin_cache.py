@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -39,7 +39,7 @@ ROUTE: Final = "-"  # how unruled traffic is labelled in metrics and entries
 
 def _no_cache_request(headers: CIMultiDictProxy[str]) -> bool:
     """The client asks for an answer checked with the origin (RFC 9111 5.2.1.4; Pragma for HTTP/1.0)."""
-    cc = cache_control(headers.get("Cache-Control"))
+    cc = cache_control(headers.getall("Cache-Control", ()))
     return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
 
 
@@ -47,10 +47,11 @@ class OriginLane:
     """GET and HEAD without a rule; everything else without a rule is plain pass-through (see handler)."""
 
     def __init__(self, caching: Caching, done: Done, resend: Resend, degraded: Callable[[CacheStatus], str], *,
-                 max_entry_bytes: int, trust: Forwarding = NOBODY) -> None:
+                 max_entry_bytes: int, trust: Forwarding = NOBODY, targets: Sequence[str] = ()) -> None:
         self.caching, self.done, self.resend, self.degraded = caching, done, resend, degraded
         self.max_entry_bytes = max_entry_bytes
         self.trust = trust
+        self.targets = tuple(targets)  # targeted cache-control fields (RFC 9213), first valid one wins
         self._waiting: dict[str, asyncio.Future[bool]] = {}  # key -> the miss streaming now: did it store?
 
     def revalidate(self, inb: Inbound) -> bool:
@@ -67,9 +68,11 @@ class OriginLane:
 
     def judge(self, inb: Inbound) -> Judge:
         clock = self.caching.clock
+        requested_at = clock()  # a judge is made before the upstream is asked: the response delay counts as age
 
         def judge(status: int, headers: CIMultiDictProxy[str], body: bytes) -> Terms | str:
-            policy = origin_policy(status, headers, inb.headers, clock())
+            policy = origin_policy(status, headers, inb.headers, clock(), targets=self.targets,
+                                   requested_at=requested_at)
             return policy if isinstance(policy, str) else _terms(policy, inb, headers)
 
         return judge
@@ -77,7 +80,8 @@ class OriginLane:
     def answer(self, inb: Inbound, entry: CachedResponse, status: CacheStatus, age: float | None,
                *, upstream_s: float | None = None) -> web.StreamResponse:
         text = self.degraded(status)
-        return self.done(inb, from_entry(inb.headers, entry, text, age), text, status.outcome, upstream_s)
+        return self.done(inb, from_entry(inb.headers, entry, text, age, method=inb.method), text, status.outcome,
+                         upstream_s)
 
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
                     stale: CachedResponse | None) -> web.StreamResponse:
@@ -131,11 +135,11 @@ class OriginLane:
             done = self._waiting[inb.key] = asyncio.get_running_loop().create_future()
         stored = False
         try:
-            since = self.caching.tiers.generation
+            since, judge = self.caching.tiers.generation, self.judge(inb)
             resp, tee = await passthrough.forward(request, self.caching.filler.upstream,
                                                   self._decider(inb, stale), trust=self.trust)
             if tee is not None and tee.headers is not None and (body := tee.body) is not None:
-                verdict = self.judge(inb)(resp.status, tee.headers, body)
+                verdict = judge(resp.status, tee.headers, body)
                 if isinstance(verdict, Terms):
                     stored = self.caching.filler.store(inb.key, inb.headers, resp.status,
                                                        end_to_end(tee.headers).items(), body, verdict,
@@ -162,7 +166,7 @@ class OriginLane:
             fwd = "request" if refetch else "miss"
             if inb.method != "GET":
                 return str(CacheStatus(fwd=fwd, fwd_status=status, detail=("head",))), None
-            policy = origin_policy(status, headers, inb.headers, self.caching.clock())
+            policy = origin_policy(status, headers, inb.headers, self.caching.clock(), targets=self.targets)
             if isinstance(policy, str):
                 return str(CacheStatus(fwd=fwd, fwd_status=status, detail=(policy,))), None
             length = headers.get("Content-Length")
@@ -176,7 +180,6 @@ class OriginLane:
 
 
 def _terms(policy: OriginPolicy, inb: Inbound, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> Terms:
-    age = float(a) if (a := headers.get("Age", "")).isdigit() else 0.0  # time spent upstream (RFC 9111 4.2.3)
     return Terms(ttl=policy.ttl, route=ROUTE, stale_while_revalidate=policy.stale_while_revalidate,
                  stale_if_error=policy.stale_if_error, vary=policy.vary, tags=(url_tag(inb.raw_path),),
-                 keep=keep_for(headers), age=age)
+                 keep=keep_for(headers), age=policy.age, omit=policy.omit)  # age: RFC 9111 4.2.3

@@ -8,7 +8,7 @@ get the stored copy, or, when nothing was stored and the answer was personal, ar
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.decision import Fetch, Revalidate
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import client_wants_revalidation, stored_headers, unstorable_reason
+from proxy.policy.freshness import client_wants_revalidation, rule_ttl, stored_headers, unstorable_reason
 from proxy.policy.keys import tags_for
 from proxy.policy.origin_policy import vary_names
 from proxy.policy.validators import derived_etag, keep_for
@@ -35,8 +35,10 @@ Resend = Callable[[Inbound, web.BaseRequest, str], Awaitable[web.StreamResponse]
 class RuledLane:
     """Ruled GET and HEAD: the rule decides, the origin's Vary picks variants."""
 
-    def __init__(self, caching: Caching, done: Done, resend: Resend, degraded: Callable[[CacheStatus], str]) -> None:
+    def __init__(self, caching: Caching, done: Done, resend: Resend, degraded: Callable[[CacheStatus], str], *,
+                 targets: Sequence[str] = ()) -> None:
         self.caching, self.done, self.resend, self.degraded = caching, done, resend, degraded
+        self.targets = tuple(targets)  # targeted cache-control fields (RFC 9213): they replace Cache-Control here
 
     def revalidate(self, inb: Inbound) -> bool:
         assert inb.rule is not None
@@ -60,14 +62,15 @@ class RuledLane:
         tags = tuple(tags_for(rule, inb.params, inb.query, inb.headers))
 
         def judge(status: int, headers: CIMultiDictProxy[str], body: bytes) -> Terms | str:
-            if (reason := unstorable_reason(status, headers, body, rule)) is not None:
+            now = self.caching.clock()
+            if (reason := unstorable_reason(status, headers, body, rule, targets=self.targets, now=now)) is not None:
                 return reason
             vary = vary_names(headers)
             if vary is None:
                 return "vary-star"
             r = rule.route
             negative = status != 200
-            return Terms(ttl=min(r.ttl, r.negative_ttl) if negative else r.ttl, route=rule.name,
+            return Terms(ttl=rule_ttl(status, headers, rule, targets=self.targets, now=now), route=rule.name,
                          stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
                          stale_if_error=r.stale_if_error, vary=vary, tags=tags, derive_etag=not rule.echo,
                          keep=keep_for(headers) if self.validators(inb) else 0.0)
@@ -86,7 +89,7 @@ class RuledLane:
             body = echo(entry.body, rule, inb)
             etag = derived_etag(body)
         text = self.degraded(status)
-        resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag)
+        resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag, method=inb.method)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
