@@ -49,6 +49,8 @@ class CacheStatus:
     extra: tuple[tuple[str, str], ...] = field(default=())  # our own parameters: batch-size, cached, fetched
 
     def __str__(self) -> str:
+        if self.hit and not (self.fwd or self.detail or self.extra) and self.ttl is not None:
+            return f"{CACHE}; hit; ttl={self.ttl}"  # the hit path's one shape, without the general assembly
         parts = [CACHE]
         if self.hit:
             parts.append("hit")

@@ -25,6 +25,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     keep: float = 0.0  # kept this long past every window, only to be revalidated with the origin (Varnish's keep)
     source: str = ""  # "batch": what the rule's batch endpoint answered for this item (a client's batch may reuse it)
     date: str = ""  # the origin's Date, sent again with every answer from the entry ("": the time of the answer)
+    gzip: bytes = b""  # the body gzip-coded once at store time, for clients that accept it (policy/encoding.py)
 
     @property
     def is_marker(self) -> bool:
@@ -43,7 +44,7 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
     @property
     def size(self) -> int:
         """Bytes the entry costs a tier: the body plus its headers (close enough to bound memory)."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 128
+        return len(self.body) + len(self.gzip) + sum(len(k) + len(v) for k, v in self.headers) + 128
 
 
 class _Envelope(msgspec.Struct, array_like=True):

@@ -1,4 +1,5 @@
-"""The one way a response becomes a stored entry, and the one way a 304 updates one (RFC 9111 3, 4.3.4)."""
+"""The one way a response becomes a stored entry (with its gzip copy), and the one way a 304 updates one
+(RFC 9111 3, 4.3.4)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from proxy.policy.encoding import gzipped, with_vary
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import stored_headers
 from proxy.policy.validators import derived_etag
@@ -27,6 +29,7 @@ def entry_of(
     source: str = "",
     vary: list[str] | None = None,
     omit: Iterable[str] = (),
+    compress: bool = False,
 ) -> CachedResponse:
     """Headers without cookies, lengths, ages or hop-by-hop ones, and an ETag of our own where the origin sent none
     (`derive_etag` False for answers whose body is rewritten per client, which get theirs per answer). The origin's
@@ -35,10 +38,13 @@ def entry_of(
     kept = stored_headers(headers, omit)
     if derive_etag and not any(k.lower() == "etag" for k, _ in kept):
         kept.append(("ETag", derived_etag(body)))
+    packed = gzipped(body, kept) if compress else b""
+    if packed:
+        kept = with_vary(kept, "Accept-Encoding")
     return CachedResponse(
         status=status, headers=kept, body=body, stored_at=stored_at, ttl=ttl,
         stale_while_revalidate=stale_while_revalidate, stale_if_error=stale_if_error, tags=list(tags or ()),
-        route=route, keep=keep, source=source, vary=list(vary or ()), date=_date(headers, ""),
+        route=route, keep=keep, source=source, vary=list(vary or ()), date=_date(headers, ""), gzip=packed,
     )
 
 
@@ -48,6 +54,8 @@ def refreshed(entry: CachedResponse, not_modified: Iterable[tuple[str, str]], *,
     updates = stored_headers(not_modified)
     replaced = {k.lower() for k, _ in updates}
     headers = [h for h in entry.headers if h[0].lower() not in replaced] + updates
+    if entry.gzip:  # the stored gzip copy still answers clients that accept it: say so whatever the 304 said
+        headers = with_vary(headers, "Accept-Encoding")
     return msgspec.structs.replace(entry, headers=headers, stored_at=now, date=_date(not_modified, entry.date))
 
 

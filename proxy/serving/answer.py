@@ -12,6 +12,7 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDictProxy
 
 from proxy.config.rules import CompiledRule, field_value
+from proxy.policy.encoding import accepts_gzip, weak
 from proxy.policy.entry import CachedResponse
 from proxy.policy.ranges import ByteRange, byte_range, if_range_holds
 from proxy.policy.validators import not_modified
@@ -50,6 +51,10 @@ def from_entry(
             return web.Response(status=304, headers=kept + extra + ([("Date", entry.date)] if entry.date else []))
     if "Range" in request and entry.status == 200 and method == "GET":
         return _ranged(request, entry, headers, extra, entry.body if body is None else body, cache_status, etag)
+    if entry.gzip and body is None and accepts_gzip(request.get("Accept-Encoding")):
+        coded = [(k, weak(v)) if k.lower() == "etag" else (k, v) for k, v in headers]
+        return StoredAnswer(entry.status, [*coded, ("Content-Encoding", "gzip"), *extra], entry.gzip, cache_status,
+                            entry.date)
     return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status, entry.date)
 
 

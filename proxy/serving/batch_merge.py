@@ -92,18 +92,17 @@ class BatchMerge:
             return await self._relay(body, forward, raw_path, "batch-unreadable")
         slots = [self._slot(i, item, headers) for i, item in enumerate(items)]
         keys = [s.key for s in slots if s.key is not None]
-        entries = await self._entries(keys, headers)
-        failures = await self._entries([failure_key(k) for k in keys], headers)
+        found = await self._entries([*keys, *(failure_key(k) for k in keys)], headers)  # one round trip for all
         now, cached = self.clock(), 0
         for s in slots:
             if s.key is None:
                 continue
-            entry = entries.get(s.key)
+            entry = found.get(s.key)
             # Only what the batch endpoint itself answered for this item: a single request's answer may differ.
             if entry is not None and entry.source == "batch" and entry.status == 200 and \
                     state(entry, now) is State.FRESH and entry.body.lstrip()[:1] == b"{":
                 s.body, cached = entry.body, cached + 1
-            elif (failed := failures.get(failure_key(s.key))) is not None and state(failed, now) is State.FRESH:
+            elif (failed := found.get(failure_key(s.key))) is not None and state(failed, now) is State.FRESH:
                 s.failure, cached = msgspec.json.decode(failed.body), cached + 1
         origin = headers.get("Origin", "")
         if all(s.body is not None or s.failure is not None for s in slots) and origin not in self.route.learned:
@@ -218,7 +217,8 @@ class BatchMerge:
         terms = Terms(ttl=min(r.ttl, r.negative_ttl) if failed else r.ttl, route=self.rule.name,
                       stale_while_revalidate=0.0 if failed else r.stale_while_revalidate,
                       stale_if_error=0.0 if failed else r.stale_if_error, vary=vary,
-                      tags=tuple(tags_for(self.rule, params, query, hdrs)), source="batch", derive_etag=not failed)
+                      tags=tuple(tags_for(self.rule, params, query, hdrs)), source="batch", derive_etag=not failed,
+                      compress=not failed and not self.rule.echo)
         key = failure_key(slot.key) if failed else slot.key
         self.filler.store(key, request, status, headers.items(), body, terms, since=self.tiers.generation)
 

@@ -77,7 +77,9 @@ class Caching:
         self.coalescer: Coalescer[str, Fill] = Coalescer()
 
     async def serve(self, inb: Inbound, request: web.BaseRequest, lane: Lane) -> web.StreamResponse:
-        entry = await self.tiers.find(inb.key, inb.headers)
+        entry = self.tiers.local(inb.key)  # a memory hit costs no await
+        if entry is None or entry.is_marker:
+            entry = await self.tiers.find(inb.key, inb.headers)
         now = self.clock()
         revalidate = inb.forced or lane.revalidate(inb)
         decision = decide(entry, now, revalidate=revalidate, validators=lane.validators(inb) and not inb.forced)
@@ -103,6 +105,7 @@ class Caching:
 
     def refresh(self, inb: Inbound, lane: Lane, stale: CachedResponse) -> None:
         """Refresh a key in the background, once however many requests see it stale (RFC 5861 3)."""
+        inb.detach()
         conditions = self.conditions(inb, lane, stale)
         self.coalescer.start(inb.key, lambda: self.filler.once(
             inb, inb.key, lane.judge(inb), stale=stale, conditions=conditions, send_host=lane.send_host(inb)))

@@ -40,6 +40,7 @@ class Terms:
     derive_etag: bool = True
     source: str = ""
     age: float = 0.0  # how old the answer already was when it arrived (RFC 9111 4.2.3)
+    compress: bool = True  # keep a gzip copy beside the body (not for bodies rewritten per client)
     omit: tuple[str, ...] = ()  # fields never stored (`no-cache="field"`, RFC 9111 5.2.2.4)
 
 
@@ -92,6 +93,7 @@ class Filler:
         """`fetch` under the key's Redis lease: one process of all that share Redis fetches, the others adopt.
         A forced fill (the client asked past the cache) never adopts another process's copy."""
         since = self.tiers.generation
+        inb.detach()  # the fill runs as its own task, which may outlive the client's connection
 
         async def fetch() -> Fill:
             return await self.fetch(inb, key, judge, stale=stale, conditions=conditions, send_host=send_host,
@@ -150,7 +152,7 @@ class Filler:
         entry = entry_of(status, headers, body, stored_at=now, ttl=terms.ttl + terms.age, route=terms.route,
                          stale_while_revalidate=terms.stale_while_revalidate, stale_if_error=terms.stale_if_error,
                          tags=tags, keep=terms.keep, derive_etag=terms.derive_etag, source=terms.source,
-                         vary=list(terms.vary), omit=terms.omit)
+                         vary=list(terms.vary), omit=terms.omit, compress=terms.compress)
         if terms.vary:
             marker = CachedResponse(status=0, headers=[], body=b"", stored_at=now, ttl=terms.ttl + terms.age,
                                     stale_while_revalidate=terms.stale_while_revalidate,

@@ -105,8 +105,7 @@ class ProxyHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         method = request.method
-        inb = Inbound(method, request.raw_path, request.headers, peer=request.remote, scheme=request.scheme,
-                      host=request.host, started=started)
+        inb = Inbound(request, started)
         if method in ("GET", "HEAD") and (known := self._targets.get(inb.raw_path)) is not None:
             rule, params, key, pattern = known  # seen before: no path decoding, query parsing, matching or key
             if private_request_reason(inb.headers, rule) is None:

@@ -3,7 +3,8 @@ which a background fill or refresh must not hold past its response)."""
 
 from __future__ import annotations
 
-from multidict import CIMultiDictProxy, MultiDictProxy
+from aiohttp import web
+from multidict import MultiDictProxy
 from yarl import URL
 
 from proxy.config.rules import CompiledRule
@@ -14,24 +15,45 @@ class Inbound:
 
     `path` and `query` are decoded on first use only: a remembered hit never needs them."""
 
-    __slots__ = ("method", "raw_path", "headers", "peer", "scheme", "host", "started", "rule", "params", "key",
-                 "pattern", "forced", "_url")
+    __slots__ = ("method", "raw_path", "headers", "started", "rule", "params", "key", "pattern", "forced", "_url",
+                 "_request", "_peer", "_scheme", "_host")
 
-    def __init__(self, method: str, raw_path: str, headers: CIMultiDictProxy[str], *, peer: str | None, scheme: str,
-                 host: str | None, started: float) -> None:
-        self.method = method
-        self.raw_path = raw_path  # path and query, byte for byte as the client sent them
-        self.headers = headers
-        self.peer = peer
-        self.scheme = scheme
-        self.host = host
+    def __init__(self, request: web.BaseRequest, started: float) -> None:
+        self.method = request.method
+        self.raw_path = request.raw_path  # path and query, byte for byte as the client sent them
+        self.headers = request.headers
         self.started = started  # perf_counter at dispatch
+        # Where it came from is read from the connection only when needed (a hit never needs it), and kept by
+        # `detach` before anything outlives the handler.
+        self._request: web.BaseRequest | None = request
+        self._peer: str | None = None
+        self._scheme = "http"
+        self._host: str | None = None
         self.rule: CompiledRule | None = None
         self.params: dict[str, str] = {}  # decoded path parameters (tags, batch items, echo)
         self.key = ""
         self.pattern = 0
         self.forced = False  # the rule's `refresh_when` holds: fetch, and store under the plain key
         self._url: URL | None = None
+
+    def detach(self) -> Inbound:
+        """Read what the connection says of the request, and let go of it: a fill or refresh may outlive it."""
+        if self._request is not None:
+            request, self._request = self._request, None
+            self._peer, self._scheme, self._host = request.remote, request.scheme, request.host
+        return self
+
+    @property
+    def peer(self) -> str | None:
+        return self.detach()._peer
+
+    @property
+    def scheme(self) -> str:
+        return self.detach()._scheme
+
+    @property
+    def host(self) -> str | None:
+        return self.detach()._host
 
     @property
     def url(self) -> URL:
