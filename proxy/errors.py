@@ -4,7 +4,9 @@
     ├── ConfigError            a config or rules file is wrong; the proxy refuses to start
     ├── UpstreamError          the backend could not give a complete answer  -> 502
     │   ├── UpstreamConnectError   refused, reset, DNS                        -> 502
-    │   └── UpstreamTimeout        connect or read timeout (also a TimeoutError) -> 504
+    │   ├── UpstreamTimeout        connect or read timeout (also a TimeoutError) -> 504
+    │   └── UpstreamBusy           no pooled connection came free in time        -> 503
+    ├── ListenerError          a listener cannot bind its address; the proxy refuses to start
     └── CacheBackendError      Redis failed; never fails a request, only degrades the cache
 """
 
@@ -37,6 +39,14 @@ class UpstreamConnectError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """The upstream took longer than the configured connect or read timeout."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every pooled connection stayed in use for `pool_timeout`: the backend is saturated, try again shortly."""
+
+
+class ListenerError(ProxyError):
+    """A listener could not bind its address (in use, not resolvable, not local); the message names it."""
 
 
 class CacheBackendError(ProxyError):

@@ -41,11 +41,23 @@ class UpstreamConfig(_Strict, frozen=True):
     health_path: str = "/health"
     connect_timeout: Duration = Duration.of("2s")
     read_timeout: Duration = Duration.of("30s")
+    # Below the 5 s after which uvicorn and Node close an idle keep-alive connection: a pooled connection is
+    # dropped here before the backend can close it under a request in flight.
+    keepalive_timeout: Duration = Duration.of("4s")
     max_connections: Count = 256
+    # WebSockets and streamed pass-through hold a connection as long as the client does: a pool of their own,
+    # so they never take the connections that fills need.
+    max_passthrough_connections: Count = 256
+    pool_timeout: Duration = Duration.of("2s")  # waiting for a free connection, then 503 with Retry-After
     max_batch_calls: Count = 8
     max_fallback_calls: Count = 20
 
     def __post_init__(self) -> None:
+        for name in ("connect_timeout", "read_timeout", "keepalive_timeout", "pool_timeout"):
+            if getattr(self, name) <= 0:  # aiohttp reads 0 as "no timeout at all"
+                raise ValueError(f"`{name}` must be longer than 0s")
+        if not self.health_path.startswith("/"):
+            raise ValueError(f"`health_path` must start with /, got {self.health_path!r}")
         u = URL(self.url)
         if u.scheme not in ("http", "https") or not u.host:
             raise ValueError(f"`url` must be an http:// or https:// URL with a host, got {self.url!r}")
@@ -117,15 +129,27 @@ class ListenConfig(_Strict, frozen=True):
     # Peers (CIDRs) whose X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced (first hop).
     trusted_proxies: list[str] = []
     admin_hosts: list[str] = []  # extra `Host` names the admin listener answers for, besides loopback and its IP
+    header_timeout: Duration = Duration.of("10s")  # from a request's first byte (or the accept) to its last header
+    keepalive_timeout: Duration = Duration.of("75s")  # an idle client connection between requests
+    max_connections: Annotated[int, Meta(ge=0)] = 0  # open client connections; 0: from the descriptor limit
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.admin_hosts):
             if not _is_host(name):
                 raise ValueError(f"`admin_hosts[{i}]` must be a host name or IP address without a port, got {name!r}")
-        for name in ("listen", "admin"):
-            parse_hostport(getattr(self, name), field=name)
+        addresses = {"listen": parse_hostport(self.listen, field="listen"),
+                     "admin": parse_hostport(self.admin, field="admin")}
         if self.metrics:
-            parse_hostport(self.metrics, field="metrics")
+            addresses["metrics"] = parse_hostport(self.metrics, field="metrics")
+        seen: dict[tuple[str, int], str] = {}
+        for name, address in addresses.items():
+            if address[1] and (other := seen.get(address)) is not None:
+                raise ValueError(f"`{name}` and `{other}` are both {getattr(self, name)}: each listener needs its "
+                                 "own port")
+            seen[address] = name
+        for name in ("header_timeout", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be longer than 0s")
         for i, cidr in enumerate(self.trusted_proxies):
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -15,6 +15,7 @@ _DURATION: Final = re.compile(rf"^\s*{_PART}(?:\s*{_PART})*\s*$")
 _PARTS: Final = re.compile(_PART)
 _ORDER: Final = ("d", "h", "m", "s", "ms")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION: Final = 365 * 86400.0  # longer is a typo, and would overflow what Redis takes as an expiry
 _SIZE: Final = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNITS: Final = {
     None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3
@@ -33,6 +34,8 @@ class Duration(float):
         if not parts or ranks != sorted(set(ranks)):  # "30m1h" or "1m1m" is more likely a typo than meant
             raise ValueError(f"Expected a duration such as \"200ms\", \"30s\", \"5m\", \"24h\", got {value!r}")
         d = cls(sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts))
+        if d > MAX_DURATION:
+            raise ValueError(f"Expected a duration of at most 365d, got {value!r}")
         d.text = str(value).strip()
         return d
 

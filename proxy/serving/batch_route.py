@@ -267,7 +267,8 @@ class BatchRoute:
         out["Accept-Encoding"] = "identity"  # the reply is parsed here
         self.metrics.batch_sent(self.rule.name, len(items))
         body = self.spec.body(items, base)
-        resp = await self.upstream.call(self.rule.name, self.spec.method, self.spec.path, out, body)
+        resp = await self.upstream.call(self.rule.name, self.spec.method, self.spec.path, out, body,
+                                        retry_safe=True)  # a read, whatever its method
         kept = CIMultiDictProxy(end_to_end(resp.headers, drop=_REPLY_ONLY))
         if resp.status == 200:
             self.learn(headers.get("Origin", ""), kept)

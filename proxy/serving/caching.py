@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proxy.cache.tiers import TieredCache
 from proxy.concurrency.coalescer import Coalescer
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import UpstreamBusy, UpstreamError, UpstreamTimeout
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.decision import Fetch, Hit, Revalidate, ServeStale, decide
 from proxy.policy.entry import CachedResponse
@@ -32,7 +32,7 @@ ERROR_STATUSES: Final = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stal
 
 
 def error_status(exc: UpstreamError) -> int:
-    return 504 if isinstance(exc, UpstreamTimeout) else 502
+    return 504 if isinstance(exc, UpstreamTimeout) else 503 if isinstance(exc, UpstreamBusy) else 502
 
 
 class Lane(Protocol):

@@ -38,6 +38,7 @@ from proxy.serving.passthrough import BODY_BYTES
 from proxy.serving.ruled import RuledLane
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.access_log import AccessLog
+from proxy.telemetry.log_throttle import LogThrottle
 from proxy.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecache")
@@ -78,6 +79,7 @@ class ProxyHandler:
                                   max_entry_bytes=max_entry_bytes, trust=trust, targets=targets)
                        if unruled == "origin" else None)
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
+        self.log_throttle = LogThrottle(log)  # one WARNING per route and kind of failure per interval
         self._tasks: set[asyncio.Task[int]] = set()
         self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int]] = {}
         self._target_bytes = 0
@@ -220,13 +222,23 @@ class ProxyHandler:
 
     def _error(self, inb: Inbound, exc: UpstreamError) -> web.StreamResponse:
         status = error_status(exc)
-        log.warning("route %s: %s", inb.route, exc)
-        kind = "upstream_timeout" if status == 504 else "upstream_unavailable"
-        body = msgspec.json.encode({"error": kind, "message": str(exc), "status": status})
+        kind, message = _ERRORS[status]  # the kind only: the backend's address and aiohttp's words go to the log
+        self.log_throttle.warning((inb.route, kind), "route %s: %s", inb.route, exc)
+        if status == 503:
+            self.metrics.pool_timeout(inb.route)
+        body = msgspec.json.encode({"error": kind, "message": message, "status": status})
         cs = CacheStatus(fwd="miss", detail=(kind.replace("_", "-"),))
         resp = web.Response(status=status, body=body, content_type="application/json",
-                            headers={"Cache-Status": str(cs), "Via": VIA})
+                            headers={"Cache-Status": str(cs), "Via": VIA, **_RETRY_AFTER.get(status, {})})
         return self._done(inb, resp, cs, "error", None)
+
+
+_ERRORS: Final = {
+    502: ("upstream_unavailable", "the upstream could not be reached or did not give a complete answer"),
+    503: ("upstream_busy", "every connection to the upstream is in use; try again shortly"),
+    504: ("upstream_timeout", "the upstream did not answer in time"),
+}
+_RETRY_AFTER: Final = {503: {"Retry-After": "1"}}
 
 
 def body_bytes(method: str, resp: web.StreamResponse) -> int:

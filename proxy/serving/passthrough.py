@@ -11,12 +11,12 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import UpstreamError
 from proxy.serving.headers import NOBODY, VIA, Forwarding, end_to_end, upstream_headers
-from proxy.serving.upstream import Overflow, UpstreamClient
+from proxy.serving.upstream import IDEMPOTENT, Overflow, Pool, UpstreamClient
 
 CHUNK: Final = 64 * 1024
 BODY_BYTES: Final = web.ResponseKey("body_bytes", int)  # what a relayed answer's body came to, for the access log
+REPLAYABLE: Final = 64 * 1024  # an idempotent request's body up to this is read whole before it is sent
 
 
 @dataclass
@@ -70,8 +70,12 @@ async def forward(
     if websocket:
         assert isinstance(cache_status, str)
         return await _websocket(request, upstream, cache_status, headers), None
-    body = request.content if request.body_exists else None
-    async with upstream.open(request.method, request.raw_path, headers, body) as up:
+    body: bytes | aiohttp.StreamReader | None = request.content if request.body_exists else None
+    if body is not None and request.method in IDEMPOTENT and 0 <= (request.content_length or -1) <= REPLAYABLE:
+        body = await request.read()  # whole, so a retry on a fresh connection can send it again
+    # An answer that may be stored is a fill; the rest stays on the streams pool, however long it lasts.
+    pool: Pool = "fills" if callable(cache_status) else "streams"
+    async with upstream.open(request.method, request.raw_path, headers, body, pool=pool) as up:
         status, tee = cache_status(up.status, up.headers) if callable(cache_status) else (cache_status, None)
         if tee is not None:
             tee.headers = up.headers
@@ -125,11 +129,7 @@ async def _websocket(request: web.BaseRequest, upstream: UpstreamClient, cache_s
                      headers: CIMultiDict[str]) -> web.StreamResponse:
     """Open the upstream socket first, so a refused upstream is a 502 rather than a socket closed at once."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    url = upstream.url(request.raw_path)
-    try:
-        up = await upstream.session.ws_connect(url, headers=headers, protocols=protocols, autoping=False)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(f"cannot open WebSocket to upstream {url.host}:{url.port}: {exc}", url=str(url)) from exc
+    up = await upstream.ws_connect(request.raw_path, headers, protocols)
     ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), autoping=False)
     ws.headers["Cache-Status"] = cache_status
     await ws.prepare(request)

@@ -1,12 +1,26 @@
-"""The one client the proxy uses to reach the backend; aiohttp's exceptions become UpstreamError here."""
+"""The one client the proxy uses to reach the backend; aiohttp's exceptions become UpstreamError here.
+
+Two pools, each a ClientSession with its own connector: `fills` for what may be stored (ruled fills, batch calls,
+origin-cached GETs) and `streams` for what lives as long as its client (WebSockets, streamed pass-through), so
+long-lived connections never take the slots that fills need. Waiting for a free connection is bounded: past
+`pool_timeout` the request fails as UpstreamBusy (503), never hangs until the client gives up.
+
+Keep-alive: pooled connections are dropped after `keepalive_timeout`, below the backend's own idle timeout. A
+request can still cross the backend's close of an idle connection on the wire; aiohttp then retries the
+idempotent methods once by itself (RFC 9112 9.3.1), and this module retries the proxy's own batch calls, which
+are reads sent as POST, once when they failed on a reused connection. A client's POST is never sent twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Final, Literal
 
 import aiohttp
 import msgspec
@@ -14,12 +28,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config.settings import UpstreamConfig
-from proxy.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.errors import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from proxy.telemetry.metrics import Metrics
 
 _UNCLAIMED: Final = 5.0  # seconds an Overflow waits for its client before closing itself
 # aiohttp would otherwise add these on its own, and the proxy must forward only what the client sent.
 _SKIP_AUTO: Final = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+# RFC 9110 9.2.2; aiohttp retries these once itself when a pooled connection turns out closed.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+Pool = Literal["fills", "streams"]
 
 
 class UpstreamResponse(msgspec.Struct, frozen=True):
@@ -52,38 +69,86 @@ class Overflow:
         self.resp.close()  # nobody streams it: drop the connection rather than hold it
 
 
+@dataclass
+class _Attempt:
+    """What aiohttp's trace signals said about one request's connection."""
+
+    reused: bool = False
+    queued: bool = False  # waiting for a free connection in the pool right now
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("sidecache_upstream_attempt", default=None)
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    """Signals run inside the request's own task, so the attempt set around the call is the one they see."""
+
+    async def reused(_s: aiohttp.ClientSession, _c: SimpleNamespace, _p: object) -> None:
+        if (attempt := _ATTEMPT.get()) is not None:
+            attempt.reused = True
+
+    async def queued(_s: aiohttp.ClientSession, _c: SimpleNamespace, _p: object) -> None:
+        if (attempt := _ATTEMPT.get()) is not None:
+            attempt.queued = True
+
+    async def dequeued(_s: aiohttp.ClientSession, _c: SimpleNamespace, _p: object) -> None:
+        if (attempt := _ATTEMPT.get()) is not None:
+            attempt.queued = False
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(reused)
+    trace.on_connection_queued_start.append(queued)
+    trace.on_connection_queued_end.append(dequeued)
+    trace.freeze()
+    return trace
+
+
 class UpstreamClient:
-    """One pooled ClientSession for the life of the proxy, with bounded connections and timeouts from config."""
+    """Two pooled ClientSessions for the life of the proxy, with bounded connections and timeouts from config."""
 
     def __init__(self, config: UpstreamConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.base = URL(config.url)
         self._root = str(self.base.origin()) + self.base.raw_path.rstrip("/")
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.max_connections, enable_cleanup_closed=False),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
-            ),
+        self.retries = 0  # batch calls sent again after a reused connection failed under them
+        self.sessions: dict[Pool, aiohttp.ClientSession] = {
+            "fills": self._session(config.max_connections),
+            "streams": self._session(config.max_passthrough_connections),
+        }
+        self.session = self.sessions["fills"]
+
+    def _session(self, limit: int) -> aiohttp.ClientSession:
+        c = self.config
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=c.keepalive_timeout,
+                                           enable_cleanup_closed=False),
+            # `connect` bounds the wait for a pooled connection plus opening one (`sock_connect`); which of the
+            # two ran out is told apart by the trace signals.
+            timeout=aiohttp.ClientTimeout(total=None, connect=c.pool_timeout + c.connect_timeout,
+                                          sock_connect=c.connect_timeout, sock_read=c.read_timeout),
             auto_decompress=False,  # bytes pass through as the origin encoded them
             skip_auto_headers=_SKIP_AUTO,
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
+            trace_configs=[_tracing()],
         )
 
     async def close(self) -> None:
-        await self.session.close()
+        for session in self.sessions.values():
+            await session.close()
 
     def url(self, raw_path_qs: str) -> URL:
         """The upstream URL for a request target, its path and query kept byte for byte."""
         return URL(self._root + raw_path_qs, encoded=True)
 
     async def call(
-        self, route: str, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None
+        self, route: str, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *,
+        retry_safe: bool = False,
     ) -> UpstreamResponse:
         """`fetch`, instrumented: the one place an upstream call's time, status and error class are counted."""
         t0 = time.perf_counter()
         try:
-            resp = await self.fetch(method, raw_path_qs, headers, body)
+            resp = await self.fetch(method, raw_path_qs, headers, body, retry_safe=retry_safe)
         except UpstreamError as exc:
             if self.metrics is not None:
                 self.metrics.upstream_error(route, type(exc).__name__)
@@ -112,7 +177,7 @@ class UpstreamClient:
                     else:
                         out = UpstreamResponse(resp.status, resp.headers, body)
                 except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise _convert(exc, self.url(raw_path_qs)) from exc
+                    raise convert(exc, self.url(raw_path_qs)) from exc
         except BaseException as exc:
             await stack.aclose()
             if isinstance(exc, UpstreamError) and self.metrics is not None:
@@ -125,32 +190,66 @@ class UpstreamClient:
         return out
 
     async def fetch(
-        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None
+        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *, retry_safe: bool = False
     ) -> UpstreamResponse:
-        """Send a request and read the whole answer; a body cut short is an error, never a response."""
-        async with self.open(method, raw_path_qs, headers, body) as resp:
+        """Send a request and read the whole answer; a body cut short is an error, never a response.
+
+        `retry_safe`: the request is a read whatever its method (the proxy's own batch calls), so it may be sent
+        again once when a reused connection failed before the answer came."""
+        async with self.open(method, raw_path_qs, headers, body, retry_safe=retry_safe) as resp:
             try:
                 data = await resp.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _convert(exc, self.url(raw_path_qs)) from exc
+                raise convert(exc, self.url(raw_path_qs)) from exc
             return UpstreamResponse(resp.status, resp.headers, data)
 
     @asynccontextmanager
     async def open(
-        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None
+        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *,
+        retry_safe: bool = False, pool: Pool = "fills",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose body the caller streams; errors while connecting are converted."""
         url = self.url(raw_path_qs)
-        try:
-            resp = await self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False, compress=None
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _convert(exc, url) from exc
+        session = self.sessions[pool]
+        again = retry_safe and method not in IDEMPOTENT and isinstance(body, (bytes, type(None)))
+        while True:
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                resp = await session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False, compress=None
+                )
+                break
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                # The backend closed a kept-alive connection as this request went out on it: nothing was
+                # answered, and a read may be sent again on a new connection (RFC 9112 9.3.1).
+                if not (again and attempt.reused) or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise convert(exc, url, attempt) from exc
+                again = False
+                self.retries += 1
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise convert(exc, url, attempt) from exc
+            finally:
+                _ATTEMPT.reset(token)
         try:
             yield resp
         finally:
             resp.release()
+
+    async def ws_connect(
+        self, raw_path_qs: str, headers: CIMultiDict[str], protocols: Iterable[str]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to the backend, on the streams pool: it holds its connection as long as its client."""
+        url = self.url(raw_path_qs)
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
+        try:
+            return await self.sessions["streams"].ws_connect(url, headers=headers, protocols=protocols,
+                                                             autoping=False)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise convert(exc, url, attempt) from exc
+        finally:
+            _ATTEMPT.reset(token)
 
 
 async def _read_upto(resp: aiohttp.ClientResponse, n: int) -> bytes:
@@ -162,8 +261,11 @@ async def _read_upto(resp: aiohttp.ClientResponse, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _convert(exc: BaseException, url: URL) -> UpstreamError:
+def convert(exc: BaseException, url: URL, attempt: _Attempt | None = None) -> UpstreamError:
+    """The UpstreamError for an aiohttp or socket failure; its message (for the log, never a client) has detail."""
     where = f"{url.scheme}://{url.host}:{url.port}"
+    if attempt is not None and attempt.queued and isinstance(exc, asyncio.TimeoutError):
+        return UpstreamBusy(f"no connection to upstream {where} came free in time", url=str(url))
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(f"upstream {where} did not answer in time", url=str(url))
     if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError)):

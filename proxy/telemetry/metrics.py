@@ -81,6 +81,7 @@ class Metrics:
         self.expired: dict[str, Histogram] = {}  # route -> how long past its TTL the entry a lookup found was
         self.not_stored: Counter[tuple[str, str]] = Counter()  # (route, reason) of fills that were not stored
         self.reloads: Counter[str] = Counter()  # "ok" | "rejected"
+        self.pool_timeouts: Counter[str] = Counter()  # route -> answered 503: no upstream connection came free
         # Across `--workers`, a registered gauge's samples are summed unless named here ("max" or "min").
         self.gauge_merge: dict[str, str] = {"sidecache_redis_up": "min"}
 
@@ -105,6 +106,9 @@ class Metrics:
 
     def upstream_error(self, route: str, error: str) -> None:
         self.upstream_errors[(route, error)] += 1
+
+    def pool_timeout(self, route: str) -> None:
+        self.pool_timeouts[route] += 1
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=False)
