@@ -162,6 +162,9 @@ def _operations(m: Metrics) -> Iterator[Metric]:
                      "Lookups that found an entry past its TTL, by how long past, by route.", m.expired)
     yield _counter("sidecache_fills_not_stored", "Upstream answers that were not stored, by route and reason.",
                    ["route", "reason"], m.not_stored)
+    yield _counter("sidecache_upstream_pool_timeouts",
+                   "Requests answered 503: no upstream connection came free within pool_timeout, by route.",
+                   ["route"], m.pool_timeouts)
     yield _counter("sidecache_config_reloads", "Config and rules reloads by result (ok, rejected).", ["result"],
                    m.reloads)
     for name, kind in RESERVED.items():
