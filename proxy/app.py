@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 from aiohttp import web
 
@@ -18,11 +21,12 @@ from proxy.cache.tiers import TieredCache
 from proxy.config.reload import Reloaded, Sources, live_config, load_sources
 from proxy.config.rules import RuleSet
 from proxy.config.settings import Config, check_admin_exposure, parse_hostport
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenerError
 from proxy.ops import admin
 from proxy.ops.stats import History, sample_of
 from proxy.serving.handler import ProxyHandler
 from proxy.serving.headers import Forwarding
+from proxy.serving.listener import ProxyServer, connection_bound
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.access_log import AccessLog
 from proxy.telemetry.metrics import Metrics
@@ -77,6 +81,7 @@ class Sidecar:
         self._runners: list[web.BaseRunner] = []
         self.upstream: UpstreamClient | None = None
         self.handler: ProxyHandler | None = None
+        self.server: ProxyServer | None = None
         self.proxy_url = ""
         self.admin_url = ""
 
@@ -98,30 +103,35 @@ class Sidecar:
                                     targets=self.config.defaults.targeted_cache_control)
         self._register_gauges()
         self.handler.access_log = self._access_log()
-        server = web.Server(self.handler, access_log=None, handler_cancellation=True)
-        runner = web.ServerRunner(server, handle_signals=False, access_log=None, shutdown_timeout=5)
-        await runner.setup()
-        self._runners.append(runner)
-        host, port = parse_hostport(self.config.server.listen)
-        site = web.TCPSite(runner, host, port, reuse_port=self.reuse_port or None, backlog=1024)
-        await site.start()
-        self.proxy_url = _url_of(runner)
+        srv = self.config.server
+        self.server = ProxyServer(self.handler, access_log=None, handler_cancellation=True,
+                                  keepalive_timeout=srv.keepalive_timeout, header_timeout=srv.header_timeout,
+                                  max_connections=connection_bound(self.config))
+        self._register_listener_gauges(self.server)
+        runner = web.ServerRunner(self.server, handle_signals=False, access_log=None, shutdown_timeout=5)
+        self.proxy_url = await self._bind(runner, "listen", reuse_port=self.reuse_port or None, backlog=1024)
         if self.serve_admin:
             admin_runner = web.AppRunner(admin.build_admin_app(self), handle_signals=False, access_log=None)
-            await admin_runner.setup()
-            self._runners.append(admin_runner)
-            ahost, aport = parse_hostport(self.config.server.admin)
-            asite = web.TCPSite(admin_runner, ahost, aport)
-            await asite.start()
-            self.admin_url = _url_of(admin_runner)
+            self.admin_url = await self._bind(admin_runner, "admin")
             if self.config.server.metrics:
                 metrics_runner = web.AppRunner(admin.build_metrics_app(self), handle_signals=False, access_log=None)
-                await metrics_runner.setup()
-                self._runners.append(metrics_runner)
-                mhost, mport = parse_hostport(self.config.server.metrics)
-                await web.TCPSite(metrics_runner, mhost, mport).start()
-                self.metrics_url = _url_of(metrics_runner)
+                self.metrics_url = await self._bind(metrics_runner, "metrics")
         self._ticker = asyncio.ensure_future(self._tick())
+
+    async def _bind(self, runner: web.BaseRunner, name: str, **site: object) -> str:
+        """Start a listener on `[server] <name>`; a bind that fails is one line naming the address, not a traceback."""
+        await runner.setup()
+        self._runners.append(runner)
+        address = getattr(self.config.server, name)
+        host, port = parse_hostport(address)
+        try:
+            await web.TCPSite(runner, host, port, **site).start()  # type: ignore[arg-type]
+        except OSError as exc:
+            reason = _BIND_REASONS.get(exc.errno or 0) if not isinstance(exc, socket.gaierror) else \
+                "the host name does not resolve"
+            raise ListenerError(f"server.{name}: cannot listen on {address}: "
+                                f"{reason or exc.strerror or exc}") from exc
+        return _url_of(runner)
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -203,6 +213,13 @@ class Sidecar:
             self.workers.write(snapshot_of(self.metrics, worker=self.worker_index, started_at=self.started_at,
                                            now=self.clock()))
 
+    def _register_listener_gauges(self, server: ProxyServer) -> None:
+        m = self.metrics
+        m.gauges["sidecache_client_connections"] = lambda: [({}, float(server.open))]
+        m.gauges["sidecache_client_connections_max"] = lambda: [({}, float(server.max_connections))]
+        m.counters["sidecache_client_connections_refused"] = lambda: [({}, float(server.refused))]
+        m.counters["sidecache_client_header_timeouts"] = lambda: [({}, float(server.header_timeouts))]
+
     def _register_gauges(self) -> None:
         m, mem = self.metrics, self.memory
         m.gauges["sidecache_cache_entries"] = lambda: [({"tier": "memory"}, float(len(mem)))]
@@ -219,6 +236,13 @@ class Sidecar:
             m.counters["sidecache_redis_errors"] = lambda: [
                 ({"error": e}, float(n)) for e, n in sorted(redis.errors.items())]
 
+
+
+_BIND_REASONS: Final = {
+    errno.EADDRINUSE: "the address is already in use (another sidecache, or another listener of this one?)",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
 
 
 def _url_of(runner: web.BaseRunner) -> str:

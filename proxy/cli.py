@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Final
 
 from proxy import __version__
+from proxy.cache.redis.tier import open_redis
 from proxy.config.reload import Overrides, Sources
 from proxy.config.rules import RuleSet, load_rules
 from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ListenerError
 from proxy.telemetry.logs import LEVELS, configure
 
 BUNDLED: Final = Path(__file__).parent / "defaults"  # the A1Betting rules, used when there is no ./rules
@@ -42,6 +43,18 @@ def _logging() -> argparse.ArgumentParser:
     return p
 
 
+def _overrides(p: argparse.ArgumentParser) -> None:
+    """The flags that layer over the config file: `serve` runs with them, `check` validates with them."""
+    p.add_argument("--upstream", help="backend URL (env SIDECACHE_UPSTREAM)")
+    p.add_argument("--redis", help="Redis URL for the shared tier (env SIDECACHE_REDIS_URL)")
+    p.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:9901)")
+    p.add_argument("--workers", type=int, help="processes sharing the proxy port (SO_REUSEPORT)")
+    p.add_argument("--metrics", help="read-only listener HOST:PORT for Prometheus: /metrics, /healthz, /readyz")
+    p.add_argument("--access-log", action="store_const", const=True, default=None,
+                   help="one JSON line per request on stdout (config: [server] access_log)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sidecache", description="A caching reverse-proxy sidecar.")
     ap.add_argument("--version", action="version", version=f"sidecache {__version__}")
@@ -49,18 +62,13 @@ def parser() -> argparse.ArgumentParser:
     logs = _logging()
     serve = sub.add_parser("serve", help="run the proxy", parents=[logs])
     _common(serve)
-    serve.add_argument("--upstream", help="backend URL (env SIDECACHE_UPSTREAM)")
-    serve.add_argument("--redis", help="Redis URL for the shared tier (env SIDECACHE_REDIS_URL)")
-    serve.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8080)")
-    serve.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:9901)")
-    serve.add_argument("--workers", type=int, help="processes sharing the proxy port (SO_REUSEPORT)")
+    _overrides(serve)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    serve.add_argument("--metrics", help="read-only listener HOST:PORT for Prometheus: /metrics, /healthz, /readyz")
-    serve.add_argument("--access-log", action="store_const", const=True, default=None,
-                       help="one JSON line per request on stdout (config: [server] access_log)")
     serve.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)  # the supervisor's, for workers
-    check = sub.add_parser("check", help="validate config and rules; exit 2 on error", parents=[logs])
+    check = sub.add_parser("check", help="validate config and rules as `serve` with the same flags and environment "
+                                         "would run them; exit 2 on error", parents=[logs])
     _common(check)
+    _overrides(check)
     demo = sub.add_parser("demo", help="sample backend + proxy + a burst of traffic, then the numbers",
                           parents=[logs])
     _common(demo)
@@ -115,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level, args.log_format)
     try:
         if args.command == "check":
-            config, rules = load(args)
-            problems = check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN"))
-            if problems:
-                raise ConfigError(problems)
+            config, rules = configured(args)
+            open_redis(config.redis)  # what the Redis client refuses in the URL, without connecting
             print("\n".join(rules_summary(rules)))
             print(f"ok: {len(rules.rules)} rules; upstream {config.upstream.url}")
             return 0
@@ -138,18 +144,27 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
         print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)
         return 2
+    except ListenerError as exc:
+        print(f"sidecache: refusing to start: {exc}", file=sys.stderr)
+        return 2
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def configured(args: argparse.Namespace) -> tuple[Config, RuleSet]:
+    """What `serve` runs with: the files, then the environment, then the flags, checked as a whole."""
     config, rules = load(args)
     config = apply_overrides(
         config, upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
         workers=args.workers, metrics=args.metrics, access_log=args.access_log,
     )
-    token = os.environ.get("SIDECACHE_ADMIN_TOKEN")
-    if problems := check_admin_exposure(config, token):
+    if problems := check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN")):
         raise ConfigError(problems)
+    return config, rules
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config, rules = configured(args)
+    token = os.environ.get("SIDECACHE_ADMIN_TOKEN")
     if config.server.workers > 1 and args.worker_index is None:
         return _supervise(config.server.workers)
     _install_uvloop()

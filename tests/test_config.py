@@ -37,6 +37,13 @@ def error_of(tmp_path: Path, text: str) -> str:
                                       "- at `$.server`"),
         ("[server]\nworkerz = 2", "FILE: Object contains unknown field `workerz` - at `$.server`"),
         ('[defaults]\nunruled = "cache"', "FILE: Invalid enum value 'cache' - at `$.defaults.unruled`"),
+        ('[upstream]\nread_timeout = "0s"', "FILE: `read_timeout` must be longer than 0s - at `$.upstream`"),
+        ('[upstream]\nhealth_path = "health"', "FILE: `health_path` must start with /, got 'health' - at `$.upstream`"),
+        ('[redis]\nlease = "999999999999d"', "FILE: Expected a duration of at most 365d, got '999999999999d' "
+                                             "- at `$.redis.lease`"),
+        ('[server]\nheader_timeout = "0s"', "FILE: `header_timeout` must be longer than 0s - at `$.server`"),
+        ('[server]\nlisten = "127.0.0.1:8080"\nmetrics = "127.0.0.1:8080"',
+         "FILE: `metrics` and `listen` are both 127.0.0.1:8080: each listener needs its own port - at `$.server`"),
     ],
 )
 def test_bad_config_names_file_field_and_expectation(tmp_path: Path, text: str, message: str) -> None:

@@ -149,7 +149,8 @@ def test_cache_status_as_a_warm_result(cache_status: str, result: str, reason: s
 async def test_warm_paths_cannot_point_the_proxy_elsewhere(make_proxy: ProxyFactory,
                                                            http: aiohttp.ClientSession) -> None:
     proxy = await make_proxy()
-    for item in ({"path": "@127.0.0.1:1/x"}, {"path": "//127.0.0.1:1/x"}, {"path": "/x", "headers": {"Host": "a"}}):
+    for item in ({"path": "@127.0.0.1:1/x"}, {"path": "//127.0.0.1:1/x"}, {"path": "/x", "headers": {"Host": "a"}},
+                 {"path": "/x", "headers": {"X-A": "1\r\nX-Injected: 2"}}, {"path": "/x", "headers": {"X-A\n": "1"}}):
         async with http.post(proxy.admin_url + "/warm", json={"requests": [item]}) as r:
             assert r.status == 400, item
             assert (await r.json())["error"] == "bad_request"

@@ -21,6 +21,8 @@ from proxy.config.rules import CompiledRule, RuleSet
 from proxy.policy.cache_status import CacheStatus
 
 MAX_ITEMS: Final = 10_000
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CTL: Final = re.compile(r"[\x00\r\n]")
 _PARAM: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")  # the `match` syntax of rules.compile_pattern
 # Details that say how an answer was made, not why it was not stored.
 _BENIGN: Final = frozenset({"batched", "batch-fallback", "redis-unavailable"})
@@ -42,6 +44,11 @@ class WarmItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise ValueError(f"`path` must start with a single /, got {self.path!r}")
         if any(h.lower() == "host" for h in self.headers):
             raise ValueError("`headers` may not set Host: warm requests go to this proxy's own listener")
+        for name, value in self.headers.items():
+            if not _TOKEN.fullmatch(name):  # RFC 9110 5.1
+                raise ValueError(f"`headers`: {name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if _CTL.search(value):  # CR or LF would start another header or end the request
+                raise ValueError(f"`headers`: the value of {name!r} holds a control character (CR, LF or NUL)")
 
 
 class WarmRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -1,0 +1,230 @@
+"""The proxy listener's connections: slow or silent clients are closed, their number is bounded, and requests
+that HTTP/1.1 cannot serve as they came are answered (or put in origin-form) before they reach the handler.
+
+aiohttp's low-level `web.Server` has an idle keep-alive timeout but nothing that bounds how long a client may take
+to send its headers, no bound on connections, and it hands the handler HTTP/0.9 and HTTP/2.0 request lines,
+absolute-form targets and `Expect: 100-continue` as they are. `ClientConnection` adds those on top of aiohttp's
+RequestHandler; it relies on a few of its internals (the parsed-message queue, the request count, the idle waiter),
+all in this one module, which the tests drive through real sockets.
+
+    accept ──full?──> 503 JSON, close
+      │
+      └─> header timer ──(request headers complete)──> examine: version, target, Expect ──> handler
+              └─(header_timeout)──> 408 JSON (bytes came) or close (silence)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+from aiohttp.http import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.config.settings import Config
+from proxy.telemetry.log_throttle import LogThrottle
+
+log = logging.getLogger("sidecache")
+
+_RESERVED_FDS: Final = 64  # descriptors kept for the admin listener, logs, config files and Redis's subscriber
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REASONS: Final = {400: "bad_request", 408: "request_timeout", 500: "internal_error",
+                   505: "http_version_not_supported"}
+
+
+def _raw_answer(status: str, error: str, message: str, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 answer written straight to a socket that has no request object (yet)."""
+    body = msgspec.json.encode({"error": error, "message": message, "status": int(status.split()[0])})
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+_BUSY: Final = _raw_answer("503 Service Unavailable", "too_many_connections",
+                           "the proxy has as many client connections open as it allows; try again shortly",
+                           "Retry-After: 1\r\n")
+_SLOW: Final = _raw_answer("408 Request Timeout", "request_timeout",
+                           "the request headers did not arrive within the server's header timeout")
+
+
+def connection_bound(config: Config) -> int:
+    """`[server] max_connections`, or when 0, what the descriptor limit leaves after the upstream pools, Redis and
+    a reserve: past it, accept() itself would fail and lock out every client and the admin listener alike."""
+    if config.server.max_connections:
+        return config.server.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    up = config.upstream
+    reserve = up.max_connections + up.max_passthrough_connections + config.redis.pool_size + _RESERVED_FDS
+    return max(soft // 4, soft - reserve)
+
+
+class ProxyServer(web.Server):
+    """aiohttp's low-level server, whose connections are ClientConnections, at most `max_connections` at once."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], *,
+                 header_timeout: float, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.open = 0  # accepted connections not yet closed
+        self.refused = 0  # connections turned away at the bound
+        self.header_timeouts = 0  # connections closed because their headers did not come in time
+        self.log_throttle = LogThrottle(log)
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+
+class ClientConnection(RequestHandler):
+    """One client connection: aiohttp's RequestHandler plus a header timer, the connection bound and a look at
+    each request line before it is handled."""
+
+    def __init__(self, server: ProxyServer, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self._server = server
+        self._timer: asyncio.TimerHandle | None = None
+        self._bytes_since_armed = False
+        self._accepted = False
+
+    # -- the bound
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        if server.open >= server.max_connections:
+            server.refused += 1
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(_BUSY)
+            transport.close()  # after the write is flushed; this protocol never starts
+            return
+        self._accepted = True
+        server.open += 1
+        super().connection_made(transport)
+        self._arm()  # silence from the start counts as well as a trickle
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._accepted:
+            return
+        self._accepted = False
+        self._server.open -= 1
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- the header timer
+
+    def data_received(self, data: bytes) -> None:
+        if not self._accepted:
+            return
+        before = self._request_count
+        if data and self._timer is None and self._waiter is not None and not self._waiter.done():
+            self._arm()  # idle between requests, and the next one begins
+        super().data_received(data)
+        if (parsed := self._request_count - before) > 0:
+            self._disarm()
+            self._examine(parsed)
+        elif data:
+            self._bytes_since_armed = True
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._bytes_since_armed = False
+        self._timer = self._loop.call_later(self._server.header_timeout, self._expired, self._request_count)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, count: int) -> None:
+        """No request's headers completed since the timer was armed: answer 408 if bytes came, then close."""
+        self._timer = None
+        if self._request_count != count or self.transport is None:
+            return
+        self._server.header_timeouts += 1
+        if self._bytes_since_armed:
+            self.transport.write(_SLOW)
+        self.force_close()
+
+    # -- request lines
+
+    def _examine(self, parsed: int) -> None:
+        """The messages just parsed (the right end of aiohttp's queue), checked or rewritten before handling."""
+        queue = self._messages
+        first = len(queue) - parsed
+        for i in range(first, len(queue)):
+            message, payload = queue[i]
+            if not isinstance(message, RawRequestMessage):
+                continue
+            if message.version[0] != 1:  # HTTP/0.9 or 2.0 as text: not a version this listener speaks
+                queue[i] = (_ErrInfo(status=505, exc=ValueError(f"HTTP/{message.version[0]}.{message.version[1]}"),
+                                     message="only HTTP/1.0 and HTTP/1.1 are served here"), payload)
+                continue
+            if not message.path.startswith("/"):
+                rewritten = _origin_form(message)
+                if rewritten is None:
+                    queue[i] = (_ErrInfo(status=400, exc=ValueError(message.path[:100]),
+                                         message="the request target must be a path or an absolute http(s) URL"),
+                                payload)
+                    continue
+                message = rewritten
+                queue[i] = (message, payload)
+            if "Expect" in message.headers:  # nothing else is being answered: a 100 cannot land inside a response
+                queue[i] = (self._expect(message, alone=i == 0 and not self._request_in_progress), payload)
+
+    def _expect(self, message: RawRequestMessage, *, alone: bool) -> RawRequestMessage:
+        """Answer `Expect: 100-continue` here (RFC 9110 10.1.1), as nginx does, and keep the header from the
+        upstream, which would otherwise hold the body back for a 100 of its own. Behind a pipelined request
+        still being answered, no 100 is sent: the client sends its body after its own short wait."""
+        if message.headers["Expect"].lower() == "100-continue" and message.version[1] >= 1 and alone \
+                and self.transport is not None:
+            self.transport.write(_CONTINUE)
+        headers = CIMultiDict(message.headers)
+        del headers["Expect"]
+        raw = tuple((k, v) for k, v in message.raw_headers if k.lower() != b"expect")
+        return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw)
+
+    # -- errors aiohttp answers itself: JSON like every other answer of the proxy, and a bounded log
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        kind = _REASONS.get(status, "bad_request")
+        if status == 500:
+            self._server.log_throttle.warning(("listener", kind), "unhandled error answering %s %s: %r",
+                                              request.method, request.path, exc)
+        else:
+            log.debug("bad request from %s: %s", request.remote, exc)
+        if request.writer.output_size > 0:  # as aiohttp: a response is on its way, the connection is broken
+            raise ConnectionError("response is sent already, cannot send another response with the error message")
+        if status in (400, 505) and message:  # the parser's or our own reason, its first line only
+            text = message.split("\n", 1)[0].rstrip(": ")
+        else:
+            text = _MESSAGES.get(status, "the request failed")
+        body = msgspec.json.encode({"error": kind, "message": text, "status": status})
+        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+_MESSAGES: Final = {500: "the proxy failed to answer this request; the log has the detail"}
+
+
+def _origin_form(message: RawRequestMessage) -> RawRequestMessage | None:
+    """An absolute-form target (`GET http://host/x HTTP/1.1`) as path and query, its authority as the Host
+    (RFC 9112 3.2.2: a server must accept it, and ignore the Host header then); None for any other form."""
+    url = message.url
+    if not url.is_absolute() or url.scheme not in ("http", "https") or not url.raw_host:
+        return None
+    target = url.raw_path_qs or "/"
+    authority = url.raw_authority
+    headers = CIMultiDict(message.headers)
+    headers["Host"] = authority
+    raw = tuple((k, v) for k, v in message.raw_headers if k.lower() != b"host") + ((b"Host", authority.encode()),)
+    return message._replace(path=target, url=URL(target, encoded=True), headers=CIMultiDictProxy(headers),
+                            raw_headers=raw)
