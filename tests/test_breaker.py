@@ -18,8 +18,9 @@ def make(now: list[float], changes: list[bool]) -> Breaker:
         ("ff", True, 0.0, []),  # under the threshold: still calling
         ("ffsff", True, 0.0, []),  # a success resets the count: failures must be consecutive
         ("fff", False, 0.5, [False]),
-        ("ffff", False, 1.0, [False]),  # each failed probe doubles the wait ...
-        ("ffffff", False, 2.0, [False]),  # ... up to probe_max
+        ("fffp", False, 1.0, [False]),  # each failed probe doubles the wait ...
+        ("fffppp", False, 2.0, [False]),  # ... up to probe_max
+        ("ffffffffff", False, 0.5, [False]),  # calls in flight when it opened, failing after: no doubling
         ("fffffffs", True, 0.0, [False, True]),  # one answer closes it, and the backoff starts over
         ("fffsfff", False, 0.5, [False, True, False]),
         ("t", False, 0.5, [False]),  # tripped at start-up without waiting for three failures
@@ -29,7 +30,7 @@ def test_breaker_steps(steps: str, closed: bool, probe_in: float, changes: list[
     now, seen = [100.0], []
     b = make(now, seen)
     for step in steps:
-        {"f": b.failed, "s": b.succeeded, "t": b.trip}[step]()
+        {"f": b.failed, "p": b.probe_failed, "s": b.succeeded, "t": b.trip}[step]()
     assert (b.closed, b.probe_in(), seen) == (closed, probe_in, changes)
 
 

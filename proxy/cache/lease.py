@@ -17,6 +17,7 @@ V = TypeVar("V")
 _GRACE: Final = 0.05  # past the holder's lease before looking again: its last event may still be on the wire
 _ROUNDS: Final = 4  # takeovers before giving up on the lease and fetching regardless
 _CHECK: Final = 0.1  # while waiting, how often to ask Redis whether the holder's lease is still there
+MAX_OWED: Final = 4096  # leases remembered for a late release; past it the rest lapse by themselves
 
 
 class LeaseCoalescer:
@@ -48,6 +49,9 @@ class LeaseCoalescer:
         self._spawn = spawn
         self._tokens: dict[str, str] = {}  # key -> token of a lease this process holds and has not released
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # key -> (token, loop time it lapses) of leases whose release Redis did not take: given back once it answers
+        self._owed: dict[str, tuple[str, float]] = {}
+        self._settling = False
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -120,7 +124,35 @@ class LeaseCoalescer:
         try:
             await self.redis.release(key, token, event)
         except CacheBackendError:
-            return  # counted by the tier; the lease lapses by itself and waiters look again then
+            self.owe(key, token)  # counted by the tier
+
+    def owe(self, key: str, token: str) -> None:
+        """A lease whose release (or releasing store) failed: give it back as soon as Redis answers again, rather
+        than make other processes wait out the whole lease for a fill that is over."""
+        if not token or (len(self._owed) >= MAX_OWED and key not in self._owed):
+            return
+        self._owed[key] = (token, asyncio.get_running_loop().time() + self.lease_ms / 1000)
+        if not self._settling:
+            self._settling = True
+            self._spawn(self._settle())
+
+    async def _settle(self) -> None:
+        """Every `probe_min`, release what is owed (only where the lease is still ours: the script checks), until
+        nothing is, or what is left has lapsed anyway."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._owed:
+                await asyncio.sleep(self.redis.breaker.probe_min)
+                for key, (token, lapses) in list(self._owed.items()):
+                    if lapses > loop.time():
+                        try:
+                            await self.redis.release(key, token)
+                        except CacheBackendError:
+                            break  # still away: all of them wait for the next round
+                    if self._owed.get(key, ("", 0.0))[0] == token:
+                        del self._owed[key]
+        finally:
+            self._settling = False
 
     def _wait(self, key: str) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -235,6 +235,8 @@ class TieredCache:
         try:
             await self.redis.set(key, entry, now=self.clock(), event=event, token=token)
         except CacheBackendError:
+            if self.lease is not None:
+                self.lease.owe(key, token)  # the script that would have released it did not run
             return  # counted by the tier; the breaker decides when to stop trying
         finally:
             current = self._writes.get(key)

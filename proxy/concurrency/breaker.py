@@ -1,4 +1,4 @@
-"""A circuit breaker: after N consecutive failures stop calling, and probe with a backoff that doubles."""
+"""A circuit breaker: after N consecutive failures stop calling; probe with a backoff that doubles per failed probe."""
 
 from __future__ import annotations
 
@@ -48,11 +48,16 @@ class Breaker:
             self.on_change(True)
 
     def failed(self) -> None:
-        """One more failure; opens at the threshold, and each failure while open doubles the wait to the next probe."""
+        """One more failed call; opens at the threshold. Calls that were in flight when it opened and fail after
+        it leave the probe schedule alone: only a failed probe says the backend is still away."""
+        self.failures += 1
+        if self._closed and self.failures >= self.threshold:
+            self.trip()
+
+    def probe_failed(self) -> None:
+        """The probe got no answer: the wait to the next one doubles, up to `probe_max`."""
         self.failures += 1
         if self._closed:
-            if self.failures >= self.threshold:
-                self.trip()
             return
         self._backoff = min(self._backoff * 2, self.probe_max)
         self._next_probe = self.clock() + self._backoff

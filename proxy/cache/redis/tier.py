@@ -114,6 +114,7 @@ class RedisTier:
         self._up.set()
         self._down = asyncio.Event()
         self._prober: asyncio.Task[None] | None = None
+        self._stale = False  # the breaker opened: pooled connections may be dead, drop them before probing
         self._closed = False
         # Each call's own asyncio timeout bounds it, connecting included (a cancelled connect goes back to the pool);
         # the socket timeout only backs that up, so the start-up connects get their longer budget.
@@ -298,15 +299,19 @@ class RedisTier:
         self.breaker.succeeded()
         return result
 
-    def _failed(self, op: str, exc: BaseException) -> CacheBackendError:
-        """Count it, tell the breaker, and describe it without the password."""
+    def _failed(self, op: str, exc: BaseException, *, probe: bool = False) -> CacheBackendError:
+        """Count it, tell the breaker (a failed probe backs it off, a failed call only counts), and describe it
+        without the password."""
         self.errors[type(exc).__name__] += 1
         if isinstance(exc, TimeoutError) and not str(exc):
             detail = f"no answer within {self.timeout * 1000:.0f}ms"
         else:
             detail = f"{type(exc).__name__}: {self._scrub(str(exc))}"
         self.last_error = f"redis {op} on {self.url}: {detail}"
-        self.breaker.failed()
+        if probe:
+            self.breaker.probe_failed()
+        else:
+            self.breaker.failed()
         return CacheBackendError(self.last_error)
 
     def _scrub(self, text: str) -> str:
@@ -323,15 +328,22 @@ class RedisTier:
         else:
             self._up.clear()
             self._down.set()
+            self._stale = True
             log.warning("redis tier %s: unavailable (%s); serving from memory and upstream, probing in %.0fms",
                         self.url, self.last_error or "no answer", self.breaker.probe_in() * 1000)
         for listener in self.on_change:
             listener(closed)
 
     async def _probe(self) -> None:
-        """While the breaker is open, PING at its backoff; the first answer closes it."""
+        """While the breaker is open, PING at its backoff; the first answer closes it.
+
+        The idle pooled connections are dropped first: after a restart each would fail once on its next use, so
+        the probe would miss a Redis that is back, and the first requests after it would trip the breaker again."""
         while True:
             await self._down.wait()
+            if self._stale:
+                self._stale = False
+                await self._drop_idle()
             await asyncio.sleep(self.breaker.probe_in())
             if self.breaker.closed:
                 continue
@@ -339,9 +351,15 @@ class RedisTier:
                 async with asyncio.timeout(self.timeout):
                     await self._client.ping()
             except _FAILURES as exc:
-                self._failed("PING", exc)
+                self._failed("PING", exc, probe=True)
             else:
                 self.breaker.succeeded()
+
+    async def _drop_idle(self) -> None:
+        for pool in (self._pool, self._sub_pool):
+            with contextlib.suppress(*_FAILURES):  # closing sockets; the far end may be gone
+                async with asyncio.timeout(self.timeout):
+                    await pool.disconnect(inuse_connections=False)
 
 
 def open_redis(config: RedisConfig) -> RedisTier | None:
