@@ -17,6 +17,7 @@ from proxy.concurrency.coalescer import Coalescer
 from proxy.errors import CacheBackendError
 from proxy.policy.entry import CachedResponse
 from proxy.policy.keys import variant_key
+from proxy.telemetry.log_throttle import LogThrottle
 
 log = logging.getLogger("sidecache")
 V = TypeVar("V")
@@ -55,6 +56,7 @@ class TieredCache:
         # key -> the memory copy another process's fill superseded: the newer one is in Redis, but if Redis cannot
         # give it and the upstream fails too, this older copy is still what stale-if-error may answer with.
         self._superseded: OrderedDict[str, CachedResponse] = OrderedDict()
+        self._log = LogThrottle(log)  # every unsafe request purges its URI: one line per interval while Redis is down
 
     @property
     def degraded(self) -> bool:
@@ -198,13 +200,15 @@ class TieredCache:
         if self.redis is None:
             return len(gone)
         if not self.redis.breaker.closed:
-            log.warning("purge %s reached this process's memory only: %s is down", selector, self.redis.url)
+            self._log.warning(("purge-local", selector.kind), "purge %s reached this process's memory only: %s is down",
+                              selector, self.redis.url)
             return len(gone)
         try:
             gone |= await self.redis.purge(selector)
             await self.redis.publish(encode_event(Purged(self.origin, selector)))
         except CacheBackendError as exc:
-            log.warning("purge %s may not have reached Redis or the other processes: %s", selector, exc)
+            self._log.warning(("purge-failed", selector.kind),
+                              "purge %s may not have reached Redis or the other processes: %s", selector, exc)
         # Another process's write may still be on its way to Redis: once the longest a write can take has passed,
         # purge Redis once more, so the entry it brings back goes too.
         self._spawn(self._purge_again(selector))
