@@ -227,6 +227,8 @@ class Sidecar:
         m.counters["sidecache_cache_evictions"] = lambda: [({"tier": "memory"}, float(mem.evictions))]
         handler = self.handler
         assert handler is not None
+        upstream = handler.upstream
+        m.counters["sidecache_upstream_retries"] = lambda: [({}, float(upstream.retries))]
         m.gauges["sidecache_inflight_fills"] = lambda: [({}, float(len(handler.coalescer)))]
         m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters))]
         m.gauges["sidecache_cache_max_entries"] = lambda: [({"tier": "memory"}, float(mem.max_entries))]

@@ -113,6 +113,7 @@ async def test_a_request_on_a_connection_the_backend_just_closed_is_sent_again_o
     assert msgspec.json.decode(got[1][1]) == {"id": "b", "ok": True}
     batches = [r for r in closing_origin.received if r.path == "/batch"]
     assert [r.answered for r in batches] == [True, False, True]  # the batch POST went out again, once
+    assert proxy.upstream is not None and proxy.upstream.retries == 1
     assert [r.body for r in closing_origin.received if r.method == "PUT" and r.answered] == [b'{"v": 1}',
                                                                                             b'{"v": 2}']
     status, body = await send(http, "POST", proxy.proxy_url + "/orders", b'{"buy": 1}')

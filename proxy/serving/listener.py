@@ -35,6 +35,7 @@ log = logging.getLogger("sidecache")
 
 _RESERVED_FDS: Final = 64  # descriptors kept for the admin listener, logs, config files and Redis's subscriber
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER: Final = 2.0  # seconds a connection answered 408 stays open, half-closed, so the answer is read
 _REASONS: Final = {400: "bad_request", 408: "request_timeout", 500: "internal_error",
                    505: "http_version_not_supported"}
 
@@ -93,6 +94,7 @@ class ClientConnection(RequestHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._bytes_since_armed = False
         self._accepted = False
+        self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
 
     # -- the bound
 
@@ -120,16 +122,18 @@ class ClientConnection(RequestHandler):
     # -- the header timer
 
     def data_received(self, data: bytes) -> None:
-        if not self._accepted:
+        if not self._accepted or self._discarding:
             return
         before = self._request_count
-        if data and self._timer is None and self._waiter is not None and not self._waiter.done():
-            self._arm()  # idle between requests, and the next one begins
+        idle = self._waiter is not None and not self._waiter.done()  # between requests
         super().data_received(data)
         if (parsed := self._request_count - before) > 0:
-            self._disarm()
+            if self._timer is not None:
+                self._disarm()
             self._examine(parsed)
         elif data:
+            if self._timer is None and idle:
+                self._arm()  # a request began and its headers are not complete: from now on they are timed
             self._bytes_since_armed = True
 
     def _arm(self) -> None:
@@ -148,9 +152,16 @@ class ClientConnection(RequestHandler):
         if self._request_count != count or self.transport is None:
             return
         self._server.header_timeouts += 1
-        if self._bytes_since_armed:
-            self.transport.write(_SLOW)
-        self.force_close()
+        if not self._bytes_since_armed:
+            self.force_close()
+            return
+        # 408, then FIN, then whatever still comes is dropped for a moment: closing outright while the client
+        # writes would reset the connection, and a reset can destroy the 408 before the client reads it.
+        self._discarding = True
+        self.transport.write(_SLOW)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._loop.call_later(_LINGER, self.force_close)
 
     # -- request lines
 
