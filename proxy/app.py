@@ -108,6 +108,8 @@ class Sidecar:
                                   keepalive_timeout=srv.keepalive_timeout, header_timeout=srv.header_timeout,
                                   max_connections=connection_bound(self.config))
         self._register_listener_gauges(self.server)
+        log.info("worker %d: at most %d client connections; header timeout %s, idle timeout %s", self.worker_index,
+                 self.server.max_connections, srv.header_timeout.text, srv.keepalive_timeout.text)
         runner = web.ServerRunner(self.server, handle_signals=False, access_log=None, shutdown_timeout=5)
         self.proxy_url = await self._bind(runner, "listen", reuse_port=self.reuse_port or None, backlog=1024)
         if self.serve_admin:

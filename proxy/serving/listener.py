@@ -19,7 +19,7 @@ import asyncio
 import logging
 import resource
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 from aiohttp import web
@@ -102,9 +102,9 @@ class ClientConnection(RequestHandler):
         server = self._server
         if server.open >= server.max_connections:
             server.refused += 1
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(_BUSY)
-            transport.close()  # after the write is flushed; this protocol never starts
+            stream = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+            stream.write(_BUSY)
+            stream.close()  # after the write is flushed; this protocol never starts
             return
         self._accepted = True
         server.open += 1
