@@ -227,6 +227,9 @@ class UpstreamClient:
                     raise convert(exc, url, attempt) from exc
                 again = False
                 self.retries += 1
+                # One turn of the loop first: closes that came in with this one are seen, so the pool hands out a
+                # live or a new connection rather than another one the backend has just closed.
+                await asyncio.sleep(0)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise convert(exc, url, attempt) from exc
             finally:
