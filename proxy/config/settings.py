@@ -42,7 +42,7 @@ class UpstreamConfig(_Strict, frozen=True):
     connect_timeout: Duration = Duration.of("2s")
     read_timeout: Duration = Duration.of("30s")
     max_connections: Count = 256
-    max_batch_calls: Count = 8
+    max_batch_calls: Count = 32  # all batched routes together; each route also has its own `max_calls`
     max_fallback_calls: Count = 20
 
     def __post_init__(self) -> None:
