@@ -237,7 +237,7 @@ async def test_linger_sends_a_burst_once_it_stops_arriving_not_when_the_window_e
 
 async def test_linger_keeps_items_that_arrive_a_few_loop_turns_apart_in_one_batch() -> None:
     send = Recorder()
-    b = batcher(send, window=30.0, linger=1e-6)  # time alone would send each item on its own
+    b = batcher(send, window=30.0, linger=1e-6, idle=0.5)  # time alone would send the first item on its own
 
     async def chain() -> list[Batched[tuple[str, int]]]:
         pending = []
@@ -271,3 +271,16 @@ async def test_calls_are_bounded_by_each_of_several_semaphores() -> None:
     send.peak = 0
     await asyncio.gather(*(bt.submit(f"b{g}", 1, 1) for g in range(4) for bt in (b1, b2)))
     assert send.peak == 3  # the shared one, across both
+
+
+async def test_a_group_whose_items_came_apart_waits_idle_through_a_pause_not_just_linger() -> None:
+    send = Recorder()
+    b = batcher(send, window=30.0, linger=0.005, idle=0.5)
+    first = asyncio.ensure_future(b.submit("g", 0, 0))
+    await asyncio.sleep(0)
+    time.sleep(0.01)  # a long loop turn, as when the proxy reads a big burst: the next item comes 10 ms later
+    second = asyncio.ensure_future(b.submit("g", 1, 1))
+    await asyncio.sleep(0.05)  # then a pause (a client that stalls) well past linger, within idle
+    third = await asyncio.wait_for(b.submit("g", 2, 2), 10)
+    assert third.size == 3 and (await first).size == (await second).size == 3
+    assert send.batches == [("g", [0, 1, 2])]

@@ -30,7 +30,7 @@ class Batched(Generic[R]):
 class _Open(Generic[K, T, R]):
     """A group's batch while its window is open; items and futures line up by index."""
 
-    __slots__ = ("index", "items", "futures", "timer", "opened", "last", "sending")
+    __slots__ = ("index", "items", "futures", "timer", "opened", "last", "gap", "sending")
 
     def __init__(self, now: float) -> None:
         self.index: dict[K, int] = {}
@@ -39,6 +39,7 @@ class _Open(Generic[K, T, R]):
         self.timer: asyncio.Handle | None = None
         self.opened = now  # the window closes `window` after this at the latest
         self.last = now  # with `idle`, it closes `idle` after the last new item
+        self.gap = 0.0  # the longest wait between two of its new items: its burst's own rhythm
         self.sending = False  # its window closed: it waits for a call slot, still taking items until it gets one
 
 
@@ -49,10 +50,11 @@ class Batcher(Generic[G, K, T, R]):
     idea): a burst still fills one batch, while a lone request, or a client that sends one request at a time
     over a few connections, waits `idle` rather than the whole window.
 
-    With `linger` > 0 it goes as soon as the burst that opened it has stopped arriving: no new item for `linger`
-    and for SETTLE_TURNS loop turns after that. Waiting longer buys nothing: the clients that sent the burst wait
-    for its answers before they ask for more. Per group at most one batch is forming; batches of different
-    groups go out side by side.
+    With `linger` > 0 it goes as soon as the burst that opened it has stopped arriving: no new item for `linger`,
+    and none for SETTLE_TURNS loop turns after that. Waiting longer buys nothing: the clients that sent the burst
+    wait for its answers before they ask for more. A group whose items came more than `linger` apart (spread
+    over a big burst of many groups) waits `idle` or the window as before, so that burst still fills one batch
+    per group. Per group at most one batch is forming; batches of different groups go out side by side.
 
     `send(group, items)` returns one result per item, in item order. It runs as its own task, so a submitter that
     is cancelled (its client went away) never cancels the batch for the others. `calls` bounds the sends in
@@ -93,7 +95,9 @@ class Batcher(Generic[G, K, T, R]):
         i = batch.index.get(key)
         shared = i is not None
         if i is None:
-            batch.last = loop.time()
+            now = loop.time()
+            batch.gap = max(batch.gap, now - batch.last) if batch.items else 0.0
+            batch.last = now
             i = batch.index[key] = len(batch.items)
             batch.items.append(item)
             batch.futures.append(loop.create_future())
@@ -134,19 +138,25 @@ class Batcher(Generic[G, K, T, R]):
             end = min(end, batch.last + self.idle)
         if now >= end - 0.0005 or self._open.get(group) is not batch:
             self._flush(group, batch)
-        elif self.linger and now >= batch.last + self.linger - 0.0001:
+        elif self._lingers(batch) and now >= batch.last + self.linger - 0.0001:
             batch.timer = loop.call_soon(self._settle, group, batch, len(batch.items), SETTLE_TURNS)
         else:
-            batch.timer = loop.call_at(min(end, batch.last + self.linger) if self.linger else end,
+            batch.timer = loop.call_at(min(end, batch.last + self.linger) if self._lingers(batch) else end,
                                        self._due, group, batch)
 
+    def _lingers(self, batch: _Open[K, T, R]) -> bool:
+        """Whether the batch goes once its burst stops: its items came together, never `linger` apart. A group
+        whose items trickle in between other groups' (a big burst over many groups, or a client that stalls)
+        waits `idle` or the window instead, so it still fills one batch."""
+        return self.linger > 0 and batch.gap <= self.linger
+
     def _settle(self, group: G, batch: _Open[K, T, R], seen: int, turns: int) -> None:
-        """One quiet loop turn more; a new item means the burst goes on, so linger again from it."""
+        """One quiet loop turn more; a new item anywhere means the burst goes on, so linger again from it."""
         if self._open.get(group) is not batch or batch.sending:
             return
         loop = asyncio.get_running_loop()
         if len(batch.items) != seen:
-            batch.timer = loop.call_at(batch.last + self.linger, self._due, group, batch)
+            self._due(group, batch)
         elif turns <= 1:
             self._flush(group, batch)
         else:
