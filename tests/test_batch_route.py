@@ -366,7 +366,8 @@ async def test_batching_counters_are_exported(
 async def test_a_cold_screen_goes_as_one_batch_per_player_without_waiting_its_window(
     make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
 ) -> None:
-    proxy = await make_proxy(rule(window="30s"), upstream_url=backend.url)  # linger: the burst decides, not 30 s
+    # linger (or, for a player whose props came apart, idle) decides, never the 30 s window
+    proxy = await make_proxy(rule(window="30s", idle="1s"), upstream_url=backend.url)
     paths = [prop(name, n) for name in PLAYERS for n in range(6)]
     results = await asyncio.wait_for(asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths)), 10)
     for path, (status, _, body) in zip(paths, results, strict=True):

@@ -284,3 +284,16 @@ async def test_a_group_whose_items_came_apart_waits_idle_through_a_pause_not_jus
     third = await asyncio.wait_for(b.submit("g", 2, 2), 10)
     assert third.size == 3 and (await first).size == (await second).size == 3
     assert send.batches == [("g", [0, 1, 2])]
+
+
+async def test_batches_cut_by_the_window_share_cut_calls_and_keep_taking_items_meanwhile() -> None:
+    send = Recorder(delay=0.1)
+    b = batcher(send, window=0.02, calls=8, cut_calls=1)
+    first = [asyncio.ensure_future(b.submit("a", 0, 0))]
+    await asyncio.sleep(0.005)  # a's window closes first and takes the one cut slot
+    first += [asyncio.ensure_future(b.submit(g, 0, 0)) for g in "bc"]
+    await asyncio.sleep(0.06)  # every window closed; only one cut batch may be in flight, b and c wait...
+    late = [asyncio.ensure_future(b.submit(g, 1, 1)) for g in "bc"]  # ...so these still join them
+    await asyncio.gather(*first, *late)
+    assert send.peak == 1
+    assert sorted(send.batches) == [("a", [0]), ("b", [0, 1]), ("c", [0, 1])]

@@ -65,6 +65,7 @@ class Batcher(Generic[G, K, T, R]):
     def __init__(
         self, send: Send[G, T, R], *, window: float, max_items: int,
         calls: int | asyncio.Semaphore | Sequence[asyncio.Semaphore] = 8, idle: float = 0.0, linger: float = 0.0,
+        cut_calls: int = 0,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"`max_items` must be at least 1, got {max_items}")
@@ -76,6 +77,9 @@ class Batcher(Generic[G, K, T, R]):
         if isinstance(calls, int):
             calls = asyncio.Semaphore(calls)
         self._calls = (calls,) if isinstance(calls, asyncio.Semaphore) else tuple(calls)
+        # Batches cut short by the window or `idle` (items may still be coming) take at most this many of the
+        # slots: under load the others keep taking items while they wait, instead of leaving half empty.
+        self._cut = asyncio.Semaphore(cut_calls) if cut_calls > 0 else None
         self._open: dict[G, _Open[K, T, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0  # batches handed to send
@@ -137,7 +141,7 @@ class Batcher(Generic[G, K, T, R]):
         if self.idle:
             end = min(end, batch.last + self.idle)
         if now >= end - 0.0005 or self._open.get(group) is not batch:
-            self._flush(group, batch)
+            self._flush(group, batch, cut=self._open.get(group) is batch)
         elif self._lingers(batch) and now >= batch.last + self.linger - 0.0001:
             batch.timer = loop.call_soon(self._settle, group, batch, len(batch.items), SETTLE_TURNS)
         else:
@@ -162,9 +166,10 @@ class Batcher(Generic[G, K, T, R]):
         else:
             batch.timer = loop.call_soon(self._settle, group, batch, seen, turns - 1)
 
-    def _flush(self, group: G, batch: _Open[K, T, R]) -> None:
+    def _flush(self, group: G, batch: _Open[K, T, R], *, cut: bool = False) -> None:
         """Close the window. A full batch leaves the group at once; any other keeps taking items while it waits
-        for one of the `calls` slots, so under load batches grow instead of queueing up half empty."""
+        for one of the `calls` slots (a `cut` one also for one of `cut_calls`), so under load batches grow
+        instead of queueing up half empty."""
         if len(batch.items) >= self.max_items and self._open.get(group) is batch:
             del self._open[group]
         if batch.sending:
@@ -172,15 +177,15 @@ class Batcher(Generic[G, K, T, R]):
         batch.sending = True
         if batch.timer is not None:
             batch.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._run(group, batch))
+        task = asyncio.get_running_loop().create_task(self._run(group, batch, cut))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, group: G, batch: _Open[K, T, R]) -> None:
+    async def _run(self, group: G, batch: _Open[K, T, R], cut: bool = False) -> None:
         try:
             taken: list[asyncio.Semaphore] = []
             try:
-                for slot in self._calls:
+                for slot in (self._cut, *self._calls) if cut and self._cut is not None else self._calls:
                     await slot.acquire()
                     taken.append(slot)
                 if self._open.get(group) is batch:

@@ -249,7 +249,7 @@ class BatchRoute:
         self.learned: OrderedDict[str, CIMultiDictProxy[str]] = OrderedDict()
         self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
             self._send, window=float(b.window), max_items=b.max_items, calls=(asyncio.Semaphore(b.max_calls), calls),
-            idle=float(b.idle), linger=float(b.linger),
+            idle=float(b.idle), linger=float(b.linger), cut_calls=max(1, b.max_calls // 2),
         )
         self.breaker: Breaker | None = None
         if b.trip_after:
