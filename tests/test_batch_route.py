@@ -395,12 +395,13 @@ async def test_batches_of_different_players_go_side_by_side_up_to_the_routes_max
 ) -> None:
     backend.sample.batch_latency = 0.2
     paths = [prop(name, n) for n in range(3) for name in PLAYERS]
-    proxy = await make_proxy(rule(), upstream_url=backend.url)  # max_calls 16 by default
+    # linger 20ms: every player's props count as one burst (none spread out), so each batch may use every slot
+    proxy = await make_proxy(rule(linger="20ms"), upstream_url=backend.url)  # max_calls 16 by default
     results = await asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths))
     assert {s for s, _, _ in results} == {200}
     assert backend.peak["batch"] == len(PLAYERS) == backend.sample.calls["batch-prop-analysis"]
     backend.peak.clear()
-    proxy = await make_proxy(rule(max_calls=2), upstream_url=backend.url)
+    proxy = await make_proxy(rule(linger="20ms", max_calls=2), upstream_url=backend.url)
     paths = [prop(name, n) for n in range(3, 6) for name in PLAYERS]
     results = await asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths))
     assert {s for s, _, _ in results} == {200}
