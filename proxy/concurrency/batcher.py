@@ -16,6 +16,9 @@ Send = Callable[[G, list[T]], Awaitable[Sequence[R]]]
 # Loop turns a lingering batch stays quiet before it goes: a request read from a socket reaches submit() a few
 # turns later (read, handler, fill), so a burst still on its way is not cut in two however long a turn takes.
 SETTLE_TURNS: Final = 3
+# A group's items further apart than this (or than linger) came spread over a big burst of many groups, not in
+# one go: a browser's round of 6 arrives within about 1 ms, even on a busy machine, a 1,000-prop burst does not.
+SPREAD: Final = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +55,9 @@ class Batcher(Generic[G, K, T, R]):
 
     With `linger` > 0 it goes as soon as the burst that opened it has stopped arriving: no new item for `linger`,
     and none for SETTLE_TURNS loop turns after that. Waiting longer buys nothing: the clients that sent the burst
-    wait for its answers before they ask for more. A group whose items came more than `linger` apart (spread
-    over a big burst of many groups) waits `idle` or the window as before, so that burst still fills one batch
-    per group. Per group at most one batch is forming; batches of different groups go out side by side.
+    wait for its answers before they ask for more. A group whose items came further apart than `linger` and
+    SPREAD (spread over a big burst of many groups) waits `idle` or the window as before, so that burst still
+    fills one batch per group. Per group at most one batch is forming; batches of different groups go out side by side.
 
     `send(group, items)` returns one result per item, in item order. It runs as its own task, so a submitter that
     is cancelled (its client went away) never cancels the batch for the others. `calls` bounds the sends in
@@ -152,7 +155,7 @@ class Batcher(Generic[G, K, T, R]):
         """Whether the batch goes once its burst stops: its items came together, never `linger` apart. A group
         whose items trickle in between other groups' (a big burst over many groups, or a client that stalls)
         waits `idle` or the window instead, so it still fills one batch."""
-        return self.linger > 0 and batch.gap <= self.linger
+        return self.linger > 0 and batch.gap <= max(self.linger, SPREAD)
 
     def _settle(self, group: G, batch: _Open[K, T, R], seen: int, turns: int) -> None:
         """One quiet loop turn more; a new item anywhere means the burst goes on, so linger again from it."""
