@@ -235,6 +235,14 @@ class Sidecar:
         m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters))]
         m.gauges["sidecache_cache_max_entries"] = lambda: [({"tier": "memory"}, float(mem.max_entries))]
         m.gauges["sidecache_cache_max_bytes"] = lambda: [({"tier": "memory"}, float(mem.max_bytes))]
+        # Read at scrape time from the batch routes in force, so a reload's new routes show up by themselves.
+        m.gauges["sidecache_batch_breaker_open"] = lambda: [
+            ({"route": name}, 0.0 if b.batching else 1.0) for name, b in sorted(handler.batches.items())
+            if b.breaker is not None]
+        m.counters["sidecache_batch_breaker_opened"] = lambda: [
+            ({"route": name}, float(b.breaker.opened)) for name, b in sorted(handler.batches.items())
+            if b.breaker is not None]
+        m.gauge_merge["sidecache_batch_breaker_open"] = "max"  # open in any worker
         if (redis := self.tiers.redis) is not None:
             m.gauges["sidecache_redis_up"] = lambda: [({}, 1.0 if redis.breaker.closed else 0.0)]
             m.counters["sidecache_redis_errors"] = lambda: [

@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency", type=float, default=0.05, help="sample backend latency, seconds (0.05)")
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument("--png", type=Path, help="also draw the targets as a chart (needs Debian's chromium)")
+    bench.add_argument("--batch-extra", type=float, default=0.05,
+                       help="how much slower the batch call is than a single one in the 6-connection screen, s (0.05)")
+    bench.add_argument("--only", help="comma-separated scenarios: hits,coalescing,trace,props,screens,failing,memory")
     return ap
 
 
@@ -138,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from proxy.devtools.bench import run_bench
 
+            only = tuple(args.only.split(",")) if args.only else None
             return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency,
-                                         png_path=args.png))
+                                         png_path=args.png, batch_extra=args.batch_extra,
+                                         **({"only": only} if only else {})))
     except ConfigError as exc:
         verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
         print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)

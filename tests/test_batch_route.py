@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +44,8 @@ uncacheable_bodies = ["null"]
   results = "successful"
   failures = "failed"
   match_on = "prop_id"
+  linger = "LINGER"
+EXTRA
     [route.batch.item]
     prop_id = "path.prop_id"
     player_name = "query.player_name"
@@ -54,8 +56,12 @@ uncacheable_bodies = ["null"]
 """
 
 
-def rule(window: str = "50ms", max_items: int = 50, group: str = "query.player_name") -> str:
-    return RULE.replace("GROUP", group).replace("WINDOW", window).replace("MAX", str(max_items))
+def rule(window: str = "50ms", max_items: int = 50, group: str = "query.player_name", linger: str = "1ms",
+         **knobs: object) -> str:
+    """The rule; linger "0s" turns adaptive dispatch off, so a window waits its whole length as it used to."""
+    extra = "\n".join(f'  {k} = "{v}"' if isinstance(v, str) else f"  {k} = {v}" for k, v in knobs.items())
+    return (RULE.replace("GROUP", group).replace("WINDOW", window).replace("MAX", str(max_items))
+            .replace("LINGER", linger).replace("EXTRA", extra))
 
 
 def prop(name: str, n: int, prop_id: str | None = None, **over: object) -> str:
@@ -203,7 +209,7 @@ async def test_null_answers_are_never_cached(
     make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
 ) -> None:
     backend.sample.failing_players = {"Mike Trout"}
-    proxy = await make_proxy(rule(window="10ms"), upstream_url=backend.url)
+    proxy = await make_proxy(rule(window="10ms", linger="0s"), upstream_url=backend.url)  # a batch of one, failed
     for _ in range(2):
         status, headers, body = await get(client, proxy.proxy_url + prop("Mike Trout", 3))
         assert (status, body) == (200, b"null")
@@ -292,13 +298,14 @@ async def test_a_client_that_disconnects_never_cancels_the_batch_for_others(
     make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
 ) -> None:
     backend.sample.batch_latency = 0.2
-    proxy = await make_proxy(rule(window="50ms"), upstream_url=backend.url)
+    # `late` joins the window (wide enough for a busy CI core to get it there in time)
+    proxy = await make_proxy(rule(window="150ms", linger="0s"), upstream_url=backend.url)
     leaver = asyncio.ensure_future(get(client, proxy.proxy_url + prop("Aaron Judge", 0)))
     stayers = [asyncio.ensure_future(get(client, proxy.proxy_url + prop("Aaron Judge", n))) for n in range(1, 5)]
     await asyncio.sleep(0.02)
     leaver.cancel()  # in the window
     late = asyncio.ensure_future(get(client, proxy.proxy_url + prop("Aaron Judge", 5)))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.25)
     late.cancel()  # while its batch is with the backend
     results = await asyncio.gather(*stayers)
     assert {s for s, _, _ in results} == {200}
@@ -355,3 +362,153 @@ async def test_batching_counters_are_exported(
     assert b'sidecache_batches_total{route="prop-analysis"} 1.0' in text
     assert b'sidecache_batch_items_bucket{le="5.0",route="prop-analysis"} 1.0' in text
     assert b'sidecache_requests_total{outcome="batched",route="prop-analysis"} 3.0' in text
+
+
+async def test_a_cold_screen_goes_as_one_batch_per_player_without_waiting_its_window(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    # linger (or, for a player whose props came apart, idle) decides, never the 30 s window
+    proxy = await make_proxy(rule(window="30s", idle="1s"), upstream_url=backend.url)
+    paths = [prop(name, n) for name in PLAYERS for n in range(6)]
+    results = await asyncio.wait_for(asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths)), 10)
+    for path, (status, _, body) in zip(paths, results, strict=True):
+        assert (status, body) == (200, (await get(client, backend.url + path))[2])
+    proxied = sum(backend.sample.calls.values()) - len(paths)  # less the direct comparisons
+    assert proxied <= 2 * len(PLAYERS)  # at most two calls per player, however the burst arrived
+    assert {r["player_name"] for b in backend.batch_bodies() for r in b["requests"]} == set(PLAYERS)
+
+
+async def test_a_lone_request_goes_to_the_single_endpoint_at_once_and_is_stored(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(rule(window="30s"), upstream_url=backend.url)
+    status, headers, body = await asyncio.wait_for(get(client, proxy.proxy_url + prop("Aaron Judge", 1)), 10)
+    assert backend.sample.calls == {"prop-analysis": 1}  # no batch of one, no 30 s window
+    assert (status, body) == (200, (await get(client, backend.url + prop("Aaron Judge", 1)))[2])
+    assert headers["Cache-Status"] == "sidecache; fwd=miss; fwd-status=200; stored; detail=batch-fallback"
+    assert proxy.metrics.batch_fallbacks[("prop-analysis", "alone")] == 1
+    _, headers, _ = await get(client, proxy.proxy_url + prop("Aaron Judge", 1, prop_id="other"))
+    assert headers["Cache-Status"].startswith("sidecache; hit")
+
+
+async def test_batches_of_different_players_go_side_by_side_up_to_the_routes_max_calls(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    backend.sample.batch_latency = 0.2
+    paths = [prop(name, n) for n in range(3) for name in PLAYERS]
+    # linger 20ms: every player's props count as one burst (none spread out), so each batch may use every slot
+    proxy = await make_proxy(rule(linger="20ms"), upstream_url=backend.url)  # max_calls 16 by default
+    results = await asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths))
+    assert {s for s, _, _ in results} == {200}
+    assert backend.peak["batch"] == len(PLAYERS) == backend.sample.calls["batch-prop-analysis"]
+    backend.peak.clear()
+    proxy = await make_proxy(rule(linger="20ms", max_calls=2), upstream_url=backend.url)
+    paths = [prop(name, n) for n in range(3, 6) for name in PLAYERS]
+    results = await asyncio.gather(*(get(client, proxy.proxy_url + p) for p in paths))
+    assert {s for s, _, _ in results} == {200}
+    assert backend.peak["batch"] == 2
+
+
+async def _screen(http: aiohttp.ClientSession, proxy_url: str, name: str, ns: range) -> list[tuple[str, int, str]]:
+    """Props of one player at once: (path, status, Cache-Status) each, after checking each body against direct."""
+    paths = [prop(name, n) for n in ns]
+    results = await asyncio.gather(*(get(http, proxy_url + p) for p in paths))
+    return [(p, s, h["Cache-Status"]) for p, (s, h, _) in zip(paths, results, strict=True)]
+
+
+async def _breaker_state(http: aiohttp.ClientSession, admin_url: str) -> tuple[str, int]:
+    async with http.get(admin_url + "/stats") as r:
+        route = (await r.json())["routes"]["prop-analysis"]
+    return route["batch_breaker"], route["batch_breaker_opened"]
+
+
+async def test_batches_whose_failed_items_succeed_alone_stop_batching_until_a_probe_answers(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    backend.sample.batch_fails_all = True  # the real backend without its own cache: every prop fails in a batch
+    proxy = await make_proxy(rule(trip_after=2, cool_down="200ms", max_cool_down="1s"), upstream_url=backend.url)
+    for first in (0, 4):  # two bad batches in a row: 4 items failed each, and each then answered alone
+        got = await _screen(client, proxy.proxy_url, "Aaron Judge", range(first, first + 4))
+        assert {(s, c) for _, s, c in got} == {(200, "sidecache; fwd=miss; fwd-status=200; stored; "
+                                                     "detail=batch-fallback")}
+    assert backend.sample.calls == {"batch-prop-analysis": 2, "prop-analysis": 8}
+    assert await _breaker_state(client, proxy.admin_url) == ("open", 1)
+    _, _, text = await get(client, proxy.admin_url + "/metrics")
+    assert b'sidecache_batch_breaker_open{route="prop-analysis"} 1.0' in text
+    assert b'sidecache_batch_breaker_opened_total{route="prop-analysis"} 1.0' in text
+
+    backend.sample.reset()
+    backend.sample.batch_fails_all = True
+    got = await _screen(client, proxy.proxy_url, "Mookie Betts", range(4))  # open: as if there were no batching
+    assert {s for _, s, _ in got} == {200}
+    assert backend.sample.calls == {"prop-analysis": 4}
+    assert proxy.metrics.batch_fallbacks[("prop-analysis", "breaker-open")] == 4
+
+    await asyncio.sleep(0.25)  # the cool-down is over: the next request also probes, still failing
+    backend.sample.reset()
+    backend.sample.batch_fails_all = True
+    await _screen(client, proxy.proxy_url, "Juan Soto", range(1))
+    await _wait_for(lambda: backend.sample.calls["batch-prop-analysis"] == 1)
+    assert backend.sample.calls == {"prop-analysis": 1, "batch-prop-analysis": 1}  # direct + 1
+    await _wait_for(lambda: proxy.metrics.batch_probes["prop-analysis"] == 1)
+    assert await _breaker_state(client, proxy.admin_url) == ("open", 1)
+
+    await asyncio.sleep(0.45)  # the failed probe doubled the cool-down to 400 ms
+    backend.sample.reset()  # the batch path works again
+    await _screen(client, proxy.proxy_url, "Shohei Ohtani", range(1))
+    await _wait_for(lambda: backend.sample.calls["batch-prop-analysis"] == 1)
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await _breaker_state(client, proxy.admin_url))[0] != "closed":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    backend.sample.reset()
+    got = await _screen(client, proxy.proxy_url, "Freddie Freeman", range(4))
+    assert {c for _, _, c in got} == {"sidecache; fwd=miss; fwd-status=200; stored; detail=batched; batch-size=4"}
+    assert backend.sample.calls == {"batch-prop-analysis": 1}
+    assert proxy.metrics.batch_probes["prop-analysis"] == 2
+
+
+async def test_whole_batch_failures_open_the_breaker(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    backend.sample.fail_batch_status = 500
+    proxy = await make_proxy(rule(trip_after=3), upstream_url=backend.url)
+    for first in (0, 2, 4):
+        assert {s for _, s, _ in await _screen(client, proxy.proxy_url, "Aaron Judge", range(first, first + 2))} \
+            == {200}
+    assert await _breaker_state(client, proxy.admin_url) == ("open", 1)
+    backend.sample.reset()
+    await _screen(client, proxy.proxy_url, "Aaron Judge", range(6, 9))
+    assert backend.sample.calls == {"prop-analysis": 3}  # the default 30 s cool-down: no probe yet
+
+
+async def test_items_that_fail_alone_too_never_open_the_breaker(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    backend.sample.failing_players = {"Mike Trout"}  # unknown upstream: null from the single endpoint as well
+    proxy = await make_proxy(rule(trip_after=1), upstream_url=backend.url)
+    for first in (0, 3, 6):
+        got = await _screen(client, proxy.proxy_url, "Mike Trout", range(first, first + 3))
+        assert {c for _, _, c in got} == {"sidecache; fwd=miss; fwd-status=200; detail=uncacheable-body"}
+    await asyncio.sleep(0.05)  # the verdicts run once the single calls are in
+    assert backend.sample.calls == {"batch-prop-analysis": 3, "prop-analysis": 9}
+    assert await _breaker_state(client, proxy.admin_url) == ("closed", 0)
+
+
+async def test_trip_after_0_keeps_batching_whatever_fails(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    backend.sample.fail_batch_status = 500
+    proxy = await make_proxy(rule(trip_after=0), upstream_url=backend.url)
+    for first in (0, 2, 4, 6):
+        await _screen(client, proxy.proxy_url, "Aaron Judge", range(first, first + 2))
+    assert backend.sample.calls == {"batch-prop-analysis": 4, "prop-analysis": 8}
+    async with client.get(proxy.admin_url + "/stats") as r:
+        assert (await r.json())["routes"]["prop-analysis"]["batch_breaker"] is None
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)

@@ -225,3 +225,75 @@ async def test_a_batch_waiting_for_a_call_slot_keeps_taking_items() -> None:
     gate.set()
     await asyncio.gather(first, *waiting, *late)
     assert sent == [[0], [1, 2, 3, 4], [5]]
+
+
+async def test_linger_sends_a_burst_once_it_stops_arriving_not_when_the_window_ends() -> None:
+    send = Recorder()
+    b = batcher(send, window=30.0, linger=0.001)
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit(g, i, i) for g in "abc" for i in range(5))), 10)
+    assert [r.size for r in results] == [5] * 15
+    assert sorted(send.batches) == [(g, list(range(5))) for g in "abc"]
+
+
+async def test_linger_keeps_items_that_arrive_a_few_loop_turns_apart_in_one_batch() -> None:
+    send = Recorder()
+    b = batcher(send, window=30.0, linger=1e-6, idle=0.5)  # time alone would send the first item on its own
+
+    async def chain() -> list[Batched[tuple[str, int]]]:
+        pending = []
+        for i in range(6):
+            pending.append(asyncio.ensure_future(b.submit("g", i, i)))
+            for _ in range(3):  # three loop turns, as a request takes from socket to submit (read, handler, fill)
+                await asyncio.sleep(0)
+        return list(await asyncio.gather(*pending))
+
+    results = await asyncio.wait_for(chain(), 10)
+    assert send.batches == [("g", list(range(6)))]
+    assert {r.size for r in results} == {6}
+
+
+async def test_linger_zero_waits_the_window_as_before() -> None:
+    send = Recorder()
+    b = batcher(send, window=0.05, linger=0.0)
+    first = asyncio.ensure_future(b.submit("g", 1, 1))
+    await asyncio.sleep(0.01)  # long after any linger, well inside the window
+    second = await b.submit("g", 2, 2)
+    assert (await first).size == second.size == 2
+
+
+async def test_calls_are_bounded_by_each_of_several_semaphores() -> None:
+    send = Recorder(delay=0.05)
+    shared = asyncio.Semaphore(3)
+    b1 = batcher(send, calls=(asyncio.Semaphore(2), shared), linger=0.001)
+    b2 = batcher(send, calls=(asyncio.Semaphore(2), shared), linger=0.001)
+    await asyncio.gather(*(b1.submit(f"a{g}", 1, 1) for g in range(4)))
+    assert send.peak == 2  # b1's own bound
+    send.peak = 0
+    await asyncio.gather(*(bt.submit(f"b{g}", 1, 1) for g in range(4) for bt in (b1, b2)))
+    assert send.peak == 3  # the shared one, across both
+
+
+async def test_a_group_whose_items_came_apart_waits_idle_through_a_pause_not_just_linger() -> None:
+    send = Recorder()
+    b = batcher(send, window=30.0, linger=0.005, idle=0.5)
+    first = asyncio.ensure_future(b.submit("g", 0, 0))
+    await asyncio.sleep(0)
+    time.sleep(0.01)  # a long loop turn, as when the proxy reads a big burst: the next item comes 10 ms later
+    second = asyncio.ensure_future(b.submit("g", 1, 1))
+    await asyncio.sleep(0.05)  # then a pause (a client that stalls) well past linger, within idle
+    third = await asyncio.wait_for(b.submit("g", 2, 2), 10)
+    assert third.size == 3 and (await first).size == (await second).size == 3
+    assert send.batches == [("g", [0, 1, 2])]
+
+
+async def test_batches_cut_by_the_window_share_cut_calls_and_keep_taking_items_meanwhile() -> None:
+    send = Recorder(delay=0.1)
+    b = batcher(send, window=0.02, calls=8, cut_calls=1)
+    first = [asyncio.ensure_future(b.submit("a", 0, 0))]
+    await asyncio.sleep(0.005)  # a's window closes first and takes the one cut slot
+    first += [asyncio.ensure_future(b.submit(g, 0, 0)) for g in "bc"]
+    await asyncio.sleep(0.06)  # every window closed; only one cut batch may be in flight, b and c wait...
+    late = [asyncio.ensure_future(b.submit(g, 1, 1)) for g in "bc"]  # ...so these still join them
+    await asyncio.gather(*first, *late)
+    assert send.peak == 1
+    assert sorted(send.batches) == [("a", [0]), ("b", [0, 1]), ("c", [0, 1])]

@@ -69,3 +69,52 @@ async def test_fetch_whose_callers_all_left_finishes_quietly() -> None:
     caller.cancel()
     await asyncio.sleep(0.05)  # filterwarnings=error: a "never retrieved" warning would fail this test
     assert len(c) == 0
+
+
+async def test_the_fetch_starts_before_handlers_already_queued_run() -> None:
+    c: Coalescer[str, int] = Coalescer()
+    order: list[str] = []
+
+    async def fetch() -> int:
+        order.append("fetch")  # the upstream request would be written here
+        await asyncio.sleep(0)
+        return 1
+
+    async def other_handler() -> None:
+        order.append("other")
+
+    queued = asyncio.ensure_future(other_handler())  # ready before the fetch exists, as a burst's handlers are
+    assert await c.run("k", fetch) == (1, False)
+    await queued
+    assert order == ["fetch", "other"]
+
+
+async def test_the_eager_first_step_runs_as_the_fetchs_own_task() -> None:
+    c: Coalescer[str, int] = Coalescer()
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def fetch() -> int:
+        seen.append(asyncio.current_task())
+        await asyncio.sleep(0.01)
+        seen.append(asyncio.current_task())
+        return 1
+
+    caller = asyncio.current_task()
+    task = c.start("k", fetch)
+    assert seen == [task] and asyncio.current_task() is caller
+    assert await task == 1 and seen == [task, task]
+
+
+async def test_a_fetch_that_fails_or_returns_before_its_first_await_reaches_every_caller() -> None:
+    c: Coalescer[str, int] = Coalescer()
+
+    async def fail() -> int:
+        raise ValueError("at once")
+
+    async def value() -> int:
+        return 7
+
+    results = await asyncio.gather(*(c.run("k", fail) for _ in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [ValueError] * 3
+    assert [r for r, _ in await asyncio.gather(*(c.run("v", value) for _ in range(3)))] == [7, 7, 7]
+    assert len(c) == 0

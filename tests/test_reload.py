@@ -181,6 +181,7 @@ share = "all-users"
   to = "POST /api/v1/optimized/batch-prop-analysis"
   group_by = "query.player_name"
   window = "30ms"
+  linger = "0s"  # a lone item still makes a batch call, which shows the batch route exists
   item = { prop_id = "path.prop_id", player_name = "query.player_name", stat_type = "query.stat_type", \
 line = "query.line:float", team = "query.team", matchup = "query.matchup" }
   body = { requests = "$items" }

@@ -207,3 +207,21 @@ def test_a_rule_an_earlier_one_always_matches_first_is_a_warning(
     assert warnings == ([f"FILE: rule 'b' at `$.route[1].match`: '{second}' is never reached: rule 'a' ('{first}', "
                          "in FILE) comes first and matches every request it does; move this rule above it or narrow "
                          "that pattern"] if shadowed else [])
+
+
+def test_a_batch_cool_down_longer_than_its_maximum_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.toml", """
+[[route]]
+name = "p"
+match = "GET /p/{id}"
+ttl = "5m"
+  [route.batch]
+  to = "POST /batch"
+  group_by = "query.player"
+  item = { id = "path.id" }
+  body = { requests = "$items" }
+  match_on = "id"
+  cool_down = "20m"
+""")
+    assert problems(path) == ("invalid rules:\n  FILE: `cool_down` must be above 0s and at most `max_cool_down` (10m), "
+                              "got 20m - at `$.route[0].batch`")

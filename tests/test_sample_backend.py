@@ -302,6 +302,28 @@ async def test_batch_garbage_knob_answers_200_with_a_body_that_is_not_json(
         msgspec.json.decode(await response.read())
 
 
+async def test_batch_fails_all_knob_fails_every_prop_that_the_single_endpoint_answers(
+    client: Client, backend: SampleBackend
+) -> None:
+    backend.batch_fails_all = True  # the real batch path without its own cache
+    body = await post_batch(client, [item("Aaron Judge", "a"), item("Mookie Betts", "b")])
+    assert body["successful"] == []
+    assert [(f["prop_id"], f["type"]) for f in body["failed"]] == [("a", "player_not_found"), ("b", "player_not_found")]
+    single = await client.get("/mlb/enhanced-prop-analysis/a", params=PROP)
+    assert (await single.json())["player_info"]["name"] == "Aaron Judge"
+
+
+async def test_knobs_can_be_set_over_http_for_a_backend_in_another_process(
+    client: Client, backend: SampleBackend
+) -> None:
+    response = await client.post("/_sample/knobs", json={"batch_latency": 0.01, "batch_fails_all": True})
+    assert await response.json() == {"batch_latency": 0.01, "batch_fails_all": True}
+    assert (backend.batch_latency, backend.batch_fails_all) == (0.01, True)
+    assert backend.calls == {}  # not recorded as a call
+    backend.reset()
+    assert backend.batch_fails_all is False
+
+
 async def test_enhanced_post_wraps_the_same_analysis(client: Client, backend: SampleBackend) -> None:
     response = await client.post(f"{API}/enhanced-prop-analysis", params={**PROP, "prop_id": "p-1"}, data=b"ignored")
     body = msgspec.json.decode(await response.read())

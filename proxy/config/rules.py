@@ -35,7 +35,14 @@ class Batch(_Strict, frozen=True):
     body: dict[str, Any]
     window: Duration = Duration.of("200ms")
     idle: Duration = Duration.of("0s")  # "0s": off; else also send once no item has joined for this long
+    # "0s": off; else send as soon as the burst stopped: no new item for this long (and a few loop turns), and
+    # send a lone item on its own to the single endpoint.
+    linger: Duration = Duration.of("0.5ms")
     max_items: Annotated[int, Meta(ge=1, le=1000)] = 50
+    max_calls: Annotated[int, Meta(ge=1, le=10000)] = 16  # this route's batch calls in flight at once
+    trip_after: Annotated[int, Meta(ge=0)] = 3  # bad batch calls in a row that stop batching; 0: never
+    cool_down: Duration = Duration.of("30s")  # batching stays off this long, then a probe; doubles while it fails
+    max_cool_down: Duration = Duration.of("10m")
     results: str = "successful"
     failures: str = "failed"
     match_on: str = "prop_id"
@@ -55,6 +62,9 @@ class Batch(_Strict, frozen=True):
             raise ValueError(f"`match_on` names {self.match_on!r}, which is not a field of `item`")
         if _count_items(self.body) != 1:
             raise ValueError('`body` must hold the placeholder "$items" exactly once')
+        if self.trip_after and not 0 < self.cool_down <= self.max_cool_down:
+            raise ValueError(f"`cool_down` must be above 0s and at most `max_cool_down` ({self.max_cool_down.text}),"
+                             f" got {self.cool_down.text}")
 
 
 def _count_items(value: Any) -> int:

@@ -49,7 +49,7 @@ class UpstreamConfig(_Strict, frozen=True):
     # so they never take the connections that fills need.
     max_passthrough_connections: Count = 256
     pool_timeout: Duration = Duration.of("2s")  # waiting for a free connection, then 503 with Retry-After
-    max_batch_calls: Count = 8
+    max_batch_calls: Count = 32  # all batched routes together; each route also has its own `max_calls`
     max_fallback_calls: Count = 20
 
     def __post_init__(self) -> None:

@@ -23,14 +23,20 @@ PLAYERS = ROSTER[:10]
 STATS = (("hits", 0.5), ("hits", 1.5), ("runs", 0.5), ("home_runs", 0.5), ("rbi", 1.5), ("walks", 0.5))
 
 
-def screen(user: int) -> list[str]:
-    """What one user's prop screen asks for: every prop of every player, plus the player panels."""
+def props(user: int | str) -> list[str]:
+    """One user's prop analyses: 6 props for each of 10 players, player by player, as the screen asks for them."""
     paths = []
     for n, (name, (stat, line)) in enumerate(itertools.product(PLAYERS, STATS)):
         team = player_team(name) or "NYY"
         q = urlencode({"player_name": name, "stat_type": stat, "line": line, "team": team,
                        "matchup": f"{team} vs BOS"})
         paths.append(f"/mlb/enhanced-prop-analysis/u{user}-p{n}?{q}")
+    return paths
+
+
+def screen(user: int) -> list[str]:
+    """What one user's prop screen asks for: every prop of every player, plus the player panels."""
+    paths = props(user)
     for name in PLAYERS:
         pid = player_id(name)
         paths += [
@@ -77,19 +83,29 @@ async def run_demo(config: Config, rules: RuleSet, users: int = 3) -> int:
                   f"{proxy.proxy_url} (admin {proxy.admin_url}), {len(rules.rules)} rules, memory tier only\n")
             lat: list[float] = []
             outcomes: Counter[str] = Counter()
-            t0 = time.perf_counter()
-            sent = 0
+            wall = 0.0
+            sent = direct_calls = 0
+            direct_by_route: Counter[str] = Counter()
             for wave, first_user in enumerate((0, users), 1):
                 screens = [screen(u) for u in range(first_user, first_user + users)]
+                before = sum(backend.calls.values())  # the same wave straight to the backend first, for comparison
+                seen = Counter(backend.calls)
+                d0 = time.perf_counter()
+                await asyncio.gather(*(_user(f"http://{host}:{port}", s, [], Counter()) for s in screens))
+                direct = time.perf_counter() - d0
+                direct_calls += sum(backend.calls.values()) - before
+                direct_by_route.update(backend.calls - seen)
                 before = sum(backend.calls.values())
                 w0 = time.perf_counter()
                 await asyncio.gather(*(_user(proxy.proxy_url, s, lat, outcomes) for s in screens))
+                took = time.perf_counter() - w0
+                wall += took
                 n = sum(map(len, screens))
                 sent += n
                 print(f"wave {wave}: {users} users open the prop screen at once, {n} requests -> "
-                      f"{sum(backend.calls.values()) - before} backend calls in {time.perf_counter() - w0:.2f} s")
-            wall = time.perf_counter() - t0
-            calls = sum(backend.calls.values())
+                      f"{sum(backend.calls.values()) - before} backend calls in {took:.2f} s "
+                      f"(straight to the backend: {n} calls in {direct:.2f} s)")
+            calls = sum(backend.calls.values()) - direct_calls
             served = sum(n for o, n in outcomes.items() if o in ("hit", "collapsed", "batched", "stale"))
             print()
             print(f"requests through the proxy   {sent}")
@@ -99,8 +115,9 @@ async def run_demo(config: Config, rules: RuleSet, users: int = 3) -> int:
             p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
             print(f"latency p50 / p99            {p50 * 1000:.1f} ms / {p99 * 1000:.1f} ms"
                   f"   (one backend call: {LATENCY * 1000:.0f} ms)")
-            print(f"wall time                    {wall:.2f} s")
-            print(f"backend calls by route       {dict(sorted(backend.calls.items()))}")
+            print(f"wall time                    {wall:.2f} s through the proxy")
+            proxied = backend.calls - direct_by_route
+            print(f"backend calls by route       {dict(sorted(proxied.items()))}")
             m = proxy.metrics
             if batches := sum(m.batches.values()):
                 items = sum(h.sum for h in m.batch_items.values())

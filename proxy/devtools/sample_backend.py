@@ -151,6 +151,11 @@ def _group(items: list[_Item]) -> dict[str, list[_Item]]:
     return {key: sorted(group, key=lambda item: item.priority) for key, group in groups.items()}
 
 
+class _Knobs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    batch_latency: float | None = None
+    batch_fails_all: bool | None = None
+
+
 @dataclass(frozen=True)
 class ReceivedRequest:
     """One request as the backend saw it, so tests can check what the proxy forwarded."""
@@ -177,6 +182,7 @@ class SampleBackend:
         self.received: list[ReceivedRequest] = []
         self.fail_batch_status: int | None = None
         self.batch_garbage = False
+        self.batch_fails_all = False  # every batch item fails as player_not_found, as upstream's does without its cache
         self.failing_players: set[str] = set()
         self.group_error_players: set[str] = set()
         self._cache: dict[str, float] = {}  # upstream's player cache key -> cached_at
@@ -211,6 +217,8 @@ class SampleBackend:
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path == "/_sample/calls":  # for a backend in another process (bench); not recorded
                 return _json(dict(self.calls))
+            if request.path == "/_sample/knobs":  # the bench turns faults on and off in another process
+                return await self._knobs(request)
             started, route = time.perf_counter(), request.match_info.route.name or "unmatched"
             await self._record(route, request)
             delay = self.batch_latency if route == "batch-prop-analysis" else self.latency
@@ -230,6 +238,16 @@ class SampleBackend:
             return response
 
         return middleware
+
+    async def _knobs(self, request: web.Request) -> web.Response:
+        """POST {"batch_latency": seconds, "batch_fails_all": bool}: set either; answers the knobs as they are."""
+        if request.method == "POST":
+            knobs = msgspec.json.decode(await request.read(), type=_Knobs)
+            if knobs.batch_latency is not None:
+                self.batch_latency = knobs.batch_latency
+            if knobs.batch_fails_all is not None:
+                self.batch_fails_all = knobs.batch_fails_all
+        return _json({"batch_latency": self.batch_latency, "batch_fails_all": self.batch_fails_all})
 
     async def _record(self, route: str, request: web.Request) -> None:
         body = await request.read() if request.body_exists else b""
@@ -321,7 +339,7 @@ class SampleBackend:
                 continue
             for item in group:
                 name = item.fields.player_name
-                if self._fails(name):
+                if self._fails(name) or self.batch_fails_all:
                     error = f"Player data not found for {name}"
                     failed.append({"prop_id": item.prop_id, "error": error, "type": "player_not_found"})
                     continue
@@ -456,8 +474,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every request waits (default 0)")
     parser.add_argument("--batch-latency", type=float, help="seconds the batch route waits (default: --latency)")
+    parser.add_argument("--batch-fails", action="store_true",
+                        help="the batch route fails every prop, as upstream's does without its own cache")
     args = parser.parse_args(argv)
-    web.run_app(SampleBackend(args.latency, args.batch_latency).app(), host="127.0.0.1", port=args.port)
+    backend = SampleBackend(args.latency, args.batch_latency)
+    backend.batch_fails_all = args.batch_fails
+    web.run_app(backend.app(), host="127.0.0.1", port=args.port)
 
 
 if __name__ == "__main__":

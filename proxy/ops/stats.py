@@ -47,6 +47,8 @@ class RouteStats(msgspec.Struct, frozen=True, kw_only=True):
     p95_ms: float
     p99_ms: float
     upstream_latency: Percentiles
+    batch_breaker: str | None = None  # a batched route's breaker: "closed" (batching) or "open" (single calls)
+    batch_breaker_opened: int = 0  # times it opened
 
 
 class TierStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,6 +184,8 @@ def route_stats(view: Metrics, route: str) -> RouteStats:
         soon = sum(n for bound, n in zip(expired.bounds, expired.counts, strict=False)
                    if bound <= insights.EXPIRY_WINDOW)
     pct = _pct(view.latency.get(route))
+    breaker = _by_label(_read(view.gauges.get("sidecache_batch_breaker_open")), "route")
+    opened = _by_label(_read(view.counters.get("sidecache_batch_breaker_opened")), "route")
     return RouteStats(
         requests=requests, outcomes=outcomes, hits=hits, hit_ratio=_ratio(hits, requests),
         grade=insights.grade(_ratio(hits, requests), requests), upstream_calls=calls,
@@ -192,6 +196,8 @@ def route_stats(view: Metrics, route: str) -> RouteStats:
         not_stored={why: n for (r, why), n in sorted(view.not_stored.items()) if r == route},
         p50_ms=pct.p50_ms, p95_ms=pct.p95_ms, p99_ms=pct.p99_ms,
         upstream_latency=_pct(view.upstream_latency.get(route)),
+        batch_breaker=None if route not in breaker else "open" if breaker[route] else "closed",
+        batch_breaker_opened=opened.get(route, 0),
     )
 
 

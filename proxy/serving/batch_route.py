@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import math
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from proxy.concurrency.batcher import Batcher
+from proxy.concurrency.breaker import Breaker
+from proxy.concurrency.eager import eager_task
 from proxy.config.rules import CompiledRule, Field, RuleSet, field_value
 from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.policy.freshness import unstorable_reason
 from proxy.serving.headers import end_to_end
 from proxy.serving.upstream import UpstreamClient, UpstreamResponse
 from proxy.telemetry.metrics import Metrics
 
+log = logging.getLogger("sidecache")
+V = TypeVar("V")
 ITEMS: Final = "$items"
 _GROUP_SEP: Final = "\x1f"
 _LEARNED: Final = 256  # Origins whose batch reply headers are remembered
@@ -105,10 +112,11 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """One item waiting in a window, with the forwarding headers of the request that asked for it."""
+    """One item waiting in a window, with the target and forwarding headers of the request that asked for it."""
 
     item: dict[str, Any]
     headers: CIMultiDict[str]
+    raw_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +130,11 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Miss:
-    """Why the batch gave an item nothing: "failed", "missing", or the whole call's failure."""
+    """Why the batch gave an item nothing ("failed", "missing", the whole call's failure), or "alone": a lone item
+    that went to the single endpoint instead; `single` is that call, started as soon as the batch reply was read."""
 
     reason: str
+    single: asyncio.Task[UpstreamResponse] | None = None
 
 
 class BatchSpec:
@@ -210,11 +220,19 @@ class BatchSpec:
 
 
 class BatchRoute:
-    """One batched rule: a Batcher per rule, the batch call, and single calls for whatever a batch leaves out."""
+    """One batched rule: a Batcher per rule, the batch call, and single calls for whatever a batch leaves out.
+
+    A breaker watches whether batching pays: a batch call that fails whole, or whose failed items then succeed
+    alone more often than it answered items itself, counts against it. After `trip_after` of those in a row the
+    route stops batching for `cool_down` (its requests go to the single endpoint as if there were no batching),
+    then one request's item is also sent as a batch of one beside its own single call: a probe that costs one
+    call and no client any time. A probe that answers closes the breaker; one that does not doubles the cool-down,
+    up to `max_cool_down`.
+    """
 
     def __init__(
         self, rule: CompiledRule, upstream: UpstreamClient, metrics: Metrics, *,
-        calls: asyncio.Semaphore, fallbacks: asyncio.Semaphore,
+        calls: asyncio.Semaphore, fallbacks: asyncio.Semaphore, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rule = rule
         self.spec = BatchSpec(rule)
@@ -225,24 +243,40 @@ class BatchRoute:
         b = rule.route.batch
         assert b is not None  # BatchSpec raised otherwise
         self.fallback = b.on_item_error == "fallback"
+        self.alone = b.linger > 0  # adaptive: a batch of one goes to the single endpoint
         # The reply headers the batch endpoint gave each Origin (CORS): a client's batch answered wholly from the
         # cache carries exactly these, never invented ones (batch_merge.py).
         self.learned: OrderedDict[str, CIMultiDictProxy[str]] = OrderedDict()
         self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
-            self._send, window=float(b.window), max_items=b.max_items, calls=calls, idle=float(b.idle)
+            self._send, window=float(b.window), max_items=b.max_items, calls=(asyncio.Semaphore(b.max_calls), calls),
+            idle=float(b.idle), linger=float(b.linger), cut_calls=max(1, b.max_calls // 2),
         )
+        self.breaker: Breaker | None = None
+        if b.trip_after:
+            self.breaker = Breaker(failures=b.trip_after, probe_min=float(b.cool_down),
+                                   probe_max=float(b.max_cool_down), clock=clock, on_change=self._changed)
+        self._probing = False
+        self._tasks: set[asyncio.Task[Any]] = set()  # single calls and verdicts started by batch calls
+
+    @property
+    def batching(self) -> bool:
+        """False while the breaker is open: requests go to the single endpoint."""
+        return self.breaker is None or self.breaker.closed
 
     async def fetch(
         self, key: str, params: Mapping[str, str], query: MultiMapping[str], raw_path: str, headers: CIMultiDict[str]
     ) -> tuple[UpstreamResponse, int]:
-        """What the single endpoint answers for one request, via a batch when it can: (answer, batch size or 0)."""
+        """What the single endpoint answers for one request, via a batch when it can: (answer, batch size), where
+        the size is 0 for an item that went to the single endpoint instead (alone, fallen back, breaker open)."""
         try:
             item = self.spec.item(params, query, headers)
         except Unbatchable:
             return await self.single(raw_path, headers, "unbatchable"), 0
+        if not self.batching:
+            return await self._unbatched(item, raw_path, headers), 0
         # One batch call answers with one set of headers: requests from different origins (CORS) never share one.
         group = f"{self.spec.group_of(params, query, headers)}{_GROUP_SEP}{headers.get('Origin', '')}"
-        got = await self.batcher.submit(group, key, Pending(item, headers))
+        got = await self.batcher.submit(group, key, Pending(item, headers, raw_path))
         if got.shared:
             self.metrics.batch_deduplicated[self.rule.name] += 1
         outcome = got.result
@@ -250,15 +284,92 @@ class BatchRoute:
             own = item[self.spec.match_on]
             body = outcome.body if outcome.sent == own else self.spec.with_id(outcome.body, own)
             return UpstreamResponse(200, outcome.headers, body), got.size
-        if not self.fallback:
+        if outcome.single is None:
             raise UpstreamError(f"rule {self.rule.name!r}: batch item {outcome.reason}", url=self.spec.path)
-        return await self.single(raw_path, headers, outcome.reason), 0
+        return await asyncio.shield(outcome.single), 0  # shared by identical items; never cancelled for the others
 
-    async def single(self, raw_path: str, headers: CIMultiDict[str], reason: str) -> UpstreamResponse:
-        """The item as its own call to the single endpoint, at most `max_fallback_calls` at once."""
+    async def single(self, raw_path: str, headers: CIMultiDict[str], reason: str, *,
+                     bounded: bool = True) -> UpstreamResponse:
+        """The item as its own call to the single endpoint; a fallback (`bounded`) waits for one of the
+        `max_fallback_calls` slots, a request that was never in a batch (alone, breaker open) does not."""
         self.metrics.batch_fallbacks[(self.rule.name, reason)] += 1
+        if not bounded:
+            return await self.upstream.call(self.rule.name, "GET", raw_path, headers)
         async with self._fallbacks:
             return await self.upstream.call(self.rule.name, "GET", raw_path, headers)
+
+    async def aclose(self) -> None:
+        """Cancel open windows, batch calls, and the single calls and probes they started."""
+        await self.batcher.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _unbatched(self, item: dict[str, Any], raw_path: str, headers: CIMultiDict[str]) -> UpstreamResponse:
+        """Breaker open: the request's own call; when a probe is due, its item also goes as a batch of one."""
+        assert self.breaker is not None
+        if not self._probing and self.breaker.probe_in() <= 0:
+            self._probing = True
+            self._spawn(self._probe(item, headers))
+        return await self.single(raw_path, headers, "breaker-open", bounded=False)
+
+    async def _probe(self, item: dict[str, Any], headers: CIMultiDict[str]) -> None:
+        """Does the batch endpoint answer again? Its verdict alone decides while the breaker is open."""
+        assert self.breaker is not None
+        self.metrics.batch_probes[self.rule.name] += 1
+        try:
+            try:
+                reply = await self.call([item], headers)
+            except UpstreamError:
+                self.breaker.failed()
+                return
+            if reply.problem is None and str(item[self.spec.match_on]) in reply.answers:
+                self.breaker.succeeded()
+            else:
+                self.breaker.failed()  # it failed the item, and either the item answers alone or nothing proved it
+        finally:
+            self._probing = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, V]) -> asyncio.Task[V]:
+        """A task of this route's own, started eagerly (its upstream request is written before this returns),
+        cancelled by aclose(); its exception is retrieved even if nobody awaits it."""
+        task = eager_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(_forget(self._tasks))
+        return task
+
+    def _changed(self, closed: bool) -> None:
+        log.warning("rule %r: batching %s", self.rule.name,
+                    "resumed: a probe batch answered" if closed else
+                    "stopped: batch calls keep failing items that succeed alone; requests go to the single endpoint")
+
+    def _judge(self, answered: int, singles: list[asyncio.Task[UpstreamResponse]]) -> None:
+        """The breaker's verdict on one batch call, once its failed items have been tried alone."""
+        if self.breaker is None:
+            return
+        if not singles:
+            self._verdict(bad=False, good=answered > 0)
+            return
+
+        async def verdict() -> None:
+            results = await asyncio.gather(*singles, return_exceptions=True)
+            rescued = sum(isinstance(r, UpstreamResponse) and self._good(r) for r in results)
+            self._verdict(bad=rescued > answered, good=answered > 0)
+
+        self._spawn(verdict())
+
+    def _verdict(self, *, bad: bool, good: bool) -> None:
+        if self.breaker is None or not self.breaker.closed:
+            return  # calls already in flight when it opened are no news; only its probe decides now
+        if bad:
+            self.breaker.failed()
+        elif good:
+            self.breaker.succeeded()
+
+    def _good(self, resp: UpstreamResponse) -> bool:
+        """An answer the single endpoint gave that the batch could have given too: a storable success."""
+        return 200 <= resp.status < 300 and unstorable_reason(resp.status, resp.headers, resp.body, self.rule) is None
 
     async def call(self, items: list[dict[str, Any]], headers: CIMultiDict[str], base: Any = None) -> Reply:
         """One batch call with items whose ids are unique; transport failures raise UpstreamError."""
@@ -288,7 +399,11 @@ class BatchRoute:
             self.learned.popitem(last=False)
 
     async def _send(self, group: str, pending: list[Pending]) -> list[Answer | Miss]:
-        """The Batcher's send: one call for a window's items, each matched back by its sent id."""
+        """The Batcher's send: one call for a window's items, each matched back by its sent id; a lone item goes
+        to the single endpoint instead, and failed items' single calls start as soon as the reply is read."""
+        if self.alone and len(pending) == 1:
+            p = pending[0]
+            return [Miss("alone", self._spawn(self.single(p.raw_path, p.headers, "alone", bounded=False)))]
         m = self.spec.match_on
         items: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -304,18 +419,45 @@ class BatchRoute:
             reply = await self.call(items, pending[0].headers)
         except UpstreamError as exc:
             reason = "batch-timeout" if isinstance(exc, UpstreamTimeout) else "batch-unreachable"
-            return [Miss(reason)] * len(items)
+            return self._misses(pending, [reason] * len(items), whole=True)
         if reply.problem is not None:
-            return [Miss(f"batch-{reply.problem}")] * len(items)
-        out: list[Answer | Miss] = []
+            return self._misses(pending, [f"batch-{reply.problem}"] * len(items), whole=True)
+        out: list[Answer | Miss | str] = []
         for item in items:
             sid = str(item[m])
             body = reply.answers.get(sid)
             if body is not None:
                 out.append(Answer(body, reply.headers, item[m]))
             else:  # in failures, or absent (dropped past the backend's limit, or a failure without an id)
-                out.append(Miss("failed" if sid in reply.failed else "missing"))
+                out.append("failed" if sid in reply.failed else "missing")
+        return self._misses(pending, out, whole=False)
+
+    def _misses(self, pending: list[Pending], outcomes: Sequence[Answer | Miss | str], *,
+                whole: bool) -> list[Answer | Miss]:
+        """Each failed item's single call, started now (when the route falls back), and the breaker's verdict."""
+        out: list[Answer | Miss] = []
+        singles: list[asyncio.Task[UpstreamResponse]] = []
+        for p, outcome in zip(pending, outcomes, strict=True):
+            if not isinstance(outcome, str):
+                out.append(outcome)
+                continue
+            single = self._spawn(self.single(p.raw_path, p.headers, outcome)) if self.fallback else None
+            singles += [single] if single is not None else []
+            out.append(Miss(outcome, single))
+        if whole:
+            self._verdict(bad=True, good=False)
+        else:
+            self._judge(sum(isinstance(o, Answer) for o in out), singles)
         return out
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a call whose waiters all left must not log "never retrieved"
+
+    return done
 
 
 def batch_routes(rules: RuleSet, upstream: UpstreamClient, metrics: Metrics) -> dict[str, BatchRoute]:

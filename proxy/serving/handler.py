@@ -102,7 +102,7 @@ class ProxyHandler:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         for b in self.batches.values():
-            await b.batcher.aclose()
+            await b.aclose()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()

@@ -78,6 +78,7 @@ class Metrics:
         self.batch_items: dict[str, Histogram] = {}  # route -> items per batch call
         self.batch_deduplicated: Counter[str] = Counter()  # route -> items that joined an identical one
         self.batch_fallbacks: Counter[tuple[str, str]] = Counter()  # (route, reason) -> items re-issued alone
+        self.batch_probes: Counter[str] = Counter()  # route -> probe batches sent while its breaker was open
         self.expired: dict[str, Histogram] = {}  # route -> how long past its TTL the entry a lookup found was
         self.not_stored: Counter[tuple[str, str]] = Counter()  # (route, reason) of fills that were not stored
         self.reloads: Counter[str] = Counter()  # "ok" | "rejected"
@@ -149,6 +150,8 @@ class _Exporter(Collector):
                        ["route"], m.batch_deduplicated)
         yield _counter("sidecache_batch_fallbacks", "Batch items re-issued alone to the single endpoint.",
                        ["route", "reason"], m.batch_fallbacks)
+        yield _counter("sidecache_batch_probes", "Probe batches sent while a route's batch breaker was open.",
+                       ["route"], m.batch_probes)
         yield from _operations(m)
         for name, read in sorted(m.gauges.items()):
             yield _family(GaugeMetricFamily, name, read())
