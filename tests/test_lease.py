@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.cache.events import Filled, encode_event
-from proxy.cache.lease import LeaseCoalescer
+from proxy.cache.lease import Lease, LeaseCoalescer
 from proxy.cache.redis.tier import RedisTier
 from proxy.config.settings import RedisConfig
 from proxy.config.units import Duration
@@ -117,7 +117,7 @@ async def test_a_lease_that_vanishes_without_an_event_is_noticed_and_taken_over(
     await redis.set(lease, "another-process", px=5000)
     leases, tasks = coalescer(tier)
 
-    async def fetch() -> bytes | str | None:
+    async def fetch(_lease: Lease | None) -> bytes | str | None:
         return await redis.get(lease)  # who holds the lease while we fetch
 
     t0 = time.perf_counter()
@@ -137,7 +137,7 @@ async def test_a_lease_waiter_waits_at_most_max_wait_in_all(tier: RedisTier, red
     await redis.set(lease, "another-process", px=5000)
     leases, _ = coalescer(tier, max_wait=0.3)
 
-    async def fetch() -> str:
+    async def fetch(_lease: Lease | None) -> str:
         return "fetched"
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.app import Sidecar
-from proxy.cache.redis.tier import redact
+from proxy.cache.redis.client import redact
 from proxy.config.rules import RuleSet
 from proxy.config.settings import Config, RedisConfig, load_config
 from proxy.config.units import Duration

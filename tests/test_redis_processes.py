@@ -12,7 +12,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from multidict import MultiDict
 
-from proxy.cache.redis.tier import entry_hash
+from proxy.cache.redis.keyspace import entry_hash
 from proxy.config.rules import load_rules
 from proxy.policy.keys import cache_key
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from proxy.cache.events import Released, encode_event
@@ -20,15 +21,36 @@ _CHECK: Final = 0.1  # while waiting, how often to ask Redis whether the holder'
 MAX_OWED: Final = 4096  # leases remembered for a late release; past it the rest lapse by themselves
 
 
+@dataclass(slots=True)
+class Lease:
+    """A key's fill lease this process holds, handed to the fetch that fills it; the store that writes the entry
+    takes the token (its write script releases the lease), else the lease is given back when the fetch ends."""
+
+    key: str
+    token: str
+    taken: bool = False
+
+    def take(self, key: str) -> str:
+        """The token, for the write of key that releases the lease; empty for any other key or a second write."""
+        if self.taken or key != self.key:
+            return ""
+        self.taken = True
+        return self.token
+
+
+Fetch = Callable[[Lease | None], Awaitable[V]]
+
+
 class LeaseCoalescer:
     """Runs after the in-process Coalescer, so each process asks for a key's lease at most once at a time.
 
-    The holder fetches; its store (TieredCache.store) writes the entry, releases the lease and publishes a
-    `Filled` event in one script. Others wait for that event (pub/sub) for at most the time left on the lease,
-    then look again: a fresh entry is adopted; a lapsed lease is taken over. Redis failing is not an error, and
-    its silence looks the same as a holder still fetching, so a waiter also checks the lease every `_CHECK`
-    under the call timeout: a failed check sends it to fetch at once, a vanished lease to look again. Without
-    a healthy Redis, everyone just fetches; nobody waits on other processes longer than `max_wait` in all.
+    The holder fetches with its `Lease` in hand; its store (`TieredCache.store(key, entry, lease=lease)`) writes
+    the entry, releases the lease and publishes a `Filled` event in one script. Others wait for that event
+    (pub/sub) for at most the time left on the lease, then look again: a fresh entry is adopted; a lapsed lease is
+    taken over. Redis failing is not an error, and its silence looks the same as a holder still fetching, so a
+    waiter also checks the lease every `_CHECK` under the call timeout: a failed check sends it to fetch at once, a
+    vanished lease to look again. Without a healthy Redis, everyone just fetches; nobody waits on other processes
+    longer than `max_wait` in all.
     """
 
     def __init__(
@@ -47,18 +69,14 @@ class LeaseCoalescer:
         self.origin = origin
         self.clock = clock
         self._spawn = spawn
-        self._tokens: dict[str, str] = {}  # key -> token of a lease this process holds and has not released
+        self._held = 0  # leases this process holds and has not handed to a store or given back
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # key -> (token, loop time it lapses) of leases whose release Redis did not take: given back once it answers
         self._owed: dict[str, tuple[str, float]] = {}
         self._settling = False
 
     def __len__(self) -> int:
-        return len(self._tokens)
-
-    def token_for(self, key: str) -> str:
-        """Hand the lease on key to the store that fills it (which releases it); empty when none is held."""
-        return self._tokens.pop(key, "")
+        return self._held
 
     def notify(self, key: str) -> None:
         """An event about key arrived: whoever waits on it looks again."""
@@ -71,20 +89,21 @@ class LeaseCoalescer:
         for key in list(self._waiters):
             self.notify(key)
 
-    async def run(self, key: str, fetch: Callable[[], Awaitable[V]], adopt: Callable[[CachedResponse], V]) -> V:
-        """fetch() under the key's lease, or adopt() the entry another process stored meanwhile."""
+    async def run(self, key: str, fetch: Fetch[V], adopt: Callable[[CachedResponse], V]) -> V:
+        """fetch(lease) under the key's lease, or adopt() the entry another process stored meanwhile; fetch(None)
+        when no lease could be had (Redis unhealthy, or waiting took too long)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.max_wait  # loop time, as asyncio's timeouts: self.clock dates entries only
         for _ in range(_ROUNDS):
             if not self.redis.breaker.healthy:
-                return await fetch()
+                return await fetch(None)
             token = secrets.token_hex(8)
             waiter = self._wait(key)  # before asking, so an event that lands in between is not lost
             try:
                 try:
                     claim = await self.redis.acquire(key, token, self.lease_ms)
                 except CacheBackendError:
-                    return await fetch()
+                    return await fetch(None)
                 if claim.entry is not None and claim.entry.expires_at > self.clock():
                     if claim.acquired:
                         self._spawn(self._give_back(key, token, notify=False))
@@ -94,12 +113,12 @@ class LeaseCoalescer:
                 try:
                     await self._watch(key, waiter, min(loop.time() + claim.lease_left + _GRACE, give_up))
                 except CacheBackendError:
-                    return await fetch()  # counted by the tier; whatever the holder stores may never reach us
+                    return await fetch(None)  # counted by the tier; whatever the holder stores may never reach us
             finally:
                 self._unwait(key, waiter)
             if loop.time() >= give_up:
                 break
-        return await fetch()
+        return await fetch(None)
 
     async def _watch(self, key: str, waiter: asyncio.Future[None], until: float) -> None:
         """Return on an event about key, once the holder's lease is gone, or at `until`; CacheBackendError when a
@@ -110,13 +129,15 @@ class LeaseCoalescer:
             if done or await self.redis.lease_left(key) == 0:
                 return
 
-    async def _hold(self, key: str, token: str, fetch: Callable[[], Awaitable[V]]) -> V:
-        self._tokens[key] = token
+    async def _hold(self, key: str, token: str, fetch: Fetch[V]) -> V:
+        lease = Lease(key, token)
+        self._held += 1
         try:
-            return await fetch()
+            return await fetch(lease)
         finally:
-            if self._tokens.get(key) == token:  # nothing was stored: tell the waiters to fetch for themselves
-                del self._tokens[key]
+            self._held -= 1
+            if not lease.taken:  # nothing was stored: tell the waiters to fetch for themselves
+                lease.taken = True  # a store after this must not release a lease given back (maybe taken over)
                 self._spawn(self._give_back(key, token, notify=True))
 
     async def _give_back(self, key: str, token: str, *, notify: bool) -> None:

@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Final, TypeVar
 
 from proxy.cache.events import Filled, Purged, Selector, decode_event, encode_event
-from proxy.cache.lease import LeaseCoalescer
+from proxy.cache.lease import Fetch, Lease, LeaseCoalescer
 from proxy.cache.memory import MemoryTier
-from proxy.cache.redis.tier import RedisTier, entry_hash
+from proxy.cache.redis.keyspace import entry_hash
+from proxy.cache.redis.tier import RedisTier
 from proxy.concurrency.coalescer import Coalescer
 from proxy.errors import CacheBackendError
 from proxy.policy.entry import CachedResponse
@@ -161,10 +162,11 @@ class TieredCache:
         self.memory.set(key, entry)
         return entry
 
-    def store(self, key: str, entry: CachedResponse, *, since: int | None = None) -> bool:
+    def store(self, key: str, entry: CachedResponse, *, since: int | None = None, lease: Lease | None = None) -> bool:
         """True when the memory tier kept it (it refuses entries over its per-entry cap); Redis is written in the
         background, so the response never waits for it. `since`: the generation the fill began at; a purge since
-        then that selects this entry wins, and nothing is stored."""
+        then that selects this entry wins, and nothing is stored. `lease`: the one fill_once handed the fetch that
+        got this entry; the Redis write releases it (without it, the lease is given back when that fetch ends)."""
         if since is not None and self.purged_since(since, key, entry):
             return False
         if not self.memory.set(key, entry):
@@ -173,15 +175,16 @@ class TieredCache:
             if len(self._writes) >= MAX_PENDING_WRITES:
                 self.dropped_writes += 1
             else:
-                token = self.lease.token_for(key) if self.lease is not None else ""
+                token = lease.take(key) if lease is not None else ""
                 task = self._spawn(self._write(key, entry, token))
                 self._writes[key] = (entry, task)
         return True
 
-    async def fill_once(self, key: str, fill: Callable[[], Awaitable[V]], adopt: Callable[[CachedResponse], V]) -> V:
-        """fill() once across every process sharing Redis; the others adopt() what it stored (promoted here)."""
+    async def fill_once(self, key: str, fill: Fetch[V], adopt: Callable[[CachedResponse], V]) -> V:
+        """fill(lease) once across every process sharing Redis; the others adopt() what it stored (promoted here).
+        fill passes its lease on to `store(key, entry, lease=lease)`; it is None without Redis or a lease."""
         if self.lease is None:
-            return await fill()
+            return await fill(None)
 
         def promote(entry: CachedResponse) -> V:
             self.memory.set(key, entry)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.cache.lease import Lease
 from proxy.cache.tiers import TieredCache
 from proxy.policy.cache_status import PERSONAL
 from proxy.policy.entry import CachedResponse
@@ -95,17 +96,17 @@ class Filler:
         since = self.tiers.generation
         inb.detach()  # the fill runs as its own task, which may outlive the client's connection
 
-        async def fetch() -> Fill:
+        async def fetch(lease: Lease | None = None) -> Fill:
             return await self.fetch(inb, key, judge, stale=stale, conditions=conditions, send_host=send_host,
-                                    since=since)
+                                    since=since, lease=lease)
 
         if forced:
             return await fetch()
         return await self.tiers.fill_once(key, fetch, _adopt)
 
     async def fetch(self, inb: Inbound, key: str, judge: Judge, *, stale: CachedResponse | None,
-                    conditions: dict[str, str], send_host: bool, since: int) -> Fill:
-        """Fetch for everyone waiting on key and store what may be stored; runs as its own task."""
+                    conditions: dict[str, str], send_host: bool, since: int, lease: Lease | None = None) -> Fill:
+        """Fetch for everyone waiting on key and store what may be stored (releasing `lease`); runs as its own task."""
         headers = fill_headers(inb, self.trust, send_host=send_host)
         batch = self.batches.get(inb.route) if inb.rule is not None and not conditions else None
         batch_size = None
@@ -121,14 +122,15 @@ class Filler:
         else:  # counts its own upstream calls: one batch call answers many fills
             resp, batch_size = await batch.fetch(key, inb.params, inb.query, inb.raw_path, headers)
         if resp.status == 304 and conditions and stale is not None:
-            return self.revalidated(key, inb, stale, resp.headers, since)
+            return self.revalidated(key, inb, stale, resp.headers, since, lease)
         out_headers = end_to_end(resp.headers, drop=("Content-Length",))
         verdict = judge(resp.status, resp.headers, resp.body)
         entry, reason = None, verdict if isinstance(verdict, str) else None
         if isinstance(verdict, Terms):
             if batch_size:
                 verdict = replace(verdict, source="batch", keep=0.0)
-            entry = self.store(key, inb.headers, resp.status, out_headers.items(), resp.body, verdict, since=since)
+            entry = self.store(key, inb.headers, resp.status, out_headers.items(), resp.body, verdict, since=since,
+                               lease=lease)
             if entry is None:
                 reason = "too-large"
         if reason is not None:
@@ -136,16 +138,16 @@ class Filler:
         return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry)
 
     def revalidated(self, key: str, inb: Inbound, stale: CachedResponse, not_modified: CIMultiDictProxy[str],
-                    since: int) -> Fill:
+                    since: int, lease: Lease | None = None) -> Fill:
         """A 304 from the origin: the stored body stands, with the 304's headers and a new lifetime (RFC 9111 4.3.4)."""
         entry = refreshed(stale, end_to_end(not_modified).items(), now=self.clock())
         vkey = variant_key(key, stale.vary, inb.headers) if stale.vary else key
-        stored = self.tiers.store(vkey, entry, since=since)
+        stored = self.tiers.store(vkey, entry, since=since, lease=lease)
         return Fill(entry.status, CIMultiDict(entry.headers), entry.body, stored, None,
                     entry=entry if stored else None, revalidated=True)
 
     def store(self, key: str, request: CIMultiDictProxy[str], status: int, headers: Iterable[tuple[str, str]],
-              body: bytes, terms: Terms, *, since: int) -> CachedResponse | None:
+              body: bytes, terms: Terms, *, since: int, lease: Lease | None = None) -> CachedResponse | None:
         """Keep an answer; a Vary answer goes under its variant's key, with a marker under the resource's key."""
         now = self.clock() - terms.age
         tags = [*terms.tags, key_tag(key)] if terms.vary else list(terms.tags)  # variants: reached by their key's tag
@@ -158,10 +160,10 @@ class Filler:
                                     stale_while_revalidate=terms.stale_while_revalidate,
                                     stale_if_error=terms.stale_if_error, tags=tags, route=terms.route,
                                     vary=list(terms.vary), keep=terms.keep)
-            if not self.tiers.store(key, marker, since=since):
+            if not self.tiers.store(key, marker, since=since, lease=lease):
                 return None
             key = variant_key(key, terms.vary, request)
-        return entry if self.tiers.store(key, entry, since=since) else None
+        return entry if self.tiers.store(key, entry, since=since, lease=lease) else None
 
 
 def _adopt(entry: CachedResponse) -> Fill:

@@ -1,0 +1,97 @@
+"""Entries in Redis: read, written with their tag and route indexes in one script, and purged by key, tag,
+route or all."""
+
+from __future__ import annotations
+
+import re
+from typing import Final, cast
+
+from proxy.cache.events import Selector
+from proxy.cache.redis.client import RedisClient
+from proxy.cache.redis.keyspace import Keyspace, entry_hash
+from proxy.policy.entry import CachedResponse, decode, encode
+
+PURGE_TIMEOUT: Final = 5.0  # a purge may touch many keys; it runs for an operator, never inside a client request
+
+# Entry, its tag and route sets, the lease release and the event, in one atomic round trip.
+SET: Final = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local px = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if redis.call('PTTL', KEYS[i]) < px then redis.call('PEXPIRE', KEYS[i], px) end
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+PURGE_SET: Final = """
+local gone = {}
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('DEL', ARGV[1] .. h) == 1 then gone[#gone + 1] = h end
+end
+redis.call('DEL', KEYS[1])
+return gone
+"""
+
+
+class Entries:
+    """Stored answers under the keyspace's names; every command through the client's guarded call."""
+
+    def __init__(self, client: RedisClient, keys: Keyspace) -> None:
+        self.client, self.keys = client, keys
+        self._set = client.redis.register_script(SET)
+        self._purge_set = client.redis.register_script(PURGE_SET)
+
+    async def get(self, key: str) -> CachedResponse | None:
+        """The stored entry (of this format version), or None."""
+        data = await self.client.call("GET", lambda: self.client.redis.get(self.keys.entry(entry_hash(key))))
+        return decode(data) if isinstance(data, bytes) else None
+
+    async def get_many(self, keys: list[str]) -> list[CachedResponse | None]:
+        """The stored entries of keys, in order, in one MGET (one round trip, one timeout, however many keys)."""
+        if not keys:
+            return []
+        names = [self.keys.entry(entry_hash(k)) for k in keys]
+        data = await self.client.call("MGET", lambda: self.client.redis.mget(names))
+        return [decode(d) if isinstance(d, bytes) else None for d in data]
+
+    async def set(self, key: str, entry: CachedResponse, *, now: float, event: bytes, token: str = "") -> bool:
+        """Store with PX = what is left of ttl + stale window, index it by tags and route, release the lease
+        `token` holds and publish `event`. False when the entry is already past every window."""
+        px = int((entry.keep_until - now) * 1000)
+        if px <= 0:
+            return False
+        h = entry_hash(key)
+        sets = [self.keys.tag(t) for t in entry.tags] + ([self.keys.route(entry.route)] if entry.route else [])
+        names = [self.keys.entry(h), self.keys.lease(h), *sets]
+        args: list[bytes | str | int] = [encode(entry), px, h, token, self.keys.channel, event]
+        await self.client.call("SET", lambda: self._set(keys=names, args=args))
+        return True
+
+    async def purge(self, selector: Selector) -> frozenset[str]:
+        """Delete the selected entries; returns their hashes. Only keys under our prefix are ever touched."""
+        if selector.kind == "key":
+            h = entry_hash(selector.value)
+            n = await self.client.call("PURGE", lambda: self.client.redis.delete(self.keys.entry(h)), PURGE_TIMEOUT)
+            return frozenset({h} if n else ())
+        if selector.kind in ("tag", "route"):
+            index = self.keys.tag(selector.value) if selector.kind == "tag" else self.keys.route(selector.value)
+            gone = await self.client.call(
+                "PURGE", lambda: self._purge_set(keys=[index], args=[self.keys.entry_prefix()]), PURGE_TIMEOUT)
+            return frozenset(h.decode() for h in gone)
+        return await self.client.call("PURGE", self._purge_all, PURGE_TIMEOUT)
+
+    async def _purge_all(self) -> frozenset[str]:
+        entry_prefix, lease_prefix = self.keys.entry_prefix().encode(), self.keys.lease("").encode()
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.keys.prefix) + ":*"
+        gone: list[str] = []
+        cursor = 0
+        while True:
+            cursor, names = await self.client.redis.scan(cursor, match=pattern, count=500)
+            doomed = [n for n in cast(list[bytes], names) if not n.startswith(lease_prefix)]
+            if doomed:
+                await self.client.redis.unlink(*doomed)
+            gone += [n[len(entry_prefix):].decode() for n in doomed if n.startswith(entry_prefix)]
+            if cursor == 0:
+                return frozenset(gone)
