@@ -19,7 +19,7 @@ from proxy import __version__
 from proxy.cache.redis.tier import open_redis
 from proxy.config.reload import Overrides, Sources
 from proxy.config.rules import RuleSet, load_rules
-from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.config.settings import Config, apply_overrides, check_admin_exposure, check_workers, load_config
 from proxy.errors import ConfigError, ListenerError
 from proxy.telemetry.logs import LEVELS, configure
 
@@ -47,6 +47,8 @@ def _overrides(p: argparse.ArgumentParser) -> None:
     """The flags that layer over the config file: `serve` runs with them, `check` validates with them."""
     p.add_argument("--upstream", help="backend URL (env SIDECACHE_UPSTREAM)")
     p.add_argument("--redis", help="Redis URL for the shared tier (env SIDECACHE_REDIS_URL)")
+    p.add_argument("--redis-mode", choices=["single", "cluster", "sentinel"],
+                   help="kind of Redis: one server, a Redis Cluster or a Sentinel set (env SIDECACHE_REDIS_MODE)")
     p.add_argument("--listen", help="proxy listener HOST:PORT (default 127.0.0.1:8080)")
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:9901)")
     p.add_argument("--workers", type=int, help="processes sharing the proxy port (SO_REUSEPORT)")
@@ -159,10 +161,10 @@ def configured(args: argparse.Namespace) -> tuple[Config, RuleSet]:
     """What `serve` runs with: the files, then the environment, then the flags, checked as a whole."""
     config, rules = load(args)
     config = apply_overrides(
-        config, upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
-        workers=args.workers, metrics=args.metrics, access_log=args.access_log,
+        config, upstream=args.upstream, redis=args.redis, redis_mode=args.redis_mode, listen=args.listen,
+        admin=args.admin, workers=args.workers, metrics=args.metrics, access_log=args.access_log,
     )
-    if problems := check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN")):
+    if problems := check_admin_exposure(config, os.environ.get("SIDECACHE_ADMIN_TOKEN")) + check_workers(config):
         raise ConfigError(problems)
     return config, rules
 
@@ -175,8 +177,9 @@ def _serve(args: argparse.Namespace) -> int:
     _install_uvloop()
     sources = Sources(  # what POST /rules/reload and SIGHUP read again
         config=args.config, rules=default_rules(args.rules),
-        overrides=Overrides(upstream=args.upstream, redis=args.redis, listen=args.listen, admin=args.admin,
-                            workers=args.workers, metrics=args.metrics, access_log=args.access_log),
+        overrides=Overrides(upstream=args.upstream, redis=args.redis, redis_mode=args.redis_mode, listen=args.listen,
+                            admin=args.admin, workers=args.workers, metrics=args.metrics,
+                            access_log=args.access_log),
         env={k: v for k, v in os.environ.items() if k.startswith("SIDECACHE_")},
     )
     return asyncio.run(_run_one(config, rules, token, args.worker_index or 0, config.server.workers > 1, sources,

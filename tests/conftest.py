@@ -22,7 +22,7 @@ from proxy.app import Sidecar
 from proxy.config.rules import RuleSet, load_rules
 from proxy.config.settings import Config, apply_overrides
 
-from .processes import REDIS_SERVER, RedisServer
+from .processes import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisSentinelSet, RedisServer
 
 
 @dataclass
@@ -137,7 +137,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def _need_redis_server() -> None:
     """A laptop without redis-server skips the Redis tests; CI must have it, so there it is a failure."""
-    if REDIS_SERVER is None:
+    if REDIS_SERVER is None or REDIS_CLI is None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is not installed, and CI=true: install it (`.ci/run` does)")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
@@ -191,3 +191,25 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real Redis Cluster (3 primaries, a replica each) for one test module; its nodes stopped by PID after.
+
+    Tests that fail a node over leave the cluster whole again (the old primary restarted, now a replica)."""
+    _need_redis_server()
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelSet]:
+    """A real Sentinel set (a primary, a replica, three sentinels) for one test module; stopped by PID after."""
+    _need_redis_server()
+    sentinels = RedisSentinelSet(tmp_path_factory.mktemp("sentinel"))
+    sentinels.start()
+    yield sentinels
+    sentinels.stop()

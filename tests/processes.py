@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port a cluster node can use: its bus port (10000 higher) must exist and be free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
 
 
 @dataclass
@@ -87,9 +101,9 @@ class RedisServer:
     Tests that kill, pause or restart Redis start one of these for themselves, so the shared one stays up.
     """
 
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
         self.dir = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.socket = directory / "redis.sock"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
@@ -110,6 +124,20 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: see {self.dir / 'redis.log'}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
+            time.sleep(0.02)
+
+    def start_sentinel(self, conf: Path, timeout: float = 10.0) -> None:
+        """`redis-server <conf> --sentinel` (a sentinel rewrites its config file, so it gets one of its own)."""
+        assert REDIS_SERVER is not None
+        with open(self.dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], cwd=self.dir, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis sentinel exited with {self.proc.returncode}: see {self.dir / 'redis.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis sentinel on port {self.port} did not answer PING")
             time.sleep(0.02)
 
     def answers(self) -> bool:
@@ -139,3 +167,189 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def redis_command(port: int, *args: str, timeout: float = 5.0) -> str:
+    """One command through redis-cli to our own server on loopback; its reply as text."""
+    assert REDIS_CLI is not None
+    done = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True,
+                          timeout=timeout, check=True)
+    return done.stdout.decode()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of our own: `primaries` redis-servers with one replica each, joined by
+    `redis-cli --cluster create`; every process stopped by its PID.
+
+    The node timeout is short (a killed primary's replica takes over in about two seconds), so failover tests do
+    not wait the default 15 s.
+    """
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 1) -> None:
+        self.dir = directory
+        self.servers: list[RedisServer] = []
+        for i in range(primaries * (1 + replicas)):
+            d = directory / f"node{i}"
+            d.mkdir()
+            self.servers.append(RedisServer(d, "--cluster-enabled", "yes", "--cluster-config-file",
+                                            str(d / "nodes.conf"), "--cluster-node-timeout",
+                                            str(self.NODE_TIMEOUT_MS), port=free_cluster_port()))
+        self.replicas = replicas
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.servers[0].port}/0"
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        for s in self.servers:
+            s.start()
+        assert REDIS_CLI is not None
+        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       capture_output=True, timeout=60, check=True)
+        wait_for(self.healthy, "the cluster to be ok on every node with every replica in sync")
+
+    def healthy(self) -> bool:
+        """cluster_state:ok on every running node, and every primary has its replicas linked."""
+        try:
+            for s in self.servers:
+                if s.proc is None:
+                    continue
+                if "cluster_state:ok" not in redis_command(s.port, "CLUSTER", "INFO"):
+                    return False
+            for p in self.primaries():
+                info = redis_command(p.port, "INFO", "replication")
+                if f"connected_slaves:{self.replicas}" not in info or "state=online" not in info:
+                    return False
+        except (subprocess.SubprocessError, OSError):
+            return False
+        return True
+
+    def role(self, server: RedisServer) -> str:
+        return redis_command(server.port, "ROLE").split("\n", 1)[0].strip()
+
+    def primaries(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.proc is not None and self.role(s) == "master"]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """A replica that follows this primary now."""
+        for s in self.servers:
+            if s.proc is not None and s is not primary and self.role(s) == "slave":
+                if f"master_port:{primary.port}" in redis_command(s.port, "INFO", "replication"):
+                    return s
+        raise LookupError(f"no replica follows 127.0.0.1:{primary.port}")
+
+    def owner_of(self, key: str) -> RedisServer:
+        """The primary that serves key's slot now."""
+        slot = int(redis_command(self.servers[0].port, "CLUSTER", "KEYSLOT", key))
+        for p in self.primaries():
+            for line in redis_command(p.port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" in fields[2]:
+                    for r in fields[8:]:
+                        lo, _, hi = r.partition("-")
+                        if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                            return p
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def restart(self, server: RedisServer) -> None:
+        """Start a killed node again with its nodes.conf: it rejoins (as a replica of whoever took over)."""
+        server.start()
+        wait_for(self.healthy, "the restarted node to rejoin")
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+class RedisSentinelSet:
+    """A real Sentinel deployment of our own: a primary, one replica, and three `redis-server --sentinel`
+    watching it as `service`; fast timeouts, so a failover takes about a second; stopped by PID."""
+
+    def __init__(self, directory: Path, service: str = "sidecache-test") -> None:
+        self.dir = directory
+        self.service = service
+        (directory / "primary").mkdir()
+        (directory / "replica").mkdir()
+        self.primary = RedisServer(directory / "primary")
+        self.replica = RedisServer(directory / "replica")
+        self.sentinels: list[RedisServer] = []
+        for i in range(3):
+            d = directory / f"sentinel{i}"
+            d.mkdir()
+            self.sentinels.append(RedisServer(d))
+
+    @property
+    def data(self) -> list[RedisServer]:
+        return [self.primary, self.replica]
+
+    def sentinel_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{s.port}" for s in self.sentinels]
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.primary.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.start()
+        wait_for(lambda: "master_link_status:up" in redis_command(self.replica.port, "INFO", "replication"),
+                 "the replica to sync")
+        for s in self.sentinels:
+            conf = s.dir / "sentinel.conf"
+            conf.write_text(
+                f"port {s.port}\nbind 127.0.0.1\ndir {s.dir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 500\n"
+                f"sentinel failover-timeout {self.service} 2000\n"
+                f"sentinel parallel-syncs {self.service} 1\n")
+            s.start_sentinel(conf)
+        wait_for(self.settled, "the sentinels to know each other and the replica")
+
+    def settled(self) -> bool:
+        try:
+            for s in self.sentinels:
+                info = redis_command(s.port, "SENTINEL", "MASTER", self.service)
+                fields = dict(zip(info.split("\n")[0::2], info.split("\n")[1::2], strict=False))
+                if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != "1":
+                    return False
+                if fields.get("flags") != "master":
+                    return False
+        except (subprocess.SubprocessError, OSError):
+            return False
+        return True
+
+    def current_primary_port(self) -> int:
+        reply = redis_command(self.sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(reply.split()[1])
+
+    def stop(self) -> None:
+        for s in [*self.sentinels, *self.data]:
+            s.stop()

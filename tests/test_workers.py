@@ -38,10 +38,11 @@ def total(metrics: str, family: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{family}\{{[^}}]*\}} (\S+)$", metrics, re.M))
 
 
-async def test_two_workers_one_sum_and_one_reload(upstream: Upstream, tmp_path: Path) -> None:
+async def test_two_workers_one_sum_and_one_reload(upstream: Upstream, tmp_path: Path, redis_url: str) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
-    with serve("--workers", "2", "--rules", str(rules), "--upstream", upstream.url) as sp:
+    # workers share their cache through Redis: without one, `--workers 2` is refused (test_cli)
+    with serve("--workers", "2", "--rules", str(rules), "--upstream", upstream.url, "--redis", redis_url) as sp:
         # a new connection per request, so SO_REUSEPORT spreads them over both workers
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
 

@@ -64,10 +64,13 @@ class TieredCache:
         """Redis is configured but the breaker is open: answers come from memory and upstream only."""
         return self.redis is not None and not self.redis.breaker.closed
 
-    def redis_status(self) -> dict[str, str | bool]:
+    def redis_status(self) -> dict[str, object]:
+        """For /readyz: the tier as a whole (`status`: the breaker), its mode, and each node known as last PINGed."""
         if self.redis is None:
             return {"status": "not configured"}
-        return {"status": self.redis.status, "url": self.redis.url, "subscribed": self.redis.subscribed}
+        nodes = [{"address": n.address, "role": n.role, "up": n.up} for n in self.redis.nodes]
+        return {"status": self.redis.status, "mode": self.redis.mode, "url": self.redis.url,
+                "subscribed": self.redis.subscribed, "nodes": nodes}
 
     async def start(self) -> None:
         if self.redis is None:

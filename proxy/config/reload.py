@@ -23,6 +23,7 @@ class Overrides:
 
     upstream: str | None = None
     redis: str | None = None
+    redis_mode: str | None = None
     listen: str | None = None
     admin: str | None = None
     workers: int | None = None
@@ -57,7 +58,8 @@ def load_sources(sources: Sources) -> tuple[Config, RuleSet]:
     try:
         o = sources.overrides
         config = apply_overrides(
-            load_config(sources.config), upstream=o.upstream, redis=o.redis, listen=o.listen, admin=o.admin,
+            load_config(sources.config), upstream=o.upstream, redis=o.redis, redis_mode=o.redis_mode,
+            listen=o.listen, admin=o.admin,
             workers=o.workers, metrics=o.metrics, access_log=o.access_log, env=sources.env,
         )
     except ConfigError as exc:

@@ -76,9 +76,17 @@ class MemoryConfig(_Strict, frozen=True):
 
 
 class RedisConfig(_Strict, frozen=True):
-    """The shared tier; off when `url` is empty."""
+    """The shared tier; off when nothing names a Redis (no `url` in single mode, nothing in the others).
 
+    `mode`: "single" (one server at `url`), "cluster" (Redis Cluster: `url` and `nodes` are seeds) or "sentinel"
+    (the primary of `service`, found through `sentinels`; `url` gives only its credentials, TLS and database).
+    """
+
+    mode: Literal["single", "cluster", "sentinel"] = "single"
     url: str = ""
+    nodes: list[str] = []  # cluster: more seed nodes, HOST:PORT
+    sentinels: list[str] = []  # sentinel: every sentinel, HOST:PORT
+    service: str = ""  # sentinel: the name the sentinels monitor the primary under
     pool_size: Count = 20
     timeout: Duration = Duration.of("50ms")
     prefix: str = "sidecache:v1"
@@ -87,11 +95,16 @@ class RedisConfig(_Strict, frozen=True):
     probe_min: Duration = Duration.of("500ms")
     probe_max: Duration = Duration.of("10s")
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.nodes or self.sentinels)
+
     def __post_init__(self) -> None:
         if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
             # the value is not echoed: a URL may carry a password
             raise ValueError("`url` must start with redis://, rediss:// or unix://")
-        db = urlsplit(self.url).path.strip("/") if self.url.startswith("redis") else ""
+        parts = urlsplit(self.url) if self.url.startswith("redis") else None
+        db = parts.path.strip("/") if parts is not None else ""
         if db and not db.isdigit():  # redis-py would quietly use db 0, where the backend keeps its own keys
             raise ValueError("`url` must end in a database number such as /1, or nothing for db 0")
         if not self.prefix.strip():
@@ -101,6 +114,29 @@ class RedisConfig(_Strict, frozen=True):
                 raise ValueError(f"`{name}` must be longer than 0s")
         if self.probe_max < self.probe_min:
             raise ValueError("`probe_max` must not be shorter than `probe_min`")
+        for name, wanted in (("nodes", "cluster"), ("sentinels", "sentinel"), ("service", "sentinel")):
+            if getattr(self, name) and self.mode != wanted:
+                raise ValueError(f"`{name}` is for mode = \"{wanted}\", and mode is \"{self.mode}\"")
+        for name in ("nodes", "sentinels"):
+            for i, node in enumerate(getattr(self, name)):
+                parse_hostport(node, field=f"{name}[{i}]")
+        if self.mode == "cluster":
+            if not (self.url or self.nodes):
+                raise ValueError("mode = \"cluster\" needs `url` (any one node) or `nodes` (seed nodes)")
+            if self.url.startswith("unix://"):
+                raise ValueError("mode = \"cluster\" needs a redis:// or rediss:// `url`: a cluster is reached by TCP")
+            if db not in ("", "0"):
+                raise ValueError("mode = \"cluster\" has database 0 only: `url` must end in /0 or nothing")
+            if "{" in self.prefix or "}" in self.prefix:  # the entries' own hash tags must be the first braces
+                raise ValueError("`prefix` must not contain { or } in mode = \"cluster\": sidecache puts its own "
+                                 "hash tags in key names")
+        if self.mode == "sentinel":
+            if not self.sentinels or not self.service:
+                raise ValueError("mode = \"sentinel\" needs `sentinels` (HOST:PORT of each) and `service` (the "
+                                 "name they monitor the primary under)")
+            if self.url.startswith("unix://") or (parts is not None and parts.hostname):
+                raise ValueError("in mode = \"sentinel\", `url` names no host (the sentinels find the primary): "
+                                 "only credentials, TLS and the database, such as redis://:password@/0")
 
 
 class DefaultsConfig(_Strict, frozen=True):
@@ -241,6 +277,7 @@ def apply_overrides(
     *,
     upstream: str | None = None,
     redis: str | None = None,
+    redis_mode: str | None = None,
     listen: str | None = None,
     admin: str | None = None,
     workers: int | None = None,
@@ -252,6 +289,7 @@ def apply_overrides(
     env = dict(os.environ) if env is None else env
     upstream = upstream or env.get("SIDECACHE_UPSTREAM") or None
     redis = redis if redis is not None else env.get("SIDECACHE_REDIS_URL")
+    redis_mode = redis_mode or env.get("SIDECACHE_REDIS_MODE") or None
     data = msgspec.to_builtins(config, enc_hook=enc_hook)
     flags = {"listen": listen, "admin": admin, "workers": workers, "metrics": metrics, "access_log": access_log}
     data["server"].update({k: v for k, v in flags.items() if v is not None})
@@ -259,10 +297,22 @@ def apply_overrides(
         data["upstream"]["url"] = upstream
     if redis is not None:
         data["redis"]["url"] = redis
+    if redis_mode is not None:
+        data["redis"]["mode"] = redis_mode
     try:
         return msgspec.convert(data, type=Config, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError([f"command line or environment: {exc}"]) from exc
+
+
+def check_workers(config: Config) -> list[str]:
+    """`--workers N` shares one cache through Redis only: without it, a purge or the invalidation after a POST
+    would reach the one worker that saw it, and the others would go on serving the old answer."""
+    if config.server.workers > 1 and not config.redis.enabled:
+        return [f"server.workers: {config.server.workers} workers need a shared Redis ([redis] url or "
+                "SIDECACHE_REDIS_URL): each would keep its own cache and miss the others' purges; "
+                "set a Redis or run one worker"]
+    return []
 
 
 def check_admin_exposure(config: Config, token: str | None) -> list[str]:

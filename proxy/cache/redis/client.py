@@ -9,11 +9,15 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException
 
 from proxy.concurrency.breaker import Breaker
 from proxy.config.settings import RedisConfig
@@ -23,7 +27,12 @@ log = logging.getLogger("sidecache")
 T = TypeVar("T")
 
 STARTUP_TIMEOUT: Final = 1.0  # connecting the pool before the listener opens; no client is waiting yet
-FAILURES: Final = (RedisError, OSError, TimeoutError)
+NODE_CHECK: Final = 1.0  # how often the nodes known are PINGed for /readyz, /stats and the node gauge
+# What a call may raise when Redis misbehaves. Exception, not a list of redis-py's types: a connection dropped
+# while a call is cancelled has been seen to raise AttributeError from inside redis-py, and whatever Redis does
+# must never fail a client request (each is counted by class in sidecache_redis_errors).
+FAILURES: Final = (Exception,)
+Client = aioredis.Redis | RedisCluster
 _USERINFO: Final = re.compile(r"(://[^:@/?#]*:)([^@/?#]*)@")
 _QUERY_PASSWORD: Final = re.compile(r"([?&]password=)([^&#]*)")
 
@@ -33,15 +42,29 @@ def redact(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1***@", url))
 
 
-class RedisClient:
-    """One redis.asyncio client with a bounded pool (plus one subscriber connection), behind a circuit breaker.
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A Redis server this process knows of, what it is, and whether it answered its last PING."""
 
-    Every call has the configured timeout; every redis or socket error leaves as CacheBackendError, is counted in
-    `errors`, and feeds the breaker. While the breaker is open no call is made; a prober PINGs with backoff.
+    address: str
+    role: Literal["primary", "replica", "sentinel"]
+    up: bool
+
+
+class RedisClient:
+    """redis-py's own client for the mode (Redis, RedisCluster, or Sentinel's primary), behind a circuit breaker.
+
+    Every call has the configured timeout and holds one of `pool_size` slots (the pool of a single server blocks
+    by itself; cluster and sentinel pools would raise instead, so the slots keep them from filling up); every
+    redis or socket error leaves as CacheBackendError, is counted in `errors`, and feeds the breaker. While the
+    breaker is open no call is made; a prober PINGs with backoff (in a cluster, every primary; behind Sentinel,
+    the primary found anew). Failover itself is redis-py's: MOVED and topology refreshes in a cluster, the
+    sentinels asked again for each new connection.
     """
 
     def __init__(self, config: RedisConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.url = redact(config.url)
+        self.mode = config.mode
+        self.url = redact(config.url) if config.url or config.mode != "cluster" else f"redis://{config.nodes[0]}/0"
         secrets: set[str] = set()
         for m in (_USERINFO.search(config.url), _QUERY_PASSWORD.search(config.url)):
             if m and m.group(2):
@@ -60,44 +83,118 @@ class RedisClient:
         self._down = asyncio.Event()
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
+        self.nodes: list[Node] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(config.pool_size) if config.mode != "single" else None
+        self._sentinel: Sentinel | None = None
+        self._service = config.service
+        self._seeds = [*([config.url] if config.url else []), *config.nodes]
+        try:
+            self.redis, self.subscriber = self._connect(config)
+        except (ValueError, RedisClusterException) as exc:  # e.g. a db number that is not a number
+            raise ConfigError([f"redis.url: {self.url}: {self.scrub(str(exc))}"]) from None
+
+    def _connect(self, config: RedisConfig) -> tuple[Client, Client]:
+        """The command client and the subscriber's (pub/sub never takes a command connection)."""
         # Each call's own asyncio timeout bounds it, connecting included (a cancelled connect goes back to the pool);
         # the socket timeout only backs that up, so the start-up connects get their longer budget.
-        try:
-            self._pool = aioredis.BlockingConnectionPool.from_url(
-                config.url, max_connections=config.pool_size, timeout=self.timeout,
-                socket_connect_timeout=STARTUP_TIMEOUT)
-            self._sub_pool = aioredis.BlockingConnectionPool.from_url(
-                config.url, max_connections=1, timeout=self.timeout, socket_connect_timeout=STARTUP_TIMEOUT)
-        except ValueError as exc:  # e.g. a db number that is not a number
-            raise ConfigError([f"redis.url: {self.url}: {self.scrub(str(exc))}"]) from None
-        self.redis = aioredis.Redis(connection_pool=self._pool)
-        self.subscriber = aioredis.Redis(connection_pool=self._sub_pool)  # pub/sub never takes a command connection
+        if config.mode == "cluster":
+            seeds = [ClusterNode(*_hostport(n)) for n in config.nodes]
+            cluster = RedisCluster.from_url(self._seed_url(config), startup_nodes=seeds or None,
+                                            max_connections=config.pool_size + 2,
+                                            socket_connect_timeout=STARTUP_TIMEOUT)
+            return cluster, cluster  # its pub/sub takes a connection of its own from a node's pool
+        if config.mode == "sentinel":
+            options = parse_url(config.url) if config.url else {}
+            ssl = options.pop("connection_class", None) is SSLConnection
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                [_hostport(s) for s in config.sentinels],
+                sentinel_kwargs={"socket_connect_timeout": STARTUP_TIMEOUT, "socket_timeout": STARTUP_TIMEOUT})
+            common: dict[str, Any] = {"socket_connect_timeout": STARTUP_TIMEOUT, "ssl": ssl, **options}
+            return (self._sentinel.master_for(config.service, max_connections=config.pool_size + 2, **common),
+                    self._sentinel.master_for(config.service, max_connections=2, **common))
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=config.pool_size, timeout=self.timeout, socket_connect_timeout=STARTUP_TIMEOUT)
+        sub_pool = aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=1, timeout=self.timeout, socket_connect_timeout=STARTUP_TIMEOUT)
+        return aioredis.Redis(connection_pool=pool), aioredis.Redis(connection_pool=sub_pool)
+
+    @staticmethod
+    def _seed_url(config: RedisConfig) -> str:
+        return config.url or f"redis://{config.nodes[0]}/0"
 
     async def start(self, scripts: list[str]) -> None:
-        """Check Redis once, so a dead one degrades the proxy from the first request, and start the prober."""
-        try:  # the whole pool, connected now: a cold burst that had to connect first would blow the call timeout
-            await self.call("PING", lambda: asyncio.gather(*(self.redis.ping() for _ in range(self.pool_size))),
+        """Check Redis once, so a dead one degrades the proxy from the first request, and start the prober.
+
+        Raises ConfigError when Redis answers but is not what the config says (a seed that is no cluster node,
+        sentinels that monitor no such service): that is a mistake to fix, not an outage to ride out."""
+        try:
+            await self.call("CONNECT", self._check_kind, max(self.timeout, STARTUP_TIMEOUT) * 2)
+            # The whole pool, connected now: a cold burst that had to connect first would blow the call timeout.
+            await self.call("PING", lambda: asyncio.gather(*(self._ping() for _ in range(self.pool_size))),
                             max(self.timeout, STARTUP_TIMEOUT))
-            # Scripts loaded now: a first EVALSHA that had to fall back to EVAL costs three round trips.
+            # Scripts loaded now (on every primary of a cluster): a first EVALSHA that fell back to EVAL costs
+            # three round trips.
             await self.call("SCRIPT", lambda: asyncio.gather(*(self.redis.script_load(s) for s in scripts)),
                             max(self.timeout, STARTUP_TIMEOUT))
         except CacheBackendError:
             self.breaker.trip()
         else:
-            log.info("redis tier %s: up (prefix %s, timeout %.0fms)", self.url, self.prefix, self.timeout * 1000)
+            log.info("redis tier %s (%s): up (prefix %s, timeout %.0fms)", self.url, self.mode, self.prefix,
+                     self.timeout * 1000)
         self._prober = asyncio.ensure_future(self._probe())
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _check_kind(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            try:
+                await self.redis.initialize()
+            except RedisClusterException as exc:
+                if "cluster mode is not enabled" in str(exc).lower():
+                    seeds = ", ".join(redact(s) for s in self._seeds)
+                    raise ConfigError([f"redis: mode = \"cluster\", but the seed node ({seeds}) is not a Redis "
+                                       "Cluster node (cluster mode is not enabled on it): name a node of the "
+                                       "cluster, or set mode = \"single\""]) from None
+                raise
+        elif self._sentinel is not None:
+            answers = await asyncio.gather(*(s.sentinel_masters() for s in self._sentinel.sentinels),
+                                           return_exceptions=True)
+            known = [a for a in answers if isinstance(a, dict)]
+            if not known:
+                raise next(a for a in answers if isinstance(a, BaseException))
+            if not any(self._service in a for a in known):
+                names = sorted({name for a in known for name in a}) or ["nothing"]
+                raise ConfigError([f"redis.service: the sentinels that answered monitor no service named "
+                                   f"{self._service!r} (they monitor: {', '.join(names)}); set `service` to one "
+                                   "of those"])
+        else:
+            await self.redis.ping()
+
+    async def _ping(self, *, refresh: bool = False) -> object:
+        """PING the server; in a cluster every primary, after reading the topology again when `refresh` (a call
+        cut short by its timeout can leave redis-py's slot map pointing at a node that is gone)."""
+        if isinstance(self.redis, RedisCluster):
+            if refresh:
+                await self.redis.nodes_manager.initialize()
+            return await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        return await self.redis.ping()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.wait([self._prober])
+        for task in (self._prober, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         await self.redis.aclose()
-        await self.subscriber.aclose()
-        await self._pool.aclose()
-        await self._sub_pool.aclose()
+        if self.subscriber is not self.redis:
+            await self.subscriber.aclose()
+        for client in (self.redis, self.subscriber):
+            if isinstance(client, aioredis.Redis):
+                await client.connection_pool.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     async def wait_up(self) -> None:
         await self._up.wait()
@@ -114,7 +211,13 @@ class RedisClient:
             raise CacheBackendError(f"redis {op} skipped: {self.url} is marked down")
         try:
             async with asyncio.timeout(timeout or self.timeout):
-                result = await make()
+                if self._slots is None:
+                    result = await make()
+                else:
+                    async with self._slots:
+                        result = await make()
+        except ConfigError:
+            raise
         except FAILURES as exc:
             raise self.failed(op, exc) from exc
         self.breaker.succeeded()
@@ -158,9 +261,65 @@ class RedisClient:
             if self.breaker.closed:
                 continue
             try:
-                async with asyncio.timeout(self.timeout):
-                    await self.redis.ping()
+                async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT) if self.mode == "cluster" else
+                                           self.timeout):
+                    await self._ping(refresh=True)
             except FAILURES as exc:
                 self.failed("PING", exc)
             else:
                 self.breaker.succeeded()
+
+    async def _watch(self) -> None:
+        """Every NODE_CHECK, PING each node known, so /readyz and /stats can say which are up."""
+        while True:
+            try:
+                async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT)):
+                    self.nodes = await self._check_nodes()
+            except FAILURES:  # the topology itself could not be read: keep what we knew, marked down
+                self.nodes = [Node(n.address, n.role, False) for n in self.nodes]
+            await asyncio.sleep(NODE_CHECK)
+
+    async def _check_nodes(self) -> list[Node]:
+        async def up(ping: Awaitable[object]) -> bool:
+            try:
+                async with asyncio.timeout(max(self.timeout, 0.25)):
+                    await ping
+            except FAILURES:
+                return False
+            return True
+
+        if isinstance(self.redis, RedisCluster):
+            known = self.redis.get_nodes()
+            ups = await asyncio.gather(*(up(self.redis.ping(target_nodes=n)) for n in known))
+            return sorted((Node(n.name, "primary" if n.server_type == "primary" else "replica", ok)
+                           for n, ok in zip(known, ups, strict=True)), key=lambda n: (n.role, n.address))
+        if self._sentinel is not None:
+            sentinels = self._sentinel.sentinels
+            nodes = [Node(_address_of(s), "sentinel", ok) for s, ok in
+                     zip(sentinels, await asyncio.gather(*(up(s.ping()) for s in sentinels)), strict=True)]
+            try:
+                host, port = await self._sentinel.discover_master(self._service)
+            except FAILURES:
+                return nodes
+            replicas = []
+            for s in self._sentinel.sentinels:
+                try:
+                    replicas = await s.sentinel_slaves(self._service)
+                    break
+                except FAILURES:
+                    continue
+            primary = Node(f"{host}:{port}", "primary", await up(self.redis.ping()))
+            return [primary, *(Node(f"{r['ip']}:{r['port']}", "replica", not (r["is_sdown"] or r["is_odown"]))
+                               for r in replicas), *nodes]
+        address = _address_of(self.redis)
+        return [Node(address, "primary", await up(self.redis.ping()))]
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _address_of(client: aioredis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return str(kw["path"]) if "path" in kw else f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"

@@ -4,7 +4,9 @@ route or all."""
 from __future__ import annotations
 
 import re
-from typing import Final, cast
+from typing import Final
+
+from redis.asyncio.cluster import RedisCluster
 
 from proxy.cache.events import Selector
 from proxy.cache.redis.client import RedisClient
@@ -53,7 +55,11 @@ class Entries:
         if not keys:
             return []
         names = [self.keys.entry(entry_hash(k)) for k in keys]
-        data = await self.client.call("MGET", lambda: self.client.redis.mget(names))
+        redis = self.client.redis
+        if isinstance(redis, RedisCluster):  # one MGET per slot, pipelined per node, in the order asked
+            data = await self.client.call("MGET", lambda: redis.mget_nonatomic(names))
+        else:
+            data = await self.client.call("MGET", lambda: redis.mget(names))
         return [decode(d) if isinstance(d, bytes) else None for d in data]
 
     async def set(self, key: str, entry: CachedResponse, *, now: float, event: bytes, token: str = "") -> bool:
@@ -63,7 +69,8 @@ class Entries:
         if px <= 0:
             return False
         h = entry_hash(key)
-        sets = [self.keys.tag(t) for t in entry.tags] + ([self.keys.route(entry.route)] if entry.route else [])
+        b = self.keys.bucket(h)  # one slot for everything this script names (keyspace.py)
+        sets = [self.keys.tag(t, b) for t in entry.tags] + ([self.keys.route(entry.route, b)] if entry.route else [])
         names = [self.keys.entry(h), self.keys.lease(h), *sets]
         args: list[bytes | str | int] = [encode(entry), px, h, token, self.keys.channel, event]
         await self.client.call("SET", lambda: self._set(keys=names, args=args))
@@ -76,22 +83,27 @@ class Entries:
             n = await self.client.call("PURGE", lambda: self.client.redis.delete(self.keys.entry(h)), PURGE_TIMEOUT)
             return frozenset({h} if n else ())
         if selector.kind in ("tag", "route"):
-            index = self.keys.tag(selector.value) if selector.kind == "tag" else self.keys.route(selector.value)
-            gone = await self.client.call(
-                "PURGE", lambda: self._purge_set(keys=[index], args=[self.keys.entry_prefix()]), PURGE_TIMEOUT)
-            return frozenset(h.decode() for h in gone)
+            return await self.client.call("PURGE", lambda: self._purge_index(selector), PURGE_TIMEOUT)
         return await self.client.call("PURGE", self._purge_all, PURGE_TIMEOUT)
 
+    async def _purge_index(self, selector: Selector) -> frozenset[str]:
+        """The purge script on the index in every bucket (one on a single server): each run stays in one slot."""
+        name = self.keys.tag if selector.kind == "tag" else self.keys.route
+        redis = self.client.redis
+        if not isinstance(redis, RedisCluster):
+            gone = await self._purge_set(keys=[name(selector.value)], args=[self.keys.entry_prefix()])
+            return frozenset(h.decode() for h in gone)
+        pipe = redis.pipeline()  # grouped by node: one round trip per shard, whatever the number of buckets
+        for b in self.keys.buckets():
+            pipe.eval(PURGE_SET, 1, name(selector.value, b), self.keys.entry_prefix(b))
+        return frozenset(h.decode() for gone in await pipe.execute() for h in gone)
+
     async def _purge_all(self) -> frozenset[str]:
-        entry_prefix, lease_prefix = self.keys.entry_prefix().encode(), self.keys.lease("").encode()
+        """Every name under the prefix but the leases (a fill in flight keeps its lease); SCAN visits every
+        primary of a cluster, and UNLINK is split by slot."""
+        entry, lease = f"{self.keys.prefix}:entry:".encode(), f"{self.keys.prefix}:lease:".encode()
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.keys.prefix) + ":*"
-        gone: list[str] = []
-        cursor = 0
-        while True:
-            cursor, names = await self.client.redis.scan(cursor, match=pattern, count=500)
-            doomed = [n for n in cast(list[bytes], names) if not n.startswith(lease_prefix)]
-            if doomed:
-                await self.client.redis.unlink(*doomed)
-            gone += [n[len(entry_prefix):].decode() for n in doomed if n.startswith(entry_prefix)]
-            if cursor == 0:
-                return frozenset(gone)
+        doomed = [n async for n in self.client.redis.scan_iter(match=pattern, count=500) if not n.startswith(lease)]
+        for i in range(0, len(doomed), 500):
+            await self.client.redis.unlink(*doomed[i:i + 500])
+        return frozenset(n.rpartition(b":")[2].decode() for n in doomed if n.startswith(entry))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from proxy.cache.events import Selector
 from proxy.cache.redis.channel import Channel
-from proxy.cache.redis.client import RedisClient
+from proxy.cache.redis.client import Node, RedisClient
 from proxy.cache.redis.entries import PURGE_SET, SET, Entries
 from proxy.cache.redis.keyspace import Keyspace
 from proxy.cache.redis.leases import ACQUIRE, RELEASE, Claim, Leases
@@ -16,7 +16,7 @@ from proxy.concurrency.breaker import Breaker
 from proxy.config.settings import RedisConfig
 from proxy.policy.entry import CachedResponse
 
-__all__ = ["Claim", "RedisTier", "open_redis"]
+__all__ = ["Claim", "Node", "RedisTier", "open_redis"]
 
 
 class RedisTier:
@@ -24,7 +24,7 @@ class RedisTier:
 
     def __init__(self, config: RedisConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = RedisClient(config, clock=clock)
-        self.keys = Keyspace(config.prefix)
+        self.keys = Keyspace(config.prefix, clustered=config.mode == "cluster")
         self.entries = Entries(self.client, self.keys)
         self.leases = Leases(self.client, self.keys)
         self.channel = Channel(self.client, self.keys)
@@ -54,6 +54,15 @@ class RedisTier:
     @property
     def on_change(self) -> list[Callable[[bool], None]]:
         return self.client.on_change
+
+    @property
+    def mode(self) -> str:
+        return self.client.mode
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The servers known (a cluster's nodes; the sentinels, primary and replicas) as of their last PING."""
+        return self.client.nodes
 
     @property
     def subscribed(self) -> bool:
@@ -105,5 +114,5 @@ class RedisTier:
 
 
 def open_redis(config: RedisConfig) -> RedisTier | None:
-    """The shared tier, or None when no URL is configured (memory only)."""
-    return RedisTier(config) if config.url else None
+    """The shared tier, or None when the config names no Redis (memory only)."""
+    return RedisTier(config) if config.enabled else None
