@@ -286,16 +286,19 @@ class RedisClusterServers:
 
 
 class RedisSentinelSet:
-    """A real Sentinel deployment of our own: a primary, one replica, and three `redis-server --sentinel`
-    watching it as `service`; fast timeouts, so a failover takes about a second; stopped by PID."""
+    """A real Sentinel deployment of our own: a primary, two replicas, and three `redis-server --sentinel`
+    watching it as `service`; fast timeouts, so a failover takes about a second; stopped by PID.
+
+    Two replicas, so that after one failover (a killed primary stays down) a second one still has a replica to
+    promote: the sentinels take up to 10 s to turn a returning primary into a replica."""
 
     def __init__(self, directory: Path, service: str = "sidecache-test") -> None:
         self.dir = directory
         self.service = service
-        (directory / "primary").mkdir()
-        (directory / "replica").mkdir()
+        for name in ("primary", "replica", "replica2"):
+            (directory / name).mkdir()
         self.primary = RedisServer(directory / "primary")
-        self.replica = RedisServer(directory / "replica")
+        self.replicas = [RedisServer(directory / "replica"), RedisServer(directory / "replica2")]
         self.sentinels: list[RedisServer] = []
         for i in range(3):
             d = directory / f"sentinel{i}"
@@ -304,7 +307,7 @@ class RedisSentinelSet:
 
     @property
     def data(self) -> list[RedisServer]:
-        return [self.primary, self.replica]
+        return [self.primary, *self.replicas]
 
     def sentinel_addresses(self) -> list[str]:
         return [f"127.0.0.1:{s.port}" for s in self.sentinels]
@@ -318,10 +321,12 @@ class RedisSentinelSet:
 
     def _start(self) -> None:
         self.primary.start()
-        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
-        self.replica.start()
-        wait_for(lambda: "master_link_status:up" in redis_command(self.replica.port, "INFO", "replication"),
-                 "the replica to sync")
+        for r in self.replicas:
+            r.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+            r.start()
+        for r in self.replicas:
+            wait_for(lambda r=r: "master_link_status:up" in redis_command(r.port, "INFO", "replication"),  # type: ignore[misc]
+                     "the replicas to sync")
         for s in self.sentinels:
             conf = s.dir / "sentinel.conf"
             conf.write_text(
@@ -338,7 +343,7 @@ class RedisSentinelSet:
             for s in self.sentinels:
                 info = redis_command(s.port, "SENTINEL", "MASTER", self.service)
                 fields = dict(zip(info.split("\n")[0::2], info.split("\n")[1::2], strict=False))
-                if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != "1":
+                if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != str(len(self.replicas)):
                     return False
                 if fields.get("flags") != "master":
                     return False

@@ -10,6 +10,7 @@ from redis.asyncio.client import PubSub
 
 from proxy.cache.redis.client import FAILURES, RedisClient
 from proxy.cache.redis.keyspace import Keyspace
+from proxy.errors import CacheBackendError
 
 
 class Channel:
@@ -29,9 +30,12 @@ class Channel:
         """
         pubsub = self.client.subscriber.pubsub()
         try:
+            moves = self.client.primary_moves
             await self.client.call("SUBSCRIBE", lambda: self._subscribe(pubsub))
             self.subscribed = True
             while True:
+                if self.client.primary_moves != moves:  # events go to the new primary now: subscribe there
+                    raise CacheBackendError(f"redis events on {self.client.url}: the primary moved")
                 try:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 except FAILURES as exc:

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisClusterException
 
 from proxy.concurrency.breaker import Breaker
@@ -64,7 +64,10 @@ class RedisClient:
 
     def __init__(self, config: RedisConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.mode = config.mode
-        self.url = redact(config.url) if config.url or config.mode != "cluster" else f"redis://{config.nodes[0]}/0"
+        self.url = redact(config.url) if config.url else f"redis://{config.nodes[0]}/0" if config.nodes else ""
+        if config.mode == "sentinel":  # what names the server in logs and /readyz: the service and who finds it
+            self.url = f"{config.service} via sentinels {','.join(config.sentinels)}" + (
+                f" ({self.url})" if self.url else "")
         secrets: set[str] = set()
         for m in (_USERINFO.search(config.url), _QUERY_PASSWORD.search(config.url)):
             if m and m.group(2):
@@ -84,6 +87,8 @@ class RedisClient:
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
         self.nodes: list[Node] = []
+        self.primary = ""  # behind Sentinel: the primary as the sentinels last said
+        self.primary_moves = 0  # times that changed while running (the subscription follows it)
         self._watcher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(config.pool_size) if config.mode != "single" else None
         self._sentinel: Sentinel | None = None
@@ -279,6 +284,24 @@ class RedisClient:
                 self.nodes = [Node(n.address, n.role, False) for n in self.nodes]
             await asyncio.sleep(NODE_CHECK)
 
+    async def _follow_primary(self) -> None:
+        """Ask the sentinels where the primary is; on a change, redis-py's pools drop their idle connections (in-use
+        ones as they come back), so commands move over within NODE_CHECK. Without this they would stay on a
+        demoted primary that still takes writes until the sentinels reconfigure it (up to 10 s later)."""
+        addresses = []
+        for client in (self.redis, self.subscriber):
+            pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
+            if isinstance(pool, SentinelConnectionPool):
+                addresses.append(await pool.get_master_address())  # type: ignore[no-untyped-call]
+        if not addresses:
+            return
+        host, port = addresses[0]
+        primary = f"{host}:{port}"
+        if self.primary and primary != self.primary:
+            self.primary_moves += 1
+            log.warning("redis tier %s: the primary moved from %s to %s", self.url, self.primary, primary)
+        self.primary = primary
+
     async def _check_nodes(self) -> list[Node]:
         async def up(ping: Awaitable[object]) -> bool:
             try:
@@ -294,6 +317,7 @@ class RedisClient:
             return sorted((Node(n.name, "primary" if n.server_type == "primary" else "replica", ok)
                            for n, ok in zip(known, ups, strict=True)), key=lambda n: (n.role, n.address))
         if self._sentinel is not None:
+            await self._follow_primary()
             sentinels = self._sentinel.sentinels
             nodes = [Node(_address_of(s), "sentinel", ok) for s, ok in
                      zip(sentinels, await asyncio.gather(*(up(s.ping()) for s in sentinels)), strict=True)]
