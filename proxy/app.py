@@ -247,6 +247,10 @@ class Sidecar:
             m.gauges["sidecache_redis_up"] = lambda: [({}, 1.0 if redis.breaker.closed else 0.0)]
             m.counters["sidecache_redis_errors"] = lambda: [
                 ({"error": e}, float(n)) for e, n in sorted(redis.errors.items())]
+            # Each server known, as of its last PING (once a second); up only if every worker got an answer.
+            m.gauges["sidecache_redis_node_up"] = lambda: [
+                ({"mode": redis.mode, "node": n.address, "role": n.role}, 1.0 if n.up else 0.0) for n in redis.nodes]
+            m.gauge_merge["sidecache_redis_node_up"] = "min"
 
 
 

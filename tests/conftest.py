@@ -197,7 +197,7 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A real Redis Cluster (3 primaries, a replica each) for one test module; its nodes stopped by PID after.
 
-    Tests that fail a node over leave the cluster whole again (the old primary restarted, now a replica)."""
+    A test that fails a node over either leaves the cluster settled again or runs last in its module."""
     _need_redis_server()
     cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
     cluster.start()

@@ -240,6 +240,9 @@ class RedisClusterServers:
                     continue
                 if "cluster_state:ok" not in redis_command(s.port, "CLUSTER", "INFO"):
                     return False
+                # every node names each primary's replicas in CLUSTER SLOTS (what clients read the topology from)
+                if redis_command(s.port, "CLUSTER", "SLOTS").count("\n127.0.0.1\n") < len(self.servers):
+                    return False
             for p in self.primaries():
                 info = redis_command(p.port, "INFO", "replication")
                 if f"connected_slaves:{self.replicas}" not in info or "state=online" not in info:
@@ -274,11 +277,6 @@ class RedisClusterServers:
                         if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
                             return p
         raise LookupError(f"no primary serves slot {slot}")
-
-    def restart(self, server: RedisServer) -> None:
-        """Start a killed node again with its nodes.conf: it rejoins (as a replica of whoever took over)."""
-        server.start()
-        wait_for(self.healthy, "the restarted node to rejoin")
 
     def stop(self) -> None:
         for s in self.servers:

@@ -184,3 +184,17 @@ def wait_for(url: str) -> None:
         except OSError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+def test_serve_refuses_workers_without_redis_in_one_line() -> None:
+    r = run("serve", "--workers", "2", "--listen", f"127.0.0.1:{free_port()}", "--admin",
+            f"127.0.0.1:{free_port()}", env={"SIDECACHE_REDIS_URL": ""})
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (
+        "server.workers: 2 workers need a shared Redis ([redis] url or SIDECACHE_REDIS_URL): each would keep its "
+        "own cache and miss the others' purges; set a Redis or run one worker")
+
+
+def test_serve_takes_the_redis_mode_from_the_flag() -> None:
+    r = run("serve", "--redis-mode", "sentinel", "--listen", f"127.0.0.1:{free_port()}", "--admin",
+            f"127.0.0.1:{free_port()}", env={"SIDECACHE_REDIS_URL": "", "SIDECACHE_REDIS_MODE": ""})
+    assert r.returncode == 2
+    assert 'mode = "sentinel" needs `sentinels` (HOST:PORT of each) and `service`' in r.stderr

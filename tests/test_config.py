@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config.settings import Config, apply_overrides, check_admin_exposure, load_config
+from proxy.config.settings import Config, apply_overrides, check_admin_exposure, check_workers, load_config
 from proxy.config.units import Duration
 from proxy.errors import ConfigError
 
@@ -141,3 +141,46 @@ def test_targeted_cache_control_can_be_turned_off_or_reordered(tmp_path: Path) -
     assert load_config(path).defaults.targeted_cache_control == ()
     path.write_text('[defaults]\ntargeted_cache_control = ["CDN-Cache-Control", "Fastly-Cache-Control"]')
     assert load_config(path).defaults.targeted_cache_control == ("CDN-Cache-Control", "Fastly-Cache-Control")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[redis]\nmode = "cluster"', 'FILE: mode = "cluster" needs `url` (any one node) or `nodes` (seed nodes) '
+                                     "- at `$.redis`"),
+        ('[redis]\nmode = "sharded"', "FILE: Invalid enum value 'sharded' - at `$.redis.mode`"),
+        ('[redis]\nnodes = ["127.0.0.1:7001"]', 'FILE: `nodes` is for mode = "cluster", and mode is "single" '
+                                               "- at `$.redis`"),
+        ('[redis]\nmode = "cluster"\nnodes = ["7001"]', "FILE: `nodes[0]` must be HOST:PORT such as "
+                                                      "\"127.0.0.1:8080\", got '7001' - at `$.redis`"),
+        ('[redis]\nmode = "cluster"\nurl = "redis://127.0.0.1:7000/2"',
+         'FILE: mode = "cluster" has database 0 only: `url` must end in /0 or nothing - at `$.redis`'),
+        ('[redis]\nmode = "cluster"\nurl = "redis://127.0.0.1:7000"\nprefix = "{sc}:v1"',
+         'FILE: `prefix` must not contain { or } in mode = "cluster": sidecache puts its own hash tags in key '
+         "names - at `$.redis`"),
+        ('[redis]\nmode = "sentinel"\nsentinels = ["127.0.0.1:26379"]',
+         'FILE: mode = "sentinel" needs `sentinels` (HOST:PORT of each) and `service` (the name they monitor the '
+         "primary under) - at `$.redis`"),
+        ('[redis]\nmode = "sentinel"\nsentinels = ["127.0.0.1:26379"]\nservice = "m"\n'
+         'url = "redis://:secret@10.0.0.1:6379/0"',
+         'FILE: in mode = "sentinel", `url` names no host (the sentinels find the primary): only credentials, TLS '
+         "and the database, such as redis://:password@/0 - at `$.redis`"),
+    ],
+)
+def test_bad_redis_modes_name_the_field_and_what_is_expected(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, text) == message
+    assert "secret" not in message
+
+
+def test_redis_mode_from_the_flag_or_the_environment() -> None:
+    env = {"SIDECACHE_REDIS_MODE": "cluster", "SIDECACHE_REDIS_URL": "redis://127.0.0.1:7000/0"}
+    assert apply_overrides(Config(), env=env).redis.mode == "cluster"
+    assert apply_overrides(Config(), redis_mode="single", env=env).redis.mode == "single"  # the flag wins
+    with pytest.raises(ConfigError, match=r'command line or environment: mode = "sentinel" needs `sentinels`'):
+        apply_overrides(Config(), redis_mode="sentinel", env={})
+
+
+def test_workers_without_redis_are_refused_in_one_line() -> None:
+    assert check_workers(apply_overrides(Config(), workers=2, env={})) == [
+        "server.workers: 2 workers need a shared Redis ([redis] url or SIDECACHE_REDIS_URL): each would keep its "
+        "own cache and miss the others' purges; set a Redis or run one worker"]
+    assert check_workers(apply_overrides(Config(), workers=2, redis="redis://127.0.0.1:1/0", env={})) == []
+    assert check_workers(Config()) == []

@@ -68,9 +68,17 @@ class WorkerStats(msgspec.Struct, frozen=True):
     age_s: float  # how old this worker's numbers are (0 for the one answering)
 
 
+class RedisNodeStats(msgspec.Struct, frozen=True):
+    address: str
+    role: str  # "primary", "replica" or "sentinel"
+    up: bool  # answered its last PING (once a second), in every worker's view
+
+
 class RedisStats(msgspec.Struct, frozen=True):
-    status: str  # "up", "down" or "not configured"
+    status: str  # "up", "down" or "not configured": the shared tier as a whole (its breaker)
     errors: dict[str, int]
+    mode: str = ""  # "single", "cluster" or "sentinel"
+    nodes: list[RedisNodeStats] = []
 
 
 class Recommendation(msgspec.Struct, frozen=True):
@@ -252,9 +260,12 @@ def stats_of(view: Metrics, snaps: list[Snapshot], *, rules: RuleSet, history: H
     hits = sum(r.hits for r in routes.values())
     tiers = tier_stats(view, history, now)
     redis_up = _read(view.gauges.get("sidecache_redis_up"))
+    nodes = _read(view.gauges.get("sidecache_redis_node_up"))
     redis = RedisStats(
         "not configured" if not redis_up else "up" if all(v >= 1 for _, v in redis_up) else "down",
         {k: v for k, v in _by_label(_read(view.counters.get("sidecache_redis_errors")), "error").items()},
+        mode=next((labels.get("mode", "") for labels, _ in nodes), ""),
+        nodes=[RedisNodeStats(labels.get("node", ""), labels.get("role", ""), v >= 1) for labels, v in nodes],
     )
     return Stats(
         version=__version__, at=round(now, 3), uptime_s=round(now - started_at, 3),

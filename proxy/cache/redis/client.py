@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 STARTUP_TIMEOUT: Final = 1.0  # connecting the pool before the listener opens; no client is waiting yet
 NODE_CHECK: Final = 1.0  # how often the nodes known are PINGed for /readyz, /stats and the node gauge
+TOPOLOGY_CHECKS: Final = 10  # node checks between two readings of a cluster's topology
 # What a call may raise when Redis misbehaves. Exception, not a list of redis-py's types: a connection dropped
 # while a call is cancelled has been seen to raise AttributeError from inside redis-py, and whatever Redis does
 # must never fail a client request (each is counted by class in sidecache_redis_errors).
@@ -275,10 +276,15 @@ class RedisClient:
                 self.breaker.succeeded()
 
     async def _watch(self) -> None:
-        """Every NODE_CHECK, PING each node known, so /readyz and /stats can say which are up."""
+        """Every NODE_CHECK, PING each node known, so /readyz and /stats can say which are up (a cluster's
+        topology read again every TOPOLOGY_CHECK, so nodes added later are shown too)."""
+        checks = 0
         while True:
+            checks += 1
             try:
                 async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT)):
+                    if isinstance(self.redis, RedisCluster) and checks % TOPOLOGY_CHECKS == 0:
+                        await self.redis.nodes_manager.initialize()
                     self.nodes = await self._check_nodes()
             except FAILURES:  # the topology itself could not be read: keep what we knew, marked down
                 self.nodes = [Node(n.address, n.role, False) for n in self.nodes]
