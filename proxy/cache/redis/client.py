@@ -264,30 +264,40 @@ class RedisClient:
         while True:
             await self._down.wait()
             await asyncio.sleep(self.breaker.probe_in())
-            if self.breaker.closed:
-                continue
-            try:
-                async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT) if self.mode == "cluster" else
-                                           self.timeout):
-                    await self._ping(refresh=True)
-            except FAILURES as exc:
-                self.failed("PING", exc)
-            else:
-                self.breaker.succeeded()
+            if not self.breaker.closed:
+                await self._probe_once()
+
+    async def _probe_once(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT) if self.mode == "cluster" else
+                                       self.timeout):
+                await self._ping(refresh=True)
+        except FAILURES as exc:
+            self.failed("PING", exc)
+        else:
+            self.breaker.succeeded()
 
     async def _watch(self) -> None:
         """Every NODE_CHECK, PING each node known, so /readyz and /stats can say which are up (a cluster's
-        topology read again every TOPOLOGY_CHECK, so nodes added later are shown too)."""
+        topology read again every TOPOLOGY_CHECKS, and at every check while the breaker is open).
+
+        While the breaker is open and a primary answers again (a replica promoted, the sentinels naming a new
+        one), probe at once: the breaker's backoff, grown during the failover, would keep the tier off for up
+        to `probe_max` after the new primary is there."""
         checks = 0
         while True:
             checks += 1
             try:
                 async with asyncio.timeout(max(self.timeout, STARTUP_TIMEOUT)):
-                    if isinstance(self.redis, RedisCluster) and checks % TOPOLOGY_CHECKS == 0:
+                    if isinstance(self.redis, RedisCluster) and (checks % TOPOLOGY_CHECKS == 0 or
+                                                                 not self.breaker.closed):
                         await self.redis.nodes_manager.initialize()
                     self.nodes = await self._check_nodes()
             except FAILURES:  # the topology itself could not be read: keep what we knew, marked down
                 self.nodes = [Node(n.address, n.role, False) for n in self.nodes]
+            primaries = [n for n in self.nodes if n.role == "primary"]
+            if not self.breaker.closed and primaries and all(n.up for n in primaries):
+                await self._probe_once()
             await asyncio.sleep(NODE_CHECK)
 
     async def _follow_primary(self) -> None:
