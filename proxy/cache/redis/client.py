@@ -4,6 +4,7 @@ command goes through (RedisError -> CacheBackendError here only; passwords never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -86,6 +87,7 @@ class RedisClient:
         self._up.set()
         self._down = asyncio.Event()
         self._prober: asyncio.Task[None] | None = None
+        self._stale = False  # the breaker opened: pooled connections may be dead, drop them before probing
         self._closed = False
         self.nodes: list[Node] = []
         self.primary = ""  # behind Sentinel: the primary as the sentinels last said
@@ -229,15 +231,19 @@ class RedisClient:
         self.breaker.succeeded()
         return result
 
-    def failed(self, op: str, exc: BaseException) -> CacheBackendError:
-        """Count it, tell the breaker, and describe it without the password."""
+    def failed(self, op: str, exc: BaseException, *, probe: bool = False) -> CacheBackendError:
+        """Count it, tell the breaker (a failed probe backs it off, a failed call only counts), and describe it
+        without the password."""
         self.errors[type(exc).__name__] += 1
         if isinstance(exc, TimeoutError) and not str(exc):
             detail = f"no answer within {self.timeout * 1000:.0f}ms"
         else:
             detail = f"{type(exc).__name__}: {self.scrub(str(exc))}"
         self.last_error = f"redis {op} on {self.url}: {detail}"
-        self.breaker.failed()
+        if probe:
+            self.breaker.probe_failed()
+        else:
+            self.breaker.failed()
         return CacheBackendError(self.last_error)
 
     def scrub(self, text: str) -> str:
@@ -254,15 +260,22 @@ class RedisClient:
         else:
             self._up.clear()
             self._down.set()
+            self._stale = True
             log.warning("redis tier %s: unavailable (%s); serving from memory and upstream, probing in %.0fms",
                         self.url, self.last_error or "no answer", self.breaker.probe_in() * 1000)
         for listener in self.on_change:
             listener(closed)
 
     async def _probe(self) -> None:
-        """While the breaker is open, PING at its backoff; the first answer closes it."""
+        """While the breaker is open, PING at its backoff; the first answer closes it.
+
+        The idle pooled connections are dropped first: after a restart each would fail once on its next use, so
+        the probe would miss a Redis that is back, and the first requests after it would trip the breaker again."""
         while True:
             await self._down.wait()
+            if self._stale:
+                self._stale = False
+                await self._drop_idle()
             await asyncio.sleep(self.breaker.probe_in())
             if not self.breaker.closed:
                 await self._probe_once()
@@ -273,9 +286,20 @@ class RedisClient:
                                        self.timeout):
                 await self._ping(refresh=True)
         except FAILURES as exc:
-            self.failed("PING", exc)
+            self.failed("PING", exc, probe=True)
         else:
             self.breaker.succeeded()
+
+    async def _drop_idle(self) -> None:
+        """Close the idle connections of every pool (a cluster's: each node's); in-use ones finish first."""
+        for client in (self.redis, self.subscriber):
+            with contextlib.suppress(*FAILURES):  # closing sockets; the far end may be gone
+                async with asyncio.timeout(self.timeout):
+                    if isinstance(client, RedisCluster):
+                        for node in client.get_nodes():
+                            await node.disconnect_free_connections()
+                    else:
+                        await client.connection_pool.disconnect(inuse_connections=False)
 
     async def _watch(self) -> None:
         """Every NODE_CHECK, PING each node known, so /readyz and /stats can say which are up (a cluster's
