@@ -7,8 +7,9 @@ same situation always gives the same bytes. RFC 9211 allows one `detail`; where 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Final, Literal
+
+import msgspec
 
 CACHE: Final = "sidecache"
 
@@ -35,8 +36,7 @@ def reason_kind(token: str) -> str:
     return "status" if token.startswith("status-") else token
 
 
-@dataclass(frozen=True, slots=True)
-class CacheStatus:
+class CacheStatus(msgspec.Struct, frozen=True, kw_only=True):
     """One `Cache-Status` member for this cache; `str()` is the header value, `parse()` reads one back."""
 
     hit: bool = False
@@ -46,7 +46,7 @@ class CacheStatus:
     collapsed: bool = False
     stored: bool = False
     detail: tuple[str, ...] = ()
-    extra: tuple[tuple[str, str], ...] = field(default=())  # our own parameters: batch-size, cached, fetched
+    extra: tuple[tuple[str, str], ...] = ()  # our own parameters: batch-size, cached, fetched
 
     def __str__(self) -> str:
         if self.hit and not (self.fwd or self.detail or self.extra) and self.ttl is not None:
@@ -71,7 +71,7 @@ class CacheStatus:
 
     def with_detail(self, token: str) -> CacheStatus:
         """The same status with one more detail token (joined with `+`, as RFC 9211 has one `detail`)."""
-        return replace(self, detail=(*self.detail, token))
+        return msgspec.structs.replace(self, detail=(*self.detail, token))
 
     @property
     def outcome(self) -> str:
@@ -112,3 +112,16 @@ class CacheStatus:
                     extra.append((name, value))
             return cls(extra=tuple(extra), **kw)  # type: ignore[arg-type]
         return None
+
+
+_HITS: dict[int, CacheStatus] = {}
+
+
+def hit(ttl: int) -> CacheStatus:
+    """A fresh hit with `ttl` seconds left: the hit path's one status, made once per distinct ttl."""
+    status = _HITS.get(ttl)
+    if status is None:
+        if len(_HITS) > 4096:
+            _HITS.clear()
+        status = _HITS[ttl] = CacheStatus(hit=True, ttl=ttl)
+    return status

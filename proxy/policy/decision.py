@@ -6,8 +6,7 @@ ruled routes and for routes the origin's own headers govern alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 from multidict import CIMultiDict
 
 from proxy.policy.entry import CachedResponse
@@ -15,30 +14,26 @@ from proxy.policy.freshness import State, state
 from proxy.policy.validators import revalidation_headers
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
+class Hit(msgspec.Struct, frozen=True):
     """Fresh: answer from the entry (RFC 9111 4.2)."""
 
     entry: CachedResponse
 
 
-@dataclass(frozen=True, slots=True)
-class ServeStale:
+class ServeStale(msgspec.Struct, frozen=True):
     """Within stale-while-revalidate: answer from the entry now, refresh it once in the background (RFC 5861 3)."""
 
     entry: CachedResponse
 
 
-@dataclass(frozen=True, slots=True)
-class Revalidate:
+class Revalidate(msgspec.Struct, frozen=True):
     """Ask the origin with its own validators; a 304 refreshes the entry (RFC 9111 4.3.1)."""
 
     entry: CachedResponse
     conditions: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Fetch:
+class Fetch(msgspec.Struct, frozen=True):
     """Go upstream; `stale` is what may still answer if that fails (stale-if-error), or None."""
 
     stale: CachedResponse | None = None

@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.cache.tiers import TieredCache
 from proxy.concurrency.coalescer import Coalescer
 from proxy.errors import UpstreamBusy, UpstreamError, UpstreamTimeout
-from proxy.policy.cache_status import CacheStatus
+from proxy.policy.cache_status import CacheStatus, hit
 from proxy.policy.decision import Fetch, Hit, Revalidate, ServeStale, decide
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import usable_on_error
@@ -85,7 +85,7 @@ class Caching:
         decision = decide(entry, now, revalidate=revalidate, validators=lane.validators(inb) and not inb.forced)
         match decision:
             case Hit(entry=e):
-                return lane.answer(inb, e, CacheStatus(hit=True, ttl=int(e.expires_at - now)), now - e.stored_at)
+                return lane.answer(inb, e, hit(int(e.expires_at - now)), now - e.stored_at)
             case ServeStale(entry=e):
                 self.refresh(inb, lane, e)
                 status = CacheStatus(fwd="stale", ttl=int(e.expires_at - now), detail=("stale-while-revalidate",))

@@ -111,8 +111,11 @@ class ProxyHandler:
         if method in ("GET", "HEAD") and (known := self._targets.get(inb.raw_path)) is not None:
             rule, params, key, pattern = known  # seen before: no path decoding, query parsing, matching or key
             if private_request_reason(inb.headers, rule) is None:
-                inb.rule, inb.params, inb.key, inb.pattern = rule, params, key, pattern
-                return await self._serve(inb, request, self.ruled)
+                inb.use(rule, params, pattern, key)
+                try:  # _serve, one coroutine frame less: this is the hit path
+                    return await self.caching.serve(inb, request, self.ruled)
+                except UpstreamError as exc:
+                    return self._error(inb, exc)
         found = self.rules.match_pattern(method, inb.path)
         if found is None:
             if (merge := self.incoming.get((method, inb.path))) is not None:
@@ -121,7 +124,7 @@ class ProxyHandler:
                 inb.key = origin_key(inb.raw_path, inb.host or "")
                 return await self._serve(inb, request, self.origin)
             return await self._pass(inb, request, "no-rule")
-        inb.rule, inb.params, inb.pattern = found
+        inb.use(*found)
         rule = found[0]
         if not rule.cacheable or method not in ("GET", "HEAD"):
             return await self._pass(inb, request, "rule-pass")
@@ -162,7 +165,7 @@ class ProxyHandler:
 
     async def _merge(self, inb: Inbound, request: web.BaseRequest, merge: BatchMerge) -> web.StreamResponse:
         """A client's own batch call: cached items from the tiers, the others upstream, one reply."""
-        inb.rule = merge.rule
+        inb.use(merge.rule, {})
         if request.content_length is None or request.content_length > _MAX_MERGE_BODY:
             return await self._pass(inb, request, "batch-unmergeable")  # streamed as it is
         headers = fill_headers(inb, self.trust, send_host=False)
@@ -178,7 +181,9 @@ class ProxyHandler:
 
     def _degraded(self, status: CacheStatus) -> str:
         """RFC 9211 has one `detail`: while Redis is down its token joins any other with a `+`."""
-        return str(status.with_detail("redis-unavailable") if self.tiers.degraded else status)
+        if self.tiers.redis is None or not self.tiers.degraded:
+            return str(status)
+        return str(status.with_detail("redis-unavailable"))
 
     def _done(self, inb: Inbound, resp: web.StreamResponse, cache_status: CacheStatus | str, outcome: str,
               upstream_s: float | None) -> web.StreamResponse:

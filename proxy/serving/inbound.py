@@ -15,7 +15,8 @@ class Inbound:
 
     `path` and `query` are decoded on first use only: a remembered hit never needs them."""
 
-    __slots__ = ("method", "raw_path", "headers", "started", "rule", "params", "key", "pattern", "forced", "_url",
+    __slots__ = ("method", "raw_path", "headers", "started", "rule", "route", "params", "key", "pattern", "forced",
+                 "_url",
                  "_request", "_peer", "_scheme", "_host")
 
     def __init__(self, request: web.BaseRequest, started: float) -> None:
@@ -30,6 +31,7 @@ class Inbound:
         self._scheme = "http"
         self._host: str | None = None
         self.rule: CompiledRule | None = None
+        self.route = "-"  # the metrics and log label: the rule's name, `-` without one
         self.params: dict[str, str] = {}  # decoded path parameters (tags, batch items, echo)
         self.key = ""
         self.pattern = 0
@@ -69,7 +71,6 @@ class Inbound:
     def query(self) -> MultiDictProxy[str]:
         return self.url.query
 
-    @property
-    def route(self) -> str:
-        """The metrics and log label: the rule's name, `-` without one."""
-        return self.rule.name if self.rule is not None else "-"
+    def use(self, rule: CompiledRule, params: dict[str, str], pattern: int = 0, key: str = "") -> None:
+        """The rule that matched, with its decoded path parameters and pattern (and the key, once known)."""
+        self.rule, self.route, self.params, self.pattern, self.key = rule, rule.name, params, pattern, key

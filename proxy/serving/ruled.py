@@ -41,8 +41,9 @@ class RuledLane:
         self.targets = tuple(targets)  # targeted cache-control fields (RFC 9213): they replace Cache-Control here
 
     def revalidate(self, inb: Inbound) -> bool:
-        assert inb.rule is not None
-        return client_wants_revalidation(inb.headers, inb.rule)
+        rule = inb.rule
+        assert rule is not None
+        return rule.route.client_no_cache != "ignore" and client_wants_revalidation(inb.headers, rule)
 
     def validators(self, inb: Inbound) -> bool:
         return inb.route not in self.caching.filler.batches  # a batch call carries no conditions
