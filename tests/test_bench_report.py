@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.devtools.bench import Report, ratio_of
+from proxy.devtools.report import Report, ratio_of
 
 
 @pytest.mark.parametrize(("x", "text"), [(0.9994, "0.999x"), (0.99951, "1.00x"), (1.6, "1.60x"), (0.22, "0.220x"),

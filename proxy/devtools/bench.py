@@ -10,28 +10,25 @@ import asyncio
 import json
 import math
 import os
-import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
-from aiohttp import web
 
 from proxy.devtools import chart
 from proxy.devtools.demo import PLAYERS, STATS, props
 from proxy.devtools.loadgen import burst, replay, run_load
-from proxy.devtools.sample_data import ROSTER, player_id, player_team
+from proxy.devtools.processes import Backend, bare_app, child, free_port, sidecache_serve
+from proxy.devtools.report import Report, ratio_of
+from proxy.devtools.sample_data import ROSTER
+from proxy.devtools.workloads import prop_burst, zipf_trace
 
 HIT_PATH = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits&stat_types=runs"
 BENCH_CONFIG = """
@@ -39,96 +36,6 @@ BENCH_CONFIG = """
 max_entries = 200000
 max_bytes = "1GiB"
 """
-
-
-def ratio_of(x: float) -> tuple[str, float]:
-    """A ratio to 3 significant digits ("0.999x", "1.60x") and the value printed, which is what a target is
-    judged on: a reader never sees "1.00x NOT MET"."""
-    text = f"{x:#.3g}".rstrip(".")
-    return f"{text}x", float(text)
-
-
-@dataclass
-class Row:
-    """One measured line of the report, with its target when the issue sets one."""
-
-    name: str
-    value: str
-    target: str = ""
-    met: bool | None = None
-    score: float | None = None  # how many times over its target (>= 1 is met), for the chart
-
-
-@dataclass
-class Report:
-    started: str
-    load_generator: str
-    upstream_latency_ms: float
-    config: str
-    rows: list[Row] = field(default_factory=list)
-    raw: dict[str, object] = field(default_factory=dict)
-
-    def add(self, name: str, value: str, target: str = "", score: float | None = None) -> None:
-        """A row; with a score (measured over target, 1.0 = just met), it is a target met or not."""
-        met = None if score is None else score >= 1.0
-        self.rows.append(Row(name, value, target, met, score))
-        mark = "" if met is None else ("  met" if met else "  NOT MET")
-        print(f"  {name:<52} {value:<34} {target}{mark}", flush=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-@contextmanager
-def _process(cmd: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process of ours, stopped by its PID however the block ends."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_http(ready_url)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@contextmanager
-def _proxy(upstream: str, config: Path, workers: int, rules: Path | None = None) -> Iterator[tuple[str, str]]:
-    port, admin = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--upstream", upstream,
-           "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--workers", str(workers)]
-    cmd += ["--rules", str(rules)] if rules is not None else []
-    with _process(cmd, f"http://127.0.0.1:{admin}/healthz"):
-        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
-
-
-@contextmanager
-def _bare(size: int) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "proxy.devtools.bench", "bare", str(port), str(size)]
-    with _process(cmd, f"http://127.0.0.1:{port}/ready"):
-        yield f"http://127.0.0.1:{port}"
 
 
 async def _load(url: str, connections: int, seconds: float) -> tuple[float, float, float]:
@@ -162,55 +69,6 @@ def _pct(sorted_lat: list[float], q: float) -> float:
     return sorted_lat[min(len(sorted_lat) - 1, int(q * len(sorted_lat)))] * 1000 if sorted_lat else math.nan
 
 
-def zipf_trace(n: int = 5000, players: int = 200, s: float = 1.1, seed: int = 7) -> list[str]:
-    """The reference trace: Zipf(s) player popularity over the four per-player data routes."""
-    rng = random.Random(seed)
-    names = list(ROSTER[:players])
-    weights = [1 / (k**s) for k in range(1, players + 1)]
-    out = []
-    for name in rng.choices(names, weights, k=n):
-        pid = player_id(name)
-        out.append(rng.choice((
-            f"/api/v1/optimized/player-data/{quote(name)}?stat_types=hits",
-            f"/api/v1/players/{quote(name)}/id",
-            f"/api/v1/players/{pid}/game-logs",
-            f"/api/v1/players/{pid}/season-stats?stat_type={rng.choice(('hits', 'runs'))}",
-        )))
-    return out
-
-
-def prop_burst(n: int = 1000, players: int = 25, seed: int = 11) -> list[str]:
-    """Per-prop analysis requests, as a prop screen fires them, over `players` players."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        name = ROSTER[i % players]
-        team = player_team(name) or "NYY"
-        q = urlencode({"player_name": name, "stat_type": rng.choice(("hits", "runs", "rbi", "home_runs")),
-                       "line": rng.choice((0.5, 1.5, 2.5)), "team": team, "matchup": f"{team} vs BOS"})
-        out.append(f"/mlb/enhanced-prop-analysis/prop-{i}?{q}")
-    return out
-
-
-class Backend:
-    """The sample backend in its own process, so the load generator does not share its event loop."""
-
-    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
-        self.url, self.http = url, http
-
-    async def calls(self) -> int:
-        return sum((await self.calls_by_route()).values())
-
-    async def calls_by_route(self) -> dict[str, int]:
-        async with self.http.get(self.url + "/_sample/calls") as r:
-            return dict(await r.json())
-
-    async def knobs(self, **knobs: object) -> None:
-        """Set the sample backend's fault knobs (batch_latency, batch_fails_all) in its own process."""
-        async with self.http.post(self.url + "/_sample/knobs", json=knobs) as r:
-            assert r.status == 200, await r.text()
-
-
 SCENARIOS = ("hits", "coalescing", "trace", "props", "screens", "failing", "memory")
 
 
@@ -218,10 +76,10 @@ async def run_bench(*, quick: bool = False, json_path: Path | None = None, laten
                     png_path: Path | None = None, batch_extra: float = 0.05,
                     only: tuple[str, ...] = SCENARIOS) -> int:
     seconds = 2.0 if quick else 5.0
-    port = _free_port()
+    port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "proxy.devtools.sample_backend", "--port", str(port), "--latency", str(latency)]
-    with _process(cmd, upstream + "/health"):
+    with child(cmd, upstream + "/health"):
         return await _run(upstream, quick, json_path, png_path, latency, seconds, batch_extra, only)
 
 
@@ -239,7 +97,7 @@ async def _run(upstream: str, quick: bool, json_path: Path | None, png_path: Pat
             backend = Backend(upstream, http)
             if "hits" in only:
                 await _hits(report, http, upstream, config, seconds)
-            with _proxy(upstream, config, 1) as (proxy, admin):
+            with sidecache_serve(upstream, config, 1) as (proxy, admin):
                 if "coalescing" in only:
                     await _coalescing(report, http, backend, proxy, latency)
                 if "trace" in only:
@@ -270,7 +128,8 @@ async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, conf
         size = len(await r.read())
     results: dict[tuple[str, int], tuple[float, float, float]] = {}
     reps = 3
-    with _bare(size) as bare, _proxy(upstream, config, 1) as (one, _), _proxy(upstream, config, 2) as (two, _):
+    with bare_app(size) as bare, sidecache_serve(upstream, config, 1) as (one, _), \
+            sidecache_serve(upstream, config, 2) as (two, _):
         for proxy, workers in ((one, 1), (two, 2)):
             for _ in range(workers * 4):  # every worker holds its own copy after a few requests
                 async with http.get(proxy + HIT_PATH) as r:
@@ -446,7 +305,7 @@ async def _failing(report: Report, http: aiohttp.ClientSession, backend: Backend
           f"of {reps}")
     await backend.knobs(batch_fails_all=True)
     try:
-        with _proxy(upstream, config, 1, rules) as (proxy, admin):
+        with sidecache_serve(upstream, config, 1, rules) as (proxy, admin):
             first = await _cold_screen(http, backend, admin, proxy, upstream, 1, None, "f0-")
             later = await _cold_screen(http, backend, admin, proxy, upstream, reps, None, "f1-")
             await asyncio.sleep(cool_down * 1.2)
@@ -493,7 +352,7 @@ def _with_cool_down(text: str, value: str) -> str:
 def _memory(report: Report, quick: bool) -> None:
     n = 20_000 if quick else 100_000
     print(f"memory: {n:,} entries of 1.5 KB in the memory tier")
-    out = subprocess.run([sys.executable, "-m", "proxy.devtools.bench", "memory", str(n)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "proxy.devtools.processes", "memory", str(n)], capture_output=True,
                          text=True, timeout=300)
     growth, payload = map(int, out.stdout.split())
     report.raw["memory"] = {"entries": n, "rss_growth_bytes": growth, "payload_bytes": payload}
@@ -502,49 +361,3 @@ def _memory(report: Report, quick: bool) -> None:
                "<= 2.00x", 2.0 / ratio)
 
 
-def _serve_bare(port: int, size: int) -> None:
-    """The ceiling: aiohttp's simplest app, one catch-all route returning a stored body of the same size."""
-    body = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
-
-    async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def _measure_memory(n: int) -> None:
-    from proxy.cache.memory import MemoryTier
-    from proxy.policy.entry import CachedResponse
-
-    def rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    tier = MemoryTier(max_entries=n, max_bytes=2**40, max_entry_bytes=2**20, clock=time.time)
-    headers = [("Content-Type", "application/json"), ("Server", "A1Betting/2.0"), ("X-Frame-Options", "DENY")]
-    now = time.time()
-    before = rss()
-    payload = 0
-    for i in range(n):
-        body = (b'{"i": %d, "pad": "' % i).ljust(1500 - 2, b"x") + b'"}'
-        payload += len(body)
-        tier.set(f"player-data\x1fname=Player {i}\x1f?stat_types=hits",
-                 CachedResponse(status=200, headers=headers, body=body, stored_at=now, ttl=300))
-    print(rss() - before, payload)
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "bare":
-        _serve_bare(int(sys.argv[2]), int(sys.argv[3]))
-    elif sys.argv[1] == "memory":
-        _measure_memory(int(sys.argv[2]))
