@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.policy.keys import variant_suffix
+from proxy.policy.keys import variant_key
 from proxy.policy.origin_policy import OriginPolicy, origin_policy
 
 NOW = 1_750_000_000.0
@@ -53,6 +53,6 @@ def test_origin_policy(status: int, response: dict[str, str], request_headers: d
 
 def test_variants_differ_by_the_named_headers_only() -> None:
     vary = ("accept-encoding",)
-    gz = variant_suffix(vary, CIMultiDict({"Accept-Encoding": "gzip,  br", "X": "1"}))
-    assert gz == variant_suffix(vary, CIMultiDict({"Accept-Encoding": "gzip, br"}))
-    assert gz != variant_suffix(vary, CIMultiDict({}))
+    gz = variant_key("", vary, CIMultiDict({"Accept-Encoding": "gzip,  br", "X": "1"}))
+    assert gz == variant_key("", vary, CIMultiDict({"Accept-Encoding": "gzip, br"}))
+    assert gz != variant_key("", vary, CIMultiDict({}))

@@ -107,6 +107,24 @@ class TieredCache:
                 return None
         return entry
 
+    async def find_many(self, keys: list[str], request: Mapping[str, str]) -> dict[str, CachedResponse]:
+        """`find` for many keys at once: memory first, then Redis in one round trip (and one more for the variants
+        of keys that hold a Vary marker); only the keys found."""
+        entries = await self._many(keys)
+        markers = {k: variant_key(k, e.vary, request) for k, e in entries.items() if e.is_marker}
+        if markers:
+            variants = await self._many(list(markers.values()))
+            for k, v in markers.items():
+                if (found := variants.get(v)) is not None and not found.is_marker:
+                    entries[k] = found
+                else:
+                    del entries[k]
+        return entries
+
+    async def _many(self, keys: list[str]) -> dict[str, CachedResponse]:
+        entries = {k: e for k in keys if (e := self.memory.get(k)) is not None}  # memory first, no await
+        return entries | await self.shared_many([k for k in keys if k not in entries])
+
     async def _one(self, key: str) -> CachedResponse | None:
         entry = self.memory.get(key) or await self.shared(key)
         if entry is None and (older := self._superseded.get(key)) is not None:

@@ -21,7 +21,6 @@ NotStored = Literal[
     "set-cookie", "private", "no-store", "uncacheable-body", "too-large", "authorization", "vary-star",
     "no-freshness", "no-cache-without-validator", "stale-on-arrival", "encoded-without-vary", "head", "status",
 ]
-NOT_STORED: Final[frozenset[str]] = frozenset(NotStored.__args__)  # type: ignore[attr-defined]
 # Reasons that make an answer belong to the one client that asked: collapsed waiters must ask for their own.
 PERSONAL: Final[frozenset[str]] = frozenset({"set-cookie", "private", "no-store", "vary-star"})
 

@@ -39,13 +39,17 @@ def state(entry: CachedResponse, now: float) -> State:
     return State.EXPIRED
 
 
-def client_wants_revalidation(headers: Mapping[str, str], rule: CompiledRule) -> bool:
-    """`Cache-Control: no-cache` or `max-age=0` from the client, honoured only where the rule says so: by default
-    a frontend must not be able to defeat the cache by accident (RFC 9111 5.2.1 lets a cache decide)."""
-    if rule.route.client_no_cache == "ignore":
-        return False
+def client_asks_revalidation(headers: Mapping[str, str]) -> bool:
+    """The client asks for an answer checked with the origin: `Cache-Control: no-cache` or `max-age=0`, or
+    `Pragma: no-cache` from HTTP/1.0 (RFC 9111 5.2.1.4, 5.4)."""
     cc = cache_control(field_lines(headers, "Cache-Control"))
     return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
+
+
+def client_wants_revalidation(headers: Mapping[str, str], rule: CompiledRule) -> bool:
+    """The client's `no-cache`, honoured only where the rule says so: by default a frontend must not be able to
+    defeat the cache by accident (RFC 9111 5.2.1 lets a cache decide)."""
+    return rule.route.client_no_cache != "ignore" and client_asks_revalidation(headers)
 
 
 def usable_on_error(entry: CachedResponse, now: float) -> bool:

@@ -70,11 +70,6 @@ def variant_key(key: str, vary: Iterable[str], request: Mapping[str, str]) -> st
     return key + "".join(f"{VARIANT}{name}={' '.join(request.get(name, '').split())}" for name in vary)
 
 
-def variant_suffix(vary: tuple[str, ...], request: Mapping[str, str]) -> str:
-    """The part of a variant's key after its resource's key."""
-    return variant_key("", vary, request)
-
-
 def failure_key(item_key: str) -> str:
     """Where a batch endpoint's `failed` answer for an item is remembered (never read by single requests)."""
     return item_key + FAILED

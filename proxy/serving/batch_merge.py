@@ -22,9 +22,8 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from proxy.cache.tiers import TieredCache
 from proxy.policy.cache_status import CacheStatus
-from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import State, private_request_reason, state, unstorable_reason
-from proxy.policy.keys import cache_key, failure_key, tags_for, variant_key
+from proxy.policy.keys import cache_key, failure_key, tags_for
 from proxy.policy.origin_policy import vary_names
 from proxy.serving.batch_route import BatchRoute, Reply, Unbatchable
 from proxy.serving.fill import Filler, Terms
@@ -92,7 +91,7 @@ class BatchMerge:
             return await self._relay(body, forward, raw_path, "batch-unreadable")
         slots = [self._slot(i, item, headers) for i, item in enumerate(items)]
         keys = [s.key for s in slots if s.key is not None]
-        found = await self._entries([*keys, *(failure_key(k) for k in keys)], headers)  # one round trip for all
+        found = await self.tiers.find_many([*keys, *(failure_key(k) for k in keys)], headers)  # one round trip for all
         now, cached = self.clock(), 0
         for s in slots:
             if s.key is None:
@@ -116,21 +115,6 @@ class BatchMerge:
                 return Merged(r.status, end_to_end(r.headers, drop=("Content-Length",)), r.body, status, "miss")
             self._take(sent, reply, headers)
         return self._merge(doc, slots, replies, cached, started, origin)
-
-    async def _entries(self, keys: list[str], headers: CIMultiDictProxy[str]) -> dict[str, CachedResponse]:
-        """The stored entries for keys (memory first, then Redis in one round trip), Vary variants resolved."""
-        entries = {k: e for k in keys if (e := self.tiers.local(k)) is not None}  # memory first, no await
-        entries |= await self.tiers.shared_many([k for k in keys if k not in entries])
-        markers = {k: variant_key(k, e.vary, headers) for k, e in entries.items() if e.is_marker}
-        if markers:
-            variants = {v: e for v in markers.values() if (e := self.tiers.local(v)) is not None}
-            variants |= await self.tiers.shared_many([v for v in markers.values() if v not in variants])
-            for k, v in markers.items():
-                if (found := variants.get(v)) is not None and not found.is_marker:
-                    entries[k] = found
-                else:
-                    del entries[k]
-        return entries
 
     def _slot(self, index: int, item: dict[str, Any], headers: CIMultiDictProxy[str]) -> _Slot:
         m = self.spec.match_on

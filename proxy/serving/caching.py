@@ -12,10 +12,11 @@ storable, how a stored one is written back, how a fetch reaches the upstream. Ev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, assert_never
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.cache.tiers import TieredCache
 from proxy.concurrency.coalescer import Coalescer
@@ -24,9 +25,15 @@ from proxy.policy.cache_status import CacheStatus, hit
 from proxy.policy.decision import Fetch, Hit, Revalidate, ServeStale, decide
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import usable_on_error
+from proxy.policy.validators import revalidation_headers
 from proxy.serving.fill import Fill, Filler, Judge
 from proxy.serving.inbound import Inbound
 from proxy.telemetry.metrics import Metrics
+
+# How a finished request leaves: the handler's one exit step (metrics, access log), and how a collapsed waiter is
+# sent upstream on its own; both lanes are handed these.
+Done = Callable[[Inbound, web.StreamResponse, CacheStatus | str, str, float | None], web.StreamResponse]
+Resend = Callable[[Inbound, web.BaseRequest, str], Awaitable[web.StreamResponse]]
 
 ERROR_STATUSES: Final = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stale-if-error stands in for
 
@@ -111,10 +118,10 @@ class Caching:
             inb, inb.key, lane.judge(inb), stale=stale, conditions=conditions, send_host=lane.send_host(inb)))
 
     def conditions(self, inb: Inbound, lane: Lane, stale: CachedResponse | None) -> dict[str, str]:
+        """The origin's own validators of the stale copy, where the lane's fill can carry them."""
         if stale is None or not lane.validators(inb):
             return {}
-        found = decide(stale, float("inf"), revalidate=True)
-        return found.conditions if isinstance(found, Revalidate) else {}
+        return revalidation_headers(CIMultiDict(stale.headers))
 
     def may_serve_stale(self, inb: Inbound, lane: Lane, stale: CachedResponse | None, status: int) -> bool:
         """Whether an origin error status may be answered from the stale copy (before anything is sent)."""

@@ -74,8 +74,8 @@ class ProxyHandler:
         self.filler = Filler(tiers, upstream, metrics, clock, trust)
         self.caching = Caching(tiers, self.filler, metrics, clock)
         self.coalescer = self.caching.coalescer
-        self.ruled = RuledLane(self.caching, self._done, self._resend, self._degraded, targets=targets)
-        self.origin = (OriginLane(self.caching, self._done, self._resend, self._degraded,
+        self.ruled = RuledLane(self.caching, self._done, self._pass, self._degraded, targets=targets)
+        self.origin = (OriginLane(self.caching, self._done, self._pass, self._degraded,
                                   max_entry_bytes=max_entry_bytes, trust=trust, targets=targets)
                        if unruled == "origin" else None)
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
@@ -105,31 +105,42 @@ class ProxyHandler:
             await b.aclose()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        method = request.method
-        inb = Inbound(request, started)
+        inb = Inbound(request, time.perf_counter())
+        lane = self._dispatch(inb)
+        if isinstance(lane, str):
+            return await self._pass(inb, request, lane)
+        if isinstance(lane, BatchMerge):
+            return await self._merge(inb, request, lane)
+        try:
+            return await self.caching.serve(inb, request, lane)
+        except UpstreamError as exc:
+            if inb.rule is None:  # the origin lane streams through `passthrough`, which counts nothing itself
+                self.metrics.upstream_error(inb.route, type(exc).__name__)
+            return self._error(inb, exc)
+
+    def _dispatch(self, inb: Inbound) -> Lane | BatchMerge | str:
+        """Which way a request goes: a caching lane (its rule and key set on `inb`), a client's batch call to merge,
+        or the detail of a pass-through."""
+        method = inb.method
         if method in ("GET", "HEAD") and (known := self._targets.get(inb.raw_path)) is not None:
             rule, params, key, pattern = known  # seen before: no path decoding, query parsing, matching or key
             if private_request_reason(inb.headers, rule) is None:
                 inb.use(rule, params, pattern, key)
-                try:  # _serve, one coroutine frame less: this is the hit path
-                    return await self.caching.serve(inb, request, self.ruled)
-                except UpstreamError as exc:
-                    return self._error(inb, exc)
+                return self.ruled
         found = self.rules.match_pattern(method, inb.path)
         if found is None:
             if (merge := self.incoming.get((method, inb.path))) is not None:
-                return await self._merge(inb, request, merge)
+                return merge
             if self.origin is not None and method in ("GET", "HEAD") and "Upgrade" not in inb.headers:
                 inb.key = origin_key(inb.raw_path, inb.host or "")
-                return await self._serve(inb, request, self.origin)
-            return await self._pass(inb, request, "no-rule")
+                return self.origin
+            return "no-rule"
         inb.use(*found)
         rule = found[0]
         if not rule.cacheable or method not in ("GET", "HEAD"):
-            return await self._pass(inb, request, "rule-pass")
+            return "rule-pass"
         if (private := private_request_reason(inb.headers, rule)) is not None:
-            return await self._pass(inb, request, private)
+            return private
         query = inb.query
         # the backend's own "refresh" switch: never part of the key; when on, fetch and refresh the entry
         inb.forced = any(value in query.getall(f.name, ()) for f, value in rule.refresh_when)
@@ -137,7 +148,7 @@ class ProxyHandler:
                             inb.headers, pattern=inb.pattern)
         if not rule.keyed_on_headers and not inb.forced:
             self._remember(inb)
-        return await self._serve(inb, request, self.ruled)
+        return self.ruled
 
     def _remember(self, inb: Inbound) -> None:
         """The hit path's shortcut for a target seen before; its bytes count against the memory tier's budget."""
@@ -154,14 +165,6 @@ class ProxyHandler:
         self._targets.clear()
         self.tiers.memory.reserve(-self._target_bytes)
         self._target_bytes = 0
-
-    async def _serve(self, inb: Inbound, request: web.BaseRequest, lane: Lane) -> web.StreamResponse:
-        try:
-            return await self.caching.serve(inb, request, lane)
-        except UpstreamError as exc:
-            if inb.rule is None:  # the origin lane streams through `passthrough`, which counts nothing itself
-                self.metrics.upstream_error(inb.route, type(exc).__name__)
-            return self._error(inb, exc)
 
     async def _merge(self, inb: Inbound, request: web.BaseRequest, merge: BatchMerge) -> web.StreamResponse:
         """A client's own batch call: cached items from the tiers, the others upstream, one reply."""
@@ -194,10 +197,6 @@ class ProxyHandler:
             self.access_log.write(inb.method, inb.raw_path, inb.route, str(cache_status), resp.status,
                                   body_bytes(inb.method, resp), took, upstream_s)
         return resp
-
-    async def _resend(self, inb: Inbound, request: web.BaseRequest, detail: str) -> web.StreamResponse:
-        """A collapsed waiter whose fill was another client's own answer: its own request, sent on its own."""
-        return await self._pass(inb, request, detail)
 
     async def _pass(self, inb: Inbound, request: web.BaseRequest, detail: str) -> web.StreamResponse:
         status = CacheStatus(fwd="bypass", detail=(detail,))

@@ -22,25 +22,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.decision import Fetch, Revalidate
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import cache_control
+from proxy.policy.freshness import client_asks_revalidation
 from proxy.policy.keys import url_tag
 from proxy.policy.origin_policy import OriginPolicy, origin_policy
 from proxy.policy.validators import keep_for
 from proxy.serving import passthrough
 from proxy.serving.answer import from_entry
-from proxy.serving.caching import ERROR_STATUSES, Caching
+from proxy.serving.caching import ERROR_STATUSES, Caching, Done, Resend
 from proxy.serving.fill import Judge, Terms
 from proxy.serving.headers import NOBODY, Forwarding, end_to_end
 from proxy.serving.inbound import Inbound
-from proxy.serving.ruled import Done, Resend
 
 ROUTE: Final = "-"  # how unruled traffic is labelled in metrics and entries
-
-
-def _no_cache_request(headers: CIMultiDictProxy[str]) -> bool:
-    """The client asks for an answer checked with the origin (RFC 9111 5.2.1.4; Pragma for HTTP/1.0)."""
-    cc = cache_control(headers.getall("Cache-Control", ()))
-    return "no-cache" in cc or cc.get("max-age") == "0" or (not cc and headers.get("Pragma") == "no-cache")
 
 
 class OriginLane:
@@ -55,7 +48,7 @@ class OriginLane:
         self._waiting: dict[str, asyncio.Future[bool]] = {}  # key -> the miss streaming now: did it store?
 
     def revalidate(self, inb: Inbound) -> bool:
-        return _no_cache_request(inb.headers)
+        return client_asks_revalidation(inb.headers)
 
     def validators(self, inb: Inbound) -> bool:
         return inb.method == "GET"

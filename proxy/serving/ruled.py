@@ -8,7 +8,7 @@ get the stored copy, or, when nothing was stored and the answer was personal, ar
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -21,15 +21,11 @@ from proxy.policy.keys import tags_for
 from proxy.policy.origin_policy import vary_names
 from proxy.policy.validators import derived_etag, keep_for
 from proxy.serving.answer import echo, etag_of, from_entry
-from proxy.serving.caching import Caching
+from proxy.serving.caching import Caching, Done, Resend
 from proxy.serving.fill import Fill, Judge, Terms
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
 from proxy.serving.passthrough import stream_overflow
-
-# How a finished request leaves: the handler's one exit step (metrics, access log).
-Done = Callable[[Inbound, web.StreamResponse, CacheStatus | str, str, float | None], web.StreamResponse]
-Resend = Callable[[Inbound, web.BaseRequest, str], Awaitable[web.StreamResponse]]
 
 
 class RuledLane:
@@ -43,7 +39,7 @@ class RuledLane:
     def revalidate(self, inb: Inbound) -> bool:
         rule = inb.rule
         assert rule is not None
-        return rule.route.client_no_cache != "ignore" and client_wants_revalidation(inb.headers, rule)
+        return client_wants_revalidation(inb.headers, rule)
 
     def validators(self, inb: Inbound) -> bool:
         return inb.route not in self.caching.filler.batches  # a batch call carries no conditions
