@@ -241,6 +241,10 @@ async def _rules(request: web.Request) -> web.Response:
                             for r in rules.rules]})
 
 
+def unknown_route(name: str) -> web.Response:
+    return problem(404, "unknown_route", f"no rule is named {name!r}; see GET /rules")
+
+
 async def _purge(request: web.Request) -> web.Response:
     body = await _body(request, PurgeRequest, '{"url": "/path?query"}, {"route": NAME}, {"tag": TAG} or '
                        '{"all": true}')
@@ -251,7 +255,7 @@ async def _purge(request: web.Request) -> web.Response:
         n = await sidecar.tiers.purge(Selector("all"))
     elif body.route is not None:
         if body.route not in sidecar.rules.by_name:
-            return problem(404, "unknown_route", f"no rule is named {body.route!r}; see GET /rules")
+            return unknown_route(body.route)
         n = await sidecar.tiers.purge(Selector("route", body.route))
     elif body.tag is not None:
         n = await sidecar.tiers.purge(Selector("tag", body.tag))
@@ -287,6 +291,6 @@ async def _warm(request: web.Request) -> web.Response:
     if body.route is not None:
         rule = sidecar.rules.by_name.get(body.route)
         if rule is None:
-            return problem(404, "unknown_route", f"no rule is named {body.route!r}; see GET /rules")
+            return unknown_route(body.route)
         items = items_for(rule, body.params or [])
     return _json(await warm(sidecar.proxy_url, sidecar.rules, items, body.concurrency))
