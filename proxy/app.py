@@ -24,6 +24,7 @@ from proxy.config.settings import Config, check_admin_exposure, parse_hostport
 from proxy.errors import ConfigError, ListenerError
 from proxy.ops import admin
 from proxy.ops.stats import History, sample_of
+from proxy.serving.fast_lane import FastLane
 from proxy.serving.handler import ProxyHandler
 from proxy.serving.headers import Forwarding
 from proxy.serving.listener import ProxyServer, connection_bound
@@ -106,7 +107,8 @@ class Sidecar:
         srv = self.config.server
         self.server = ProxyServer(self.handler, access_log=None, handler_cancellation=True,
                                   keepalive_timeout=srv.keepalive_timeout, header_timeout=srv.header_timeout,
-                                  max_connections=connection_bound(self.config))
+                                  max_connections=connection_bound(self.config),
+                                  fast_lane=FastLane(self.handler.fast) if srv.fast_lane else None)
         self._register_listener_gauges(self.server)
         log.info("worker %d: at most %d client connections; header timeout %s, idle timeout %s", self.worker_index,
                  self.server.max_connections, srv.header_timeout.text, srv.keepalive_timeout.text)
@@ -221,6 +223,8 @@ class Sidecar:
         m.gauges["sidecache_client_connections_max"] = lambda: [({}, float(server.max_connections))]
         m.counters["sidecache_client_connections_refused"] = lambda: [({}, float(server.refused))]
         m.counters["sidecache_client_header_timeouts"] = lambda: [({}, float(server.header_timeouts))]
+        if (fast := server.fast_lane) is not None:
+            m.counters["sidecache_fast_lane_hits"] = lambda: [({}, float(fast.served))]
 
     def _register_gauges(self) -> None:
         m, mem = self.metrics, self.memory

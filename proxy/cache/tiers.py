@@ -98,6 +98,15 @@ class TieredCache:
     def local(self, key: str) -> CachedResponse | None:
         return self.memory.get(key)
 
+    def local_variant(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
+        """`find` in memory alone, no await: the entry, or its Vary variant's; None if either is not in memory."""
+        entry = self.memory.get(key)
+        if entry is not None and entry.is_marker:
+            entry = self.memory.get(variant_key(key, entry.vary, request))
+            if entry is not None and entry.is_marker:
+                return None
+        return entry
+
     async def find(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
         """The entry for a request: under its key, or, where the key holds a Vary marker, under its variant's key."""
         entry = await self._one(key)

@@ -168,6 +168,7 @@ class ListenConfig(_Strict, frozen=True):
     header_timeout: Duration = Duration.of("10s")  # from a request's first byte (or the accept) to its last header
     keepalive_timeout: Duration = Duration.of("75s")  # an idle client connection between requests
     max_connections: Annotated[int, Meta(ge=0)] = 0  # open client connections; 0: from the descriptor limit
+    fast_lane: bool = True  # fresh memory hits answered straight from the connection (serving/fast_lane.py)
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.admin_hosts):

@@ -32,7 +32,7 @@ def from_entry(
     body: bytes | None = None,
     etag: str | None = None,
     method: str = "GET",
-) -> web.StreamResponse:
+) -> StoredAnswer:
     """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is.
 
     A GET's single byte range is answered from the stored body (206 or 416), checked once per answer."""
@@ -48,7 +48,7 @@ def from_entry(
         tag = etag or _get(headers, "etag")
         if not_modified(request, tag, _get(headers, "last-modified")):
             kept = [h for h in headers if h[0].lower() in _KEPT_ON_304]
-            return web.Response(status=304, headers=kept + extra + ([("Date", entry.date)] if entry.date else []))
+            return StoredAnswer(304, kept + extra, b"", cache_status, entry.date)
     if "Range" in request and entry.status == 200 and method == "GET":
         return _ranged(request, entry, headers, extra, entry.body if body is None else body, cache_status, etag)
     if entry.gzip and body is None and accepts_gzip(request.get("Accept-Encoding")):
@@ -95,24 +95,28 @@ class StoredAnswer(web.StreamResponse):
         writer = request._payload_writer  # as StreamResponse._start takes it
         self._req, self._payload_writer = request, writer
         keep_alive = self._keep_alive = request.keep_alive
+        await writer.write(self.encode(request.version.minor, keep_alive, request.method == "HEAD"))
+        return writer
+
+    def encode(self, minor: int, keep_alive: bool, head: bool) -> bytes:
+        """The whole answer as bytes for HTTP/1.`minor`: what the proxy listener and the fast lane both write."""
         headers, body = self._stored
-        status, version = self.status, request.version
-        lines = [f"HTTP/{version.major}.{version.minor} {status} {_reason(status)}\r\n"]
+        status = self.status
+        lines = [f"HTTP/1.{minor} {status} {_reason(status)}\r\n"]
         lines += [f"{k}: {v}\r\n" for k, v in headers]
         empty = status in (204, 304) or status < 200
         if not empty:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append(f"Date: {self._date or _date()}\r\n")
-        if version.minor == 0 and keep_alive:
+        if minor == 0 and keep_alive:
             lines.append("Connection: keep-alive\r\n")
-        elif version.minor == 1 and not keep_alive:
+        elif minor == 1 and not keep_alive:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         data = "".join(lines).encode("utf-8")
-        if not empty and request.method != "HEAD":
+        if not empty and not head:
             data += body
-        await writer.write(data)
-        return writer
+        return data
 
     async def write_eof(self, data: bytes = b"") -> None:
         if not self._eof_sent and self._payload_writer is not None:

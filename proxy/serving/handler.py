@@ -118,15 +118,32 @@ class ProxyHandler:
                 self.metrics.upstream_error(inb.route, type(exc).__name__)
             return self._error(inb, exc)
 
+    def fast(self, inb: Inbound) -> StoredAnswer | None:
+        """The fast lane's question (serving/fast_lane.py): a fresh memory hit for a target seen before, answered and
+        counted as the slow path would; None for anything else, which then goes to aiohttp as it came."""
+        if inb.method not in ("GET", "HEAD") or not self._remembered(inb):
+            return None
+        resp = self.caching.fresh(inb, self.ruled)
+        assert resp is None or isinstance(resp, StoredAnswer)  # a hit is always written in one piece
+        return resp
+
+    def _remembered(self, inb: Inbound) -> bool:
+        """A target seen before, shared: rule, params and key set with no path decoding, query parsing or matching."""
+        known = self._targets.get(inb.raw_path)
+        if known is None:
+            return False
+        rule, params, key, pattern = known
+        if private_request_reason(inb.headers, rule) is not None:
+            return False
+        inb.use(rule, params, pattern, key)
+        return True
+
     def _dispatch(self, inb: Inbound) -> Lane | BatchMerge | str:
         """Which way a request goes: a caching lane (its rule and key set on `inb`), a client's batch call to merge,
         or the detail of a pass-through."""
         method = inb.method
-        if method in ("GET", "HEAD") and (known := self._targets.get(inb.raw_path)) is not None:
-            rule, params, key, pattern = known  # seen before: no path decoding, query parsing, matching or key
-            if private_request_reason(inb.headers, rule) is None:
-                inb.use(rule, params, pattern, key)
-                return self.ruled
+        if method in ("GET", "HEAD") and self._remembered(inb):
+            return self.ruled
         found = self.rules.match_pattern(method, inb.path)
         if found is None:
             if (merge := self.incoming.get((method, inb.path))) is not None:

@@ -4,7 +4,7 @@ which a background fill or refresh must not hold past its response)."""
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from proxy.config.rules import CompiledRule
@@ -37,6 +37,16 @@ class Inbound:
         self.pattern = 0
         self.forced = False  # the rule's `refresh_when` holds: fetch, and store under the plain key
         self._url: URL | None = None
+
+    @classmethod
+    def parsed(cls, method: str, raw_path: str, headers: CIMultiDictProxy[str], started: float, peer: str | None,
+               host: str | None) -> Inbound:
+        """A request the fast lane parsed itself: no aiohttp request behind it, what the connection says given."""
+        inb = cls.__new__(cls)
+        inb.method, inb.raw_path, inb.headers, inb.started = method, raw_path, headers, started
+        inb._request, inb._peer, inb._scheme, inb._host = None, peer, "http", host
+        inb.rule, inb.route, inb.params, inb.key, inb.pattern, inb.forced, inb._url = None, "-", {}, "", 0, False, None
+        return inb
 
     def detach(self) -> Inbound:
         """Read what the connection says of the request, and let go of it: a fill or refresh may outlive it."""

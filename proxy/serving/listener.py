@@ -21,6 +21,7 @@ import resource
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
+import httptools
 import msgspec
 from aiohttp import web
 from aiohttp.http import RawRequestMessage
@@ -29,6 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config.settings import Config
+from proxy.serving.fast_lane import FastLane, RequestReader
 from proxy.telemetry.log_throttle import LogThrottle
 
 log = logging.getLogger("sidecache")
@@ -71,8 +73,10 @@ class ProxyServer(web.Server):
     """aiohttp's low-level server, whose connections are ClientConnections, at most `max_connections` at once."""
 
     def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], *,
-                 header_timeout: float, max_connections: int, **kwargs: Any) -> None:
+                 header_timeout: float, max_connections: int, fast_lane: FastLane | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self.fast_lane = fast_lane  # None: every request through aiohttp
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.open = 0  # accepted connections not yet closed
@@ -95,6 +99,7 @@ class ClientConnection(RequestHandler):
         self._bytes_since_armed = False
         self._accepted = False
         self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
+        self._reader: RequestReader | None = server.fast_lane.reader() if server.fast_lane is not None else None
 
     # -- the bound
 
@@ -124,6 +129,8 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._accepted or self._discarding:
             return
+        if self._reader is not None and self._fast(data):
+            return
         before = self._request_count
         idle = self._waiter is not None and not self._waiter.done()  # between requests
         super().data_received(data)
@@ -135,6 +142,36 @@ class ClientConnection(RequestHandler):
             if self._timer is None and idle:
                 self._arm()  # a request began and its headers are not complete: from now on they are timed
             self._bytes_since_armed = True
+
+    # -- the fast lane (serving/fast_lane.py)
+
+    def _fast(self, data: bytes) -> bool:
+        """A chunk that is one whole plain request, while aiohttp has nothing of this connection's in hand, offered
+        to the fast lane; True if it answered. Every chunk is read, so request boundaries are always known."""
+        reader = self._reader
+        assert reader is not None and self._server.fast_lane is not None
+        try:
+            whole = reader.read(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._reader = None  # malformed, or no longer HTTP: aiohttp's alone, its checks the only ones
+            return False
+        waiter = self._waiter
+        if not whole or waiter is None or waiter.done() or self._messages or self._upgraded or self._close \
+                or self._force_close or self._payload_parser is not None or self.transport is None:
+            return False
+        if not self._server.fast_lane.take(reader, self.transport, self._peer):
+            return False
+        self._disarm()  # its headers came: the header timer starts again with the next request's first byte
+        if self._keepalive_timeout > 0:  # idle from now, as aiohttp counts after an answer of its own
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        return True
+
+    def _peer(self) -> str | None:
+        peer = self.peername
+        return peer[0] if isinstance(peer, tuple) else peer
 
     def _arm(self) -> None:
         self._disarm()

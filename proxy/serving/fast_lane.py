@@ -1,0 +1,113 @@
+"""The hit fast lane: a fresh hit answered straight from the connection, without aiohttp's request machinery.
+
+aiohttp stays the proxy. Each client connection keeps an httptools parser (llhttp, as uvicorn uses) that reads
+every byte the client sends, so it always knows where one request ends and the next begins. When a chunk is
+exactly one complete, plain GET or HEAD (no body, no framing headers, no Expect, no Upgrade, keep-alive, ASCII
+only), arriving while aiohttp has nothing in flight on that connection, the handler is asked for a fresh memory
+hit (`ProxyHandler.fast`: the same memo, sharing check, decision and answer as the slow path, counted in the same
+metrics and access log). Anything else, a miss included, goes to aiohttp as it came, whose framing checks stay
+the only ones; the next request on the connection gets its own chance, so no connection is pinned to either path.
+
+    chunk ─> httptools (always) ─ one plain GET/HEAD, aiohttp idle? ─> ProxyHandler.fast ─ hit ─> transport.write
+                                         └ no ───────────────────────────────┴ None ─> aiohttp (data_received)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.serving.answer import StoredAnswer
+from proxy.serving.inbound import Inbound
+
+_WRITE_BACKLOG: Final = 64 * 1024  # a client not reading its answers: aiohttp's writer, which waits, answers it
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+
+Answer = Callable[[Inbound], StoredAnswer | None]
+
+
+class RequestReader:
+    """One connection's httptools parser and what it read of the last request (its callbacks)."""
+
+    __slots__ = ("parser", "url", "headers", "open", "completed", "plain", "connection")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.open = False  # a request has begun and not ended: the chunk boundary is not a request boundary
+        self.completed = 0  # requests completed in the chunk being read
+        self.plain = True  # no header of the current request asks for something the fast lane does not do
+        self.connection = b""  # its Connection header, lowercased
+
+    def on_message_begin(self) -> None:
+        self.open, self.url, self.headers, self.plain, self.connection = True, b"", [], True, b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lower = name.lower()
+        if lower in _FRAMING:
+            self.plain = False
+        elif lower == b"connection":
+            self.connection += value.lower()
+
+    def keep_alive(self) -> bool:
+        """The client keeps the connection open (RFC 9112 9.3), read from the headers: llhttp's own flag is reset
+        once a request is complete."""
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            return b"close" not in self.connection
+        return version == "1.0" and b"keep-alive" in self.connection
+
+    def on_message_complete(self) -> None:
+        self.open = False
+        self.completed += 1
+
+    def read(self, data: bytes) -> bool:
+        """Read a chunk; True if it was exactly one whole plain request, which may then be answered here.
+        Raises httptools' errors (malformed input, an upgrade): the connection is aiohttp's alone from then on."""
+        boundary = not self.open
+        self.completed = 0
+        self.parser.feed_data(data)
+        return (boundary and self.completed == 1 and not self.open and self.plain and data.isascii()
+                and data.count(b"\n") == data.count(b"\r\n"))
+
+
+class FastLane:
+    """The proxy listener's fast lane: the question it asks the handler, and how many answers it wrote."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.served = 0  # hits written by the fast lane
+
+    def reader(self) -> RequestReader:
+        return RequestReader()
+
+    def take(self, reader: RequestReader, transport: asyncio.Transport, peer: Callable[[], str | None]) -> bool:
+        """Answer the request `reader` just read, if it is a fresh hit; False leaves it to aiohttp."""
+        parser = reader.parser
+        if not reader.keep_alive() or parser.get_method() not in (b"GET", b"HEAD"):
+            return False
+        url = reader.url
+        if not url.startswith(b"/"):
+            return False
+        if transport.get_write_buffer_size() > _WRITE_BACKLOG:
+            return False
+        headers = CIMultiDictProxy(CIMultiDict((k.decode(), v.decode()) for k, v in reader.headers))
+        method = "GET" if parser.get_method() == b"GET" else "HEAD"
+        inb = Inbound.parsed(method, url.decode(), headers, time.perf_counter(), peer(), headers.get("Host"))
+        resp = self.answer(inb)
+        if resp is None:
+            return False
+        minor = 0 if parser.get_http_version() == "1.0" else 1
+        transport.write(resp.encode(minor, True, method == "HEAD"))
+        self.served += 1
+        return True

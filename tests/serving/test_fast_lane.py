@@ -1,0 +1,155 @@
+"""The hit fast lane, through real sockets: the same bytes as aiohttp's path (Date aside), counted like any hit, and
+everything it does not answer completely left to aiohttp as it came."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+from yarl import URL
+
+from proxy.config.settings import Config, ListenConfig
+from tests.conftest import ProxyFactory, Upstream
+
+RULES = """
+[[route]]
+name = "player"
+match = "GET /api/player/{id}"
+ttl = "60s"
+"""
+NOW = 1_000_000.0  # a clock that stands still: Age and the ttl are the same in both answers
+
+
+async def _exchange(url: str, *chunks: bytes, answers: int = 1, head: bool = False) -> bytes:
+    """Send `chunks` as separate writes on one connection (a short pause between them), read `answers` answers."""
+    u = URL(url)
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    try:
+        for i, chunk in enumerate(chunks):
+            if i:
+                await asyncio.sleep(0.05)  # a separate read on the proxy's side
+            writer.write(chunk)
+            await writer.drain()
+        got = b""
+        for _ in range(answers):
+            top = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: (\d+)", top)
+            body = await reader.readexactly(int(length.group(1))) if length and not head else b""
+            got += top + body
+        return got
+    finally:
+        writer.close()
+
+
+def _get(path: str, *extra: str, method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _undated(answer: bytes) -> bytes:
+    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
+
+
+async def _fast_hits(http: aiohttp.ClientSession, admin: str) -> float:
+    async with http.get(f"{admin}/metrics") as resp:
+        text = await resp.text()
+    found = re.search(r"^sidecache_fast_lane_hits_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else -1.0
+
+
+async def test_a_fast_lane_hit_is_byte_for_byte_the_slow_paths_hit(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/7", body=b'{"player": 7}', headers={"ETag": '"v1"', "X-Origin": "yes"})
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    request = _get("/api/player/7")
+    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await _fast_hits(http, proxy.admin_url)
+    fast = await _exchange(proxy.proxy_url, request)
+    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
+    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    assert b"Cache-Status: sidecache; hit" in fast and b'{"player": 7}' in fast
+    assert _undated(fast) == _undated(slow)
+    for extra in (('If-None-Match: "v1"',), ("Range: bytes=0-3",)):  # a 304 and a 206, both ways
+        request = _get("/api/player/7", *extra)
+        fast, slow = await _exchange(proxy.proxy_url, request), await _exchange(proxy.proxy_url, request[:10],
+                                                                                request[10:])
+        assert fast.split(b" ", 2)[1] in (b"304", b"206")
+        assert _undated(fast) == _undated(slow)
+    head = _get("/api/player/7", method="HEAD")
+    fast = await _exchange(proxy.proxy_url, head, head=True)
+    slow = await _exchange(proxy.proxy_url, head[:10], head[10:], head=True)
+    assert _undated(fast) == _undated(slow) and fast.endswith(b"\r\n\r\n")
+    assert upstream.hits["/api/player/7"] == 1
+
+
+async def test_a_miss_does_not_pin_the_connection_to_the_slow_path(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    u = URL(proxy.proxy_url)
+    reader, writer = await asyncio.open_connection(u.host, u.port)
+    before = await _fast_hits(http, proxy.admin_url)
+    try:
+        for path in ("/api/player/1", "/api/player/1", "/api/player/2", "/api/player/1", "/api/player/2"):
+            writer.write(_get(path))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+            assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    assert await _fast_hits(http, proxy.admin_url) == before + 3  # two misses through aiohttp, three hits here
+    assert upstream.hits["/api/player/1"] == 1 and upstream.hits["/api/player/2"] == 1
+
+
+async def test_fast_lane_hits_are_counted_and_logged_like_any_hit(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    lines: list[tuple[object, ...]] = []
+    assert proxy.handler is not None
+    proxy.handler.access_log = type("Log", (), {"write": lambda self, *a: lines.append(a)})()
+    for _ in range(3):
+        await _exchange(proxy.proxy_url, _get("/api/player/3"))
+    async with http.get(f"{proxy.admin_url}/stats") as resp:
+        stats = await resp.json()
+    assert stats["routes"]["player"]["hits"] == 2
+    assert [line[3].split(";")[1].strip() for line in lines] == ["fwd=miss", "hit", "hit"]  # type: ignore[union-attr]
+    assert await _fast_hits(http, proxy.admin_url) == 2
+
+
+async def test_what_the_fast_lane_does_not_answer_completely_goes_to_aiohttp(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/9", body=b'{"player": 9}')
+    proxy = await make_proxy(RULES)
+    url = proxy.proxy_url
+    await _exchange(url, _get("/api/player/9"))
+    before = await _fast_hits(http, proxy.admin_url)
+    # two requests in one chunk (pipelined): both answered, in order, by aiohttp
+    both = await _exchange(url, _get("/api/player/9") + _get("/api/player/9"), answers=2)
+    assert both.count(b"HTTP/1.1 200 OK") == 2
+    # a body, a chunked body, Expect and a close: aiohttp's framing and answer
+    body = await _exchange(url, _get("/api/player/9", "Content-Length: 2")[:-2] + b"\r\nab")
+    assert body.startswith(b"HTTP/1.1 200")
+    smuggled = await _exchange(url, _get("/api/player/9", "Content-Length: 3", "Transfer-Encoding: chunked")
+                               + b"0\r\n\r\n")
+    assert smuggled.split(b" ", 2)[1] == b"400"
+    closing = await _exchange(url, _get("/api/player/9", "Connection: close"))
+    assert b"Connection: close" in closing and b'{"player": 9}' in closing
+    # someone's credentials: never the shared entry (the rule does not share them)
+    old = await _exchange(url, _get("/api/player/9").replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert old.startswith(b"HTTP/1.0 200") and b"Connection" not in old
+    private = await _exchange(url, _get("/api/player/9", "Authorization: Bearer x"))
+    assert b"fwd=bypass" in private or b"fwd=miss" in private
+    assert await _fast_hits(http, proxy.admin_url) == before
+
+
+async def test_the_fast_lane_can_be_turned_off(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES, config=Config(server=ListenConfig(fast_lane=False)))
+    for _ in range(3):
+        got = await _exchange(proxy.proxy_url, _get("/api/player/4"))
+    assert b"Cache-Status: sidecache; hit" in got
+    assert await _fast_hits(http, proxy.admin_url) == -1.0  # no fast lane, no counter
+    assert upstream.hits["/api/player/4"] == 1
