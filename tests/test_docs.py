@@ -15,8 +15,7 @@ import pytest
 from proxy.cli import parser
 from proxy.config.rules import load_rules
 from proxy.config.settings import load_config
-
-from .processes import ROOT
+from tests.support.processes import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)

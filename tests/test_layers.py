@@ -6,7 +6,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PROXY = Path(__file__).resolve().parent.parent / "proxy"
+from tests.support.processes import ROOT
+
+PROXY = ROOT / "proxy"
 
 # A module may import from its own package or any package above it (lower index); never from one below.
 ORDER = ["errors", "config", "policy", "concurrency", "telemetry", "cache", "serving", "ops", "app", "devtools",

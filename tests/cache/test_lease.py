@@ -18,9 +18,11 @@ from proxy.cache.redis.tier import RedisTier
 from proxy.config.settings import RedisConfig
 from proxy.config.units import Duration
 from proxy.policy.entry import CachedResponse
-
-from ..cache.redis.test_redis_tier import RULES, _true, cache_key_of, get, h, until, with_redis
-from ..conftest import ProxyFactory, RedisFactory, Upstream
+from tests.support.client import get
+from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.redis_tier import RULES, cache_key_of, h, with_redis
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 UPSTREAM = 1.0  # how long the origin takes in the multi-process tests
 
@@ -40,7 +42,8 @@ async def test_a_lease_waiter_fetches_itself_when_redis_fails_under_it(
 
     async def timed(url: str) -> tuple[int, str, float]:
         t0 = time.perf_counter()
-        status, cache_status, _, _ = await get(http, url)
+        answer = await get(http, url)
+        status, cache_status = answer.status, answer.cache_status
         return status, cache_status, time.perf_counter() - t0
 
     holder = asyncio.ensure_future(timed(a.proxy_url + "/players/slow"))
@@ -71,7 +74,7 @@ async def test_a_lease_waiter_adopts_on_the_holders_event_while_the_lease_is_sti
     proxy = await make_proxy(RULES, config=with_redis(redis_url))
     tier = proxy.tiers.redis
     assert tier is not None
-    await until(lambda: _true(tier.subscribed))
+    await until(lambda: tier.subscribed)
     key = cache_key_of(proxy, "/players/told")
     lease = f"sidecache:v1:lease:{h(key)}"
     await redis.set(lease, "another-process", px=5000)
@@ -82,7 +85,8 @@ async def test_a_lease_waiter_adopts_on_the_holders_event_while_the_lease_is_sti
     stored = CachedResponse(status=200, headers=[("Content-Type", "application/json")], body=b'{"by": "another"}',
                             stored_at=now, ttl=60.0, route="player")
     await tier.set(key, stored, now=now, event=encode_event(Filled("another-process", key)))  # lease left alone
-    status, cache_status, body, _ = await asyncio.wait_for(pending, 1.0)
+    answer = await asyncio.wait_for(pending, 1.0)
+    status, cache_status, body = answer.status, answer.cache_status, answer.body
     assert (status, body) == (200, b'{"by": "another"}') and "collapsed" in cache_status
     assert await redis.pttl(lease) > 0  # still held: only the event could have told the waiter
     assert upstream.hits["/players/told"] == 0

@@ -9,8 +9,7 @@ import pytest
 from proxy.config.settings import Config, apply_overrides, check_admin_exposure, check_workers, load_config
 from proxy.config.units import Duration
 from proxy.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import ROOT
 
 
 def error_of(tmp_path: Path, text: str) -> str:

@@ -14,9 +14,9 @@ import pytest
 from proxy.app import Sidecar
 from proxy.config.reload import LIVE, Overrides, Sources, live_config
 from proxy.config.settings import Config
-
-from ..conftest import ProxyFactory, Upstream
-from ..processes import serve
+from tests.support.factories import ProxyFactory
+from tests.support.processes import serve
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

@@ -8,8 +8,7 @@ import pytest
 
 from proxy.config.rules import compile_pattern, load_rules
 from proxy.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import ROOT
 
 
 @pytest.mark.parametrize(

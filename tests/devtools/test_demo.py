@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..test_cli import run
+from tests.support.processes import run
 
 
 def test_demo_prints_requests_backend_calls_and_hit_ratio() -> None:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,6 +16,7 @@ from aiohttp import ClientSession, web
 
 from proxy.devtools.sample_backend import SampleBackend
 from proxy.devtools.sample_data import ROSTER, PropFields, analyse_prop, player_id, player_team
+from tests.support.processes import ROOT
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
@@ -530,8 +530,7 @@ async def test_module_runs_as_a_loopback_server() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "proxy.devtools.sample_backend", "--port", str(port), "--latency", "0"]
-    root = Path(__file__).resolve().parents[2]
-    server = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with ClientSession() as session:
             for _ in range(100):

@@ -8,8 +8,8 @@ import aiohttp
 import msgspec
 
 from proxy.config.settings import Config, ListenConfig
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
-from ..browser import Page, chromium
-from ..conftest import ProxyFactory, Upstream
+from tests.support.browser import Page, chromium
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

@@ -7,8 +7,9 @@ import re
 import aiohttp
 
 from proxy.config.settings import Config, MemoryConfig
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]
@@ -35,12 +36,6 @@ FAMILIES = {
 }
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.get(url) as r:
-        await r.read()
-        return r.headers.get("Cache-Status", "")
-
-
 async def stats(http: aiohttp.ClientSession, admin: str) -> dict:  # type: ignore[type-arg]
     async with http.get(admin + "/stats") as r:
         assert r.status == 200
@@ -55,7 +50,7 @@ async def test_misses_just_after_expiry_are_counted_and_advised(make_proxy: Prox
         await get(http, f"{proxy.proxy_url}/logs/{i}")
     now[0] += 63  # every entry is now 3 s past its 1 min TTL
     for i in range(25):
-        assert (await get(http, f"{proxy.proxy_url}/logs/{i}")).startswith("sidecache; fwd=miss")
+        assert (await get(http, f"{proxy.proxy_url}/logs/{i}")).cache_status.startswith("sidecache; fwd=miss")
     s = await stats(http, proxy.admin_url)
     route = s["routes"]["game-logs"]
     assert (route["misses"], route["expired_misses"], route["expired_within_10s"]) == (50, 25, 25)
@@ -75,7 +70,7 @@ async def test_outcomes_errors_and_unstored_answers(make_proxy: ProxyFactory, up
     for path in ("/players/a", "/players/a", "/players/a", "/players/ghost", "/players/ghost"):
         await get(http, proxy.proxy_url + path)
     down = await make_proxy(RULES, upstream_url="http://127.0.0.1:1")
-    assert "upstream-unavailable" in await get(http, down.proxy_url + "/players/a")
+    assert "upstream-unavailable" in (await get(http, down.proxy_url + "/players/a")).cache_status
     s = await stats(http, proxy.admin_url)
     player = s["routes"]["player"]
     assert player["outcomes"] == {"miss": 3, "hit": 2}

@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.ops.warm import result_of
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

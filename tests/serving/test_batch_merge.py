@@ -12,14 +12,12 @@ import redis.asyncio as aioredis
 
 from proxy.config.settings import Config, RedisConfig
 from proxy.devtools.sample_data import PropFields, analyse_prop
-
-from ..cache.redis.test_redis_tier import _count, until, with_redis
-from ..conftest import ProxyFactory, RedisFactory
-from ..delay_proxy import DelayProxy
-from . import test_batch_route as batching
-from .test_batch_route import BATCH, Backend, get, prop, rule
-
-backend, client = batching.backend, batching.client  # the same loopback backend and client fixtures
+from tests.support.batching import Backend, post, prop, rule
+from tests.support.client import get
+from tests.support.delay_proxy import DelayProxy
+from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.redis_tier import holds, with_redis
+from tests.support.waiting import until
 
 TEAM = {"Aaron Judge": "NYY", "Mookie Betts": "LAD", "Mike Trout": "LAA", "Juan Soto": "NYM"}
 
@@ -36,10 +34,6 @@ def analysis(i: dict[str, Any]) -> dict[str, Any]:
     fields = PropFields(i["player_name"], i["stat_type"], float(i["line"]), i["team"], i["matchup"])
     return msgspec.to_builtins(analyse_prop(i["prop_id"], fields))  # type: ignore[no-any-return]
 
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, dict[str, str], Any]:
-    async with http.post(url + BATCH, json=body) as r:
-        return r.status, dict(r.headers), await r.json(content_type=None)
 
 
 async def test_cached_items_are_answered_here_and_only_the_missing_go_upstream(
@@ -183,7 +177,7 @@ async def test_a_batch_reads_another_processes_items_from_redis_and_keeps_them_i
     b = await make_proxy(rule(window="10ms"), upstream_url=backend.url, config=with_redis(redis_url))
     items = [item("Mookie Betts", n) for n in range(6)]
     await post(client, a.proxy_url, {"requests": items[:4]})
-    await until(lambda: _count(redis, "sidecache:v1:entry:*", 4))  # a's writes are in the background
+    await until(lambda: holds(redis, "sidecache:v1:entry:*", 4))  # a's writes are in the background
     backend.sample.reset()
     status, headers, reply = await post(client, b.proxy_url, {"requests": items})
     assert status == 200 and reply["successful"] == [analysis(i) for i in items]

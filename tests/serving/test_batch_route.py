@@ -4,124 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from aiohttp.typedefs import Handler
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
-from proxy.devtools.sample_backend import SampleBackend
-from proxy.devtools.sample_data import player_team
-
-from ..conftest import ProxyFactory
-
-PROP = "/mlb/enhanced-prop-analysis"
-BATCH = "/api/v1/optimized/batch-prop-analysis"
-PLAYERS = ("Aaron Judge", "Mookie Betts", "Shohei Ohtani", "Juan Soto", "Freddie Freeman", "Mike Trout")
-RULE = """
-[[route]]
-name = "prop-analysis"
-match = "GET /mlb/enhanced-prop-analysis/{prop_id}"
-ttl = "5m"
-key = ["query.player_name", "query.stat_type", "query.line", "query.team", "query.matchup"]
-echo = ["prop_id"]
-share = "all-users"
-uncacheable_bodies = ["null"]
-  [route.batch]
-  to = "POST /api/v1/optimized/batch-prop-analysis"
-  group_by = "GROUP"
-  window = "WINDOW"
-  max_items = MAX
-  body = { requests = "$items", use_cache = true }
-  results = "successful"
-  failures = "failed"
-  match_on = "prop_id"
-  linger = "LINGER"
-EXTRA
-    [route.batch.item]
-    prop_id = "path.prop_id"
-    player_name = "query.player_name"
-    stat_type = "query.stat_type"
-    line = "query.line:float"
-    team = "query.team"
-    matchup = "query.matchup"
-"""
-
-
-def rule(window: str = "50ms", max_items: int = 50, group: str = "query.player_name", linger: str = "1ms",
-         **knobs: object) -> str:
-    """The rule; linger "0s" turns adaptive dispatch off, so a window waits its whole length as it used to."""
-    extra = "\n".join(f'  {k} = "{v}"' if isinstance(v, str) else f"  {k} = {v}" for k, v in knobs.items())
-    return (RULE.replace("GROUP", group).replace("WINDOW", window).replace("MAX", str(max_items))
-            .replace("LINGER", linger).replace("EXTRA", extra))
-
-
-def prop(name: str, n: int, prop_id: str | None = None, **over: object) -> str:
-    """A prop request as the UI sends it; n picks the stat and line, so each n is its own analysis."""
-    team = player_team(name) or "NYY"
-    q = {"player_name": name, "stat_type": ("hits", "runs", "home_runs", "rbi")[n % 4], "line": 0.5 + n // 4,
-         "team": team, "matchup": f"{team} vs BOS", **over}
-    return f"{PROP}/{prop_id or f'{name[:3]}-{n}'}?{urlencode(q)}"
-
-
-@dataclass
-class Backend:
-    """The sample backend on a loopback port, with an in-flight gauge per route and a switch to drop batch calls."""
-
-    sample: SampleBackend
-    url: str = ""
-    inflight: dict[str, int] = field(default_factory=dict)
-    peak: dict[str, int] = field(default_factory=dict)
-    drop_batch: bool = False
-
-    @web.middleware
-    async def gauge(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = "batch" if request.path == BATCH else "single"
-        if route == "batch" and self.drop_batch:
-            assert request.transport is not None
-            request.transport.close()  # the connection goes away without an answer
-            return web.Response()
-        self.inflight[route] = self.inflight.get(route, 0) + 1
-        self.peak[route] = max(self.peak.get(route, 0), self.inflight[route])
-        try:
-            return await handler(request)
-        finally:
-            self.inflight[route] -= 1
-
-    def batch_bodies(self) -> list[dict[str, Any]]:
-        return [msgspec.json.decode(r.body) for r in self.sample.received if r.route == "batch-prop-analysis"]
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    b = Backend(SampleBackend(latency=0.01))
-    app = b.sample.app()
-    app.middlewares.insert(0, b.gauge)  # outermost: the gauge counts the backend's latency too
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    b.url = str(server.make_url("")).rstrip("/")
-    yield b
-    await server.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """Unlimited connections, so a burst reaches the proxy at once rather than 100 at a time."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
-
-
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url) as r:
-        return r.status, dict(r.headers), await r.read()
+from tests.support.batching import BATCH, PLAYERS, PROP, Backend, prop, rule
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
 
 
 def config(**upstream: Any) -> Config:

@@ -5,17 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from multidict import CIMultiDict
 
 from proxy.config.settings import Config, DefaultsConfig
-
-from ..conftest import ProxyFactory, Upstream
-
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, CIMultiDict[str], bytes]:
-    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, CIMultiDict(r.headers), await r.read()
-
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 # --- routes without a rule: the origin's headers decide ---------------------------------------------------
 

@@ -13,8 +13,8 @@ from yarl import URL
 from proxy.app import Sidecar
 from proxy.config.settings import Config, ListenConfig
 from proxy.config.units import Duration
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 BOUND = 5.0  # the longest any read here waits: a safety net against a hang, never the thing under test
 

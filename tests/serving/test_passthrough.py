@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config.settings import Config
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 
 async def test_methods_status_and_bodies_pass_unchanged(make_proxy: ProxyFactory, upstream: Upstream,

@@ -8,7 +8,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from ..conftest import ProxyFactory, Upstream
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 PLAYER = """
 [[route]]
@@ -18,10 +20,6 @@ ttl = "5m"
 tags = ["player:{name}"]
 """
 
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, dict(r.headers), await r.read()
 
 
 async def test_second_request_is_a_hit_with_age_and_cache_status(make_proxy: ProxyFactory, upstream: Upstream,

@@ -6,7 +6,8 @@ import asyncio
 
 import aiohttp
 
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULE = """
 [[route]]

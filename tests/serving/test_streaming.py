@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ..processes import rss_peak_kib, serve
+from tests.support.processes import rss_peak_kib, serve
 
 SIZE = 50 * 1024 * 1024
 CHUNK = bytes(range(256)) * 256  # 64 KiB

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 BATCHED = """
 [[route]]

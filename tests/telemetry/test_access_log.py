@@ -12,9 +12,9 @@ import msgspec
 import pytest
 
 from proxy.config.settings import Config, ListenConfig
-
-from ..conftest import ProxyFactory, Upstream
-from ..processes import serve
+from tests.support.factories import ProxyFactory
+from tests.support.processes import serve
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

@@ -8,8 +8,7 @@ import aiohttp
 import pytest
 
 from proxy.telemetry.log_throttle import LogThrottle
-
-from ..conftest import ProxyFactory
+from tests.support.factories import ProxyFactory
 
 
 def test_lines_within_the_interval_are_counted_and_reported_with_the_next(caplog: pytest.LogCaptureFixture) -> None:

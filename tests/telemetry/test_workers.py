@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 
-from ..conftest import Upstream
-from ..processes import serve
+from tests.support.processes import serve
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 RULES = """
 [[route]]
@@ -25,13 +24,6 @@ name = "team"
 match = "GET /teams/{team}"
 ttl = "5m"
 """
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 def total(metrics: str, family: str) -> float:
@@ -57,7 +49,7 @@ async def test_two_workers_one_sum_and_one_reload(upstream: Upstream, tmp_path: 
             async def both_workers() -> bool:
                 return len((await stats())["workers"]) == 2
 
-            await until(both_workers)
+            await until(both_workers, timeout=8.0)
             for i in range(60):
                 async with http.get(f"{sp.proxy_url}/players/p{i % 10}") as r:
                     assert r.status == 200
@@ -66,7 +58,7 @@ async def test_two_workers_one_sum_and_one_reload(upstream: Upstream, tmp_path: 
             async def all_counted() -> bool:
                 return total(await metrics(), "sidecache_requests_total") == 60
 
-            await until(all_counted)
+            await until(all_counted, timeout=8.0)
             text = await metrics()
             assert "sidecache_workers 2.0" in text
             assert total(text, "sidecache_request_duration_seconds_count") == 60
@@ -90,4 +82,4 @@ async def test_two_workers_one_sum_and_one_reload(upstream: Upstream, tmp_path: 
             async def reloads_counted() -> bool:
                 return 'sidecache_config_reloads_total{result="ok"} 2.0' in await metrics()
 
-            await until(reloads_counted)
+            await until(reloads_counted, timeout=8.0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,10 +20,12 @@ from proxy.config.settings import Config, RedisConfig
 from proxy.config.units import Duration
 from proxy.errors import ConfigError
 from proxy.policy.entry import CachedResponse
-
-from ...conftest import ProxyFactory, Upstream
-from ...processes import RedisClusterServers, RedisServer, ServeProcess, serve
-from .test_redis_tier import RULES, _true, cache_key_of, get, until
+from tests.support.client import get, load
+from tests.support.factories import ProxyFactory
+from tests.support.processes import RedisClusterServers, RedisServer, ServeProcess, serve
+from tests.support.redis_tier import RULES, cache_key_of, subscribed
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 
 def cluster_config(cluster: RedisClusterServers, **fields: object) -> RedisConfig:
@@ -71,7 +71,7 @@ async def test_every_redis_operation_runs_on_the_cluster_without_crossing_slots(
     heard: list[bytes] = []
     listening = asyncio.ensure_future(tier.listen(heard.append))
     try:
-        await until(lambda: _true(tier.subscribed))
+        await until(lambda: tier.subscribed)
         assert tier.breaker.closed
         now = time.time()
         keys = [f"GET /players/p{i}" for i in range(40)]  # hashes in many buckets, so on every shard
@@ -91,7 +91,7 @@ async def test_every_redis_operation_runs_on_the_cluster_without_crossing_slots(
         assert await tier.lease_left("GET /cold") == 0  # the write script released the lease beside its entry
         await tier.release("GET /players/p1", "nobody's", b"")
         await tier.publish(encode_event(Filled("me", "k")))
-        await until(lambda: _true(len(heard) >= 42))  # 41 writes and 1 publish, each heard once
+        await until(lambda: len(heard) >= 42)  # 41 writes and 1 publish, each heard once
         assert await tier.purge(Selector("key", keys[0])) == {entry_hash(keys[0])}
         assert await tier.purge(Selector("tag", f"player:{keys[1]}")) == {entry_hash(keys[1])}
         gone = await tier.purge(Selector("tag", "team:nyy"))  # 38 entries left, on every shard
@@ -129,28 +129,28 @@ async def test_events_from_every_shard_reach_every_process(
 ) -> None:
     config = Config(redis=cluster_config(redis_cluster))
     a, b = await make_proxy(RULES, config=config), await make_proxy(RULES, config=config)
-    await until(lambda: _true(all(p.tiers.redis is not None and p.tiers.redis.subscribed for p in (a, b))))
+    await until(lambda: all(p.tiers.redis is not None and p.tiers.redis.subscribed for p in (a, b)))
     paths = [f"/players/p{i}" for i in range(24)]
     for p in paths:
-        assert (await get(http, a.proxy_url + p))[1].endswith("stored")
+        assert (await get(http, a.proxy_url + p)).cache_status.endswith("stored")
     await until(lambda: _count(client, 24))
     for p in paths:
-        assert (await get(http, b.proxy_url + p))[1].startswith("sidecache; hit")  # promoted into b's memory
+        assert (await get(http, b.proxy_url + p)).cache_status.startswith("sidecache; hit")  # promoted into b's memory
     p3 = cache_key_of(b, "/players/p3")
     assert b.memory.get(p3) is not None
     async with http.post(a.admin_url + "/purge", json={"tag": "player:p3"}) as r:
         assert await r.json() == {"purged": 1}
-    await until(lambda: _true(b.memory.get(p3) is None), timeout=0.5)
+    await until(lambda: b.memory.get(p3) is None, timeout=0.5)
     async with http.post(a.admin_url + "/purge", json={"route": "player"}) as r:
         assert await r.json() == {"purged": 24 - 1}
-    await until(lambda: _true(len(b.memory) == 0), timeout=0.5)  # the entries sat on all three shards
+    await until(lambda: len(b.memory) == 0, timeout=0.5)  # the entries sat on all three shards
     for p in paths:
-        assert (await get(http, a.proxy_url + p))[1].endswith("stored")
+        assert (await get(http, a.proxy_url + p)).cache_status.endswith("stored")
     await until(lambda: _count(client, 24))
     await client.unlink(*[k async for k in client.scan_iter(match="sidecache:v1:entry:*")])  # no event: silent
     for p in paths:
-        assert (await get(http, b.proxy_url + p))[1].endswith("stored")  # b fills again: a's copies must go
-    await until(lambda: _true(len(a.memory) == 0), timeout=0.5)  # b's Filled events, published on every shard
+        assert (await get(http, b.proxy_url + p)).cache_status.endswith("stored")  # b fills again: a's copies must go
+    await until(lambda: len(a.memory) == 0, timeout=0.5)  # b's Filled events, published on every shard
     assert upstream.hits.total() == 24 * 3
 
 
@@ -175,24 +175,17 @@ async def test_three_replicas_on_the_cluster_fill_once_and_purge_everywhere(
 ) -> None:
     upstream.reply("/players/ohtani", body=b'{"name": "ohtani"}', delay=0.3)
     with replicas(3, tmp_path, upstream, redis_cluster) as procs:
-        async def all_subscribed() -> bool:
-            for p in procs:
-                async with http.get(p.admin_url + "/readyz") as r:
-                    if not (await r.json())["redis"].get("subscribed"):
-                        return False
-            return True
-
-        await until(all_subscribed, timeout=10.0)
+        await subscribed(http, *procs, timeout=10.0)
         results = await asyncio.gather(*(get(http, p.proxy_url + "/players/ohtani") for p in procs * 100))
         assert upstream.hits["/players/ohtani"] == 1  # 300 requests over 3 processes, one upstream call
-        assert {(s, body) for s, _, body, _ in results} == {(200, b'{"name": "ohtani"}')}
+        assert {(s, body) for s, _, body in results} == {(200, b'{"name": "ohtani"}')}
         tagged = [f"/players/p{i}" for i in range(30)]
         for i, path in enumerate(tagged):
-            assert (await get(http, procs[i % 3].proxy_url + path))[0] == 200
+            assert (await get(http, procs[i % 3].proxy_url + path)).status == 200
         await until(lambda: _count(client, 31))
         for p in procs:
-            for path in tagged:
-                assert (await get(http, p.proxy_url + path))[1].startswith("sidecache; hit")  # in every memory
+            for path in tagged:  # in every memory
+                assert (await get(http, p.proxy_url + path)).cache_status.startswith("sidecache; hit")
         async with http.get(procs[1].admin_url + "/readyz") as r:
             ready = (await r.json())["redis"]
         assert ready["mode"] == "cluster" and ready["status"] == "up"
@@ -212,24 +205,9 @@ async def test_three_replicas_on_the_cluster_fill_once_and_purge_everywhere(
         assert await _count(client, 0)  # every shard's entries
         await asyncio.sleep(0.1)
         for i, p in enumerate(procs):  # each had every entry in memory: the purge's event dropped them there too
-            assert (await get(http, p.proxy_url + f"/players/p{i}"))[1].startswith("sidecache; fwd=miss")
+            assert (await get(http, p.proxy_url + f"/players/p{i}")).cache_status.startswith("sidecache; fwd=miss")
     assert sum(n for path, n in upstream.hits.items() if path.startswith("/players/")) == 1 + 30 + 3
 
-
-async def load(http: aiohttp.ClientSession, url: str, paths: list[str], concurrency: int = 10) -> list[int]:
-    """Every path once, `concurrency` at a time; the statuses the clients got."""
-    queue, statuses = list(paths), []
-
-    async def worker() -> None:
-        while queue:
-            path = queue.pop()
-            try:
-                statuses.append((await get(http, url + path))[0])
-            except aiohttp.ClientError:
-                statuses.append(0)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return statuses
 
 
 @pytest.mark.parametrize("how", ["CLUSTER FAILOVER", "SIGKILL"])
@@ -248,9 +226,7 @@ async def test_a_primary_failing_over_mid_load_fails_no_request_and_both_tiers_c
     await asyncio.sleep(0.3)
     if how == "SIGKILL":
         assert victim.proc is not None
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.proc.wait()
-        victim.proc = None
+        victim.kill()
     else:
         await asyncio.to_thread(_command, replica, "CLUSTER", "FAILOVER")
     statuses = await asyncio.wait_for(running, 60)
@@ -278,12 +254,12 @@ async def test_a_primary_failing_over_mid_load_fails_no_request_and_both_tiers_c
 
 
 def _command(server: RedisServer, *args: str) -> str:
-    from ...processes import redis_command
+    from tests.support.processes import redis_command
 
     return redis_command(server.port, *args)
 
 
 def _wait_healthy(cluster: RedisClusterServers) -> None:
-    from ...processes import wait_for
+    from tests.support.waiting import wait_for
 
     wait_for(cluster.healthy, "the cluster to settle after the failover")

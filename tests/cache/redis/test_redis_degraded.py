@@ -17,10 +17,12 @@ from proxy.config.rules import RuleSet
 from proxy.config.settings import Config, RedisConfig, load_config
 from proxy.config.units import Duration
 from proxy.errors import ConfigError
-
-from ...conftest import ProxyFactory, RedisFactory, Upstream
-from ...processes import free_port
-from .test_redis_tier import RULES, get, until, with_redis
+from tests.support.client import get
+from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.processes import free_port
+from tests.support.redis_tier import RULES, with_redis
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 
 def state_changes(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -34,10 +36,10 @@ async def test_redis_down_at_start_every_request_succeeds_and_says_so(
     caplog.set_level(logging.INFO, "sidecache")
     proxy = await make_proxy(RULES, config=with_redis(f"redis://127.0.0.1:{free_port()}/0"))
     results = [await get(http, proxy.proxy_url + f"/players/p{i % 5}") for i in range(20)]
-    assert {r[0] for r in results} == {200}
-    assert all(r[1].endswith("; detail=redis-unavailable") for r in results)
-    assert [r[1].split(";")[1].strip() for r in results[:5]] == ["fwd=miss"] * 5
-    assert [r[1].split(";")[1].strip() for r in results[5:]] == ["hit"] * 15  # memory still serves
+    assert {r.status for r in results} == {200}
+    assert all(r.cache_status.endswith("; detail=redis-unavailable") for r in results)
+    assert [r.cache_status.split(";")[1].strip() for r in results[:5]] == ["fwd=miss"] * 5
+    assert [r.cache_status.split(";")[1].strip() for r in results[5:]] == ["hit"] * 15  # memory still serves
     assert upstream.hits["/players/p0"] == 1
     async with http.get(proxy.admin_url + "/readyz") as r:
         ready = await r.json()
@@ -61,8 +63,8 @@ async def test_redis_killed_mid_load_fails_no_request_and_comes_back_by_itself(
 
     async def client() -> None:
         while queue:
-            status, cache_status, _, _ = await get(http, proxy.proxy_url + queue.pop())
-            done.append((status, cache_status))
+            answer = await get(http, proxy.proxy_url + queue.pop())
+            done.append((answer.status, answer.cache_status))
             if len(done) == 60:
                 server.kill()
 
@@ -79,7 +81,7 @@ async def test_redis_killed_mid_load_fails_no_request_and_comes_back_by_itself(
         await until(entry_appears, timeout=3.0)  # back to two tiers without anyone's help
     finally:
         await client_.aclose()
-    _, cache_status, _, _ = await get(http, proxy.proxy_url + "/players/p1")
+    cache_status = (await get(http, proxy.proxy_url + "/players/p1")).cache_status
     assert "redis-unavailable" not in cache_status
     assert state_changes(caplog) == ["unavailable", "back"]
 
@@ -96,7 +98,8 @@ async def test_slow_redis_delays_no_request_beyond_the_timeout(
         took = []
         for i in range(20):
             t0 = time.perf_counter()
-            status, cache_status, _, _ = await get(http, proxy.proxy_url + f"/players/slow{i % 4}")
+            answer = await get(http, proxy.proxy_url + f"/players/slow{i % 4}")
+            status, cache_status = answer.status, answer.cache_status
             took.append(time.perf_counter() - t0)
             assert status == 200
         assert max(took) < 0.05 + 0.1  # the 50 ms timeout, plus the request itself and a loaded CI core
@@ -116,7 +119,8 @@ async def test_the_password_is_never_printed(
     await get(http, good.proxy_url + "/players/judge")
     assert good.tiers.redis is not None and good.tiers.redis.status == "up"
     bad = await make_proxy(RULES, config=with_redis(server.url(password="wrong-pw-91c2")))
-    status, cache_status, _, _ = await get(http, bad.proxy_url + "/players/judge")
+    answer = await get(http, bad.proxy_url + "/players/judge")
+    status, cache_status = answer.status, answer.cache_status
     assert status == 200 and "redis-unavailable" in cache_status
     async with http.get(bad.admin_url + "/readyz") as r:
         text = await r.text()

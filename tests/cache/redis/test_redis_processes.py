@@ -15,10 +15,11 @@ from multidict import MultiDict
 from proxy.cache.redis.keyspace import entry_hash
 from proxy.config.rules import load_rules
 from proxy.policy.keys import cache_key
-
-from ...conftest import Upstream
-from ...processes import ServeProcess, serve
-from .test_redis_tier import RULES, get, until
+from tests.support.client import get
+from tests.support.processes import ServeProcess, serve
+from tests.support.redis_tier import RULES, subscribed
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 FAST = """
 [[route]]
@@ -40,17 +41,6 @@ def fleet(n: int, tmp_path: Path, upstream: Upstream, redis_url: str, *extra: st
                                          "--redis", redis_url, *extra)) for _ in range(n)]
 
 
-async def subscribed(http: aiohttp.ClientSession, *procs: ServeProcess) -> None:
-    """Wait until each process listens on the events channel, so no event a test sends is missed."""
-    async def all_subscribed() -> bool:
-        for p in procs:
-            async with http.get(p.admin_url + "/readyz") as r:
-                if not (await r.json())["redis"].get("subscribed"):
-                    return False
-        return True
-
-    await until(all_subscribed, timeout=5.0)
-
 
 async def test_100_concurrent_cold_requests_over_2_processes_make_one_upstream_call(
     tmp_path: Path, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
@@ -62,8 +52,8 @@ async def test_100_concurrent_cold_requests_over_2_processes_make_one_upstream_c
         results = await asyncio.gather(*(get(http, p.proxy_url + "/players/ohtani") for p in [a, b] * 50))
         took = time.monotonic() - t0
     assert upstream.hits["/players/ohtani"] == 1
-    assert {(s, body) for s, _, body, _ in results} == {(200, b'{"name": "ohtani"}')}
-    statuses = [cs for _, cs, _, _ in results]
+    assert {(s, body) for s, _, body in results} == {(200, b'{"name": "ohtani"}')}
+    statuses = [r.cache_status for r in results]
     assert statuses.count("sidecache; fwd=miss; fwd-status=200; stored") == 1
     assert statuses.count("sidecache; fwd=miss; fwd-status=200; collapsed") == 99
     assert took < 2.0  # the waiting process was told by pub/sub, long before the 5 s lease ran out
@@ -74,13 +64,13 @@ async def test_a_purge_on_one_process_drops_the_memory_copy_in_the_other(
 ) -> None:
     with fleet(2, tmp_path, upstream, redis_url) as (a, b):
         await subscribed(http, a, b)
-        assert (await get(http, a.proxy_url + "/players/judge"))[1].endswith("stored")
-        await asyncio.sleep(0.05)  # a's write to Redis is in the background
-        assert (await get(http, b.proxy_url + "/players/judge"))[1].startswith("sidecache; hit")  # now in b's memory
+        assert (await get(http, a.proxy_url + "/players/judge")).cache_status.endswith("stored")
+        await asyncio.sleep(0.05)  # a's write to Redis is in the background; b then takes it into its memory
+        assert (await get(http, b.proxy_url + "/players/judge")).cache_status.startswith("sidecache; hit")
         async with http.post(a.admin_url + "/purge", json={"tag": "player:judge"}) as r:
             assert await r.json() == {"purged": 1}
         await asyncio.sleep(0.1)
-        _, cache_status, _, _ = await get(http, b.proxy_url + "/players/judge")
+        cache_status = (await get(http, b.proxy_url + "/players/judge")).cache_status
     assert cache_status.startswith("sidecache; fwd=miss")  # b's memory copy went within 100 ms
     assert upstream.hits["/players/judge"] == 2
 
@@ -90,14 +80,16 @@ async def test_a_refill_on_one_process_replaces_the_stale_copy_in_the_other(
 ) -> None:
     with fleet(2, tmp_path, upstream, redis_url) as (a, b):
         await subscribed(http, a, b)
-        _, _, first, _ = await get(http, a.proxy_url + "/fast/x")
+        first = (await get(http, a.proxy_url + "/fast/x")).body
         await asyncio.sleep(0.05)
-        assert (await get(http, b.proxy_url + "/fast/x"))[2] == first  # b holds v1 in memory
+        assert (await get(http, b.proxy_url + "/fast/x")).body == first  # b holds v1 in memory
         await asyncio.sleep(0.35)  # both copies are now stale (300 ms ttl, 30 s stale-while-revalidate)
-        _, cache_status, body, _ = await get(http, a.proxy_url + "/fast/x")
+        answer = await get(http, a.proxy_url + "/fast/x")
+        cache_status, body = answer.cache_status, answer.body
         assert body == first and "stale-while-revalidate" in cache_status  # a refreshes in the background
         await asyncio.sleep(0.1)
-        _, cache_status, body, _ = await get(http, b.proxy_url + "/fast/x")
+        answer = await get(http, b.proxy_url + "/fast/x")
+        cache_status, body = answer.cache_status, answer.body
     assert cache_status.startswith("sidecache; hit") and body != first  # b dropped v1 and read v2 from Redis
     assert upstream.hits["/fast/x"] == 2
 
@@ -108,7 +100,7 @@ async def test_workers_2_starts_serves_and_shares_one_cache(
     with fleet(1, tmp_path, upstream, redis_url, "--workers", "2") as (sup,):
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
             await subscribed(fresh, sup)
-            assert (await get(fresh, sup.proxy_url + "/players/soto"))[0] == 200
+            assert (await get(fresh, sup.proxy_url + "/players/soto")).status == 200
             entry = "sidecache:v1:entry:" + _hash_of(tmp_path / "rules.toml", "/players/soto")
             await until(lambda: redis.exists(entry))
             results = [await get(fresh, sup.proxy_url + "/players/soto") for _ in range(20)]  # new connections
@@ -116,8 +108,8 @@ async def test_workers_2_starts_serves_and_shares_one_cache(
                 assert r.status == 200
             async with fresh.get(sup.admin_url + "/metrics") as r:
                 assert r.status == 200
-    assert {s for s, _, _, _ in results} == {200}
-    assert all(cs.startswith("sidecache; hit") for _, cs, _, _ in results)  # whichever worker answered
+    assert {r.status for r in results} == {200}
+    assert all(r.cache_status.startswith("sidecache; hit") for r in results)  # whichever worker answered
     assert upstream.hits["/players/soto"] == 1
 
 

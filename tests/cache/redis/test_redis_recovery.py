@@ -13,10 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from proxy.config.units import Duration
-
-from ...conftest import ProxyFactory, RedisFactory, Upstream
-from .test_redis_degraded import state_changes
-from .test_redis_tier import RULES, cache_key_of, get, h, until, with_redis
+from tests.support.client import get
+from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.redis_tier import RULES, cache_key_of, h, state_changes, with_redis
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 
 async def test_a_stall_under_load_ends_soon_after_redis_answers_again(
@@ -35,7 +36,7 @@ async def test_a_stall_under_load_ends_soon_after_redis_answers_again(
     os.kill(pid, signal.SIGSTOP)
     try:
         results = await asyncio.gather(*(get(http, proxy.proxy_url + f"/players/stall{i}") for i in range(40)))
-        assert {r[0] for r in results} == {200}
+        assert {r.status for r in results} == {200}
         assert not proxy.tiers.redis.breaker.closed
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -44,7 +45,7 @@ async def test_a_stall_under_load_ends_soon_after_redis_answers_again(
         return proxy.tiers.redis is not None and proxy.tiers.redis.breaker.closed
 
     await until(back, timeout=5.0)
-    _, cache_status, _, _ = await get(http, proxy.proxy_url + "/players/after")
+    cache_status = (await get(http, proxy.proxy_url + "/players/after")).cache_status
     assert "redis-unavailable" not in cache_status
     assert state_changes(caplog) == ["unavailable", "back"]
 
@@ -70,8 +71,8 @@ async def test_no_second_trip_when_redis_is_healthy_after_a_restart(
     await until(back, timeout=5.0)
     # Every pooled connection is used at once: one left from before the restart would fail, and three would trip.
     results = await asyncio.gather(*(get(http, proxy.proxy_url + f"/players/new{i}") for i in range(40)))
-    assert [r[0] for r in results] == [200] * 40
-    assert not [r[1] for r in results if "redis-unavailable" in r[1]]
+    assert [r.status for r in results] == [200] * 40
+    assert not [r.cache_status for r in results if "redis-unavailable" in r.cache_status]
     assert state_changes(caplog) == ["unavailable", "back"]
     assert proxy.tiers.redis.breaker.opened == 1
 
@@ -94,14 +95,15 @@ async def test_a_fill_that_finishes_during_a_stall_gives_its_lease_back_once_red
         os.kill(pid, signal.SIGSTOP)
         try:
             others = await asyncio.gather(*(get(http, a.proxy_url + f"/players/other{i}") for i in range(3)))
-            assert [r[0] for r in others] == [200] * 3 and a.tiers.degraded  # A marked Redis down meanwhile
-            status, _, _, _ = await holder  # A's fill ends while Redis answers nothing: its store cannot land
+            assert [r.status for r in others] == [200] * 3 and a.tiers.degraded  # A marked Redis down meanwhile
+            status = (await holder).status  # A's fill ends while Redis answers nothing: its store cannot land
             assert status == 200
         finally:
             os.kill(pid, signal.SIGCONT)
         await until(lambda: _gone(client, lease), timeout=5.0)
         t0 = time.monotonic()
-        status, cache_status, _, _ = await asyncio.wait_for(get(http, b.proxy_url + "/players/slow"), 10.0)
+        answer = await asyncio.wait_for(get(http, b.proxy_url + "/players/slow"), 10.0)
+        status, cache_status = answer.status, answer.cache_status
         assert status == 200 and "fwd=miss" in cache_status  # B fetched at once: nobody's lease to wait out
         assert time.monotonic() - t0 < 30  # never the lease's 60 s
     finally:

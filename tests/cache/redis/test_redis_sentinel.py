@@ -4,8 +4,6 @@ primary is found through the sentinels, found again after a failover, and no req
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import aiohttp
@@ -16,11 +14,12 @@ from proxy.cache.redis.keyspace import entry_hash
 from proxy.config.settings import Config, RedisConfig
 from proxy.config.units import Duration
 from proxy.errors import ConfigError
-
-from ...conftest import ProxyFactory, Upstream
-from ...processes import RedisSentinelSet, RedisServer, redis_command
-from .test_redis_cluster import load
-from .test_redis_tier import RULES, _true, cache_key_of, get, until
+from tests.support.client import get, load
+from tests.support.factories import ProxyFactory
+from tests.support.processes import RedisSentinelSet, RedisServer, redis_command
+from tests.support.redis_tier import RULES, cache_key_of
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 
 def sentinel_config(s: RedisSentinelSet, **fields: object) -> Config:
@@ -51,7 +50,7 @@ async def test_the_primary_is_found_through_the_sentinels(
     proxy = await make_proxy(RULES, config=sentinel_config(redis_sentinel))
     tier = proxy.tiers.redis
     assert tier is not None and tier.breaker.closed
-    assert (await get(http, proxy.proxy_url + "/players/judge"))[1].endswith("stored")
+    assert (await get(http, proxy.proxy_url + "/players/judge")).cache_status.endswith("stored")
     name = tier.keys.entry(entry_hash(cache_key_of(proxy, "/players/judge")))
     await until(lambda: stored_on(primary_of(redis_sentinel), name))
 
@@ -90,16 +89,14 @@ async def test_a_failover_mid_load_fails_no_request_and_two_tiers_come_back(
     await asyncio.sleep(0.3)
     if how == "SIGKILL":
         assert old.proc is not None
-        os.kill(old.proc.pid, signal.SIGKILL)
-        old.proc.wait()
-        old.proc = None
+        old.kill()
     else:
         reply = await asyncio.to_thread(redis_command, redis_sentinel.sentinels[0].port, "SENTINEL", "FAILOVER",
                                         redis_sentinel.service)
         assert reply.strip() == "OK", reply
     statuses = await asyncio.wait_for(running, 60)
     assert statuses == [200] * 600  # not one failed request, whatever the Cache-Status said meanwhile
-    await until(lambda: _true(redis_sentinel.current_primary_port() != old.port), timeout=20.0)
+    await until(lambda: redis_sentinel.current_primary_port() != old.port, timeout=20.0)
     new = primary_of(redis_sentinel)
 
     async def back_on_two_tiers() -> bool:

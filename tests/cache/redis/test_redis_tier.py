@@ -3,67 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import redis.asyncio as aioredis
-from multidict import MultiDict
 
 from proxy.app import Sidecar
 from proxy.cache.events import Released, Selector, encode_event
-from proxy.config.settings import Config, RedisConfig
-from proxy.config.units import Duration
 from proxy.policy.entry import decode
-from proxy.policy.keys import cache_key
-
-from ...conftest import ProxyFactory, Upstream
-from ...processes import RedisServer
-
-RULES = """
-[[route]]
-name = "player"
-match = "GET /players/{name}"
-ttl = "5m"
-stale_while_revalidate = "30s"
-stale_if_error = "10m"
-tags = ["player:{name}"]
-
-[[route]]
-name = "team"
-match = "GET /teams/{team}"
-ttl = "1m"
-"""
-
-
-def with_redis(url: str, **fields: object) -> Config:
-    """Redis config with probes fast enough for tests, and a call timeout a busy CI core cannot miss by accident
-    (tests of the timeout itself set it)."""
-    probes: dict[str, object] = {"probe_min": Duration.of("50ms"), "probe_max": Duration.of("200ms"),
-                                 "timeout": Duration.of("250ms")}
-    return Config(redis=RedisConfig(url=url, **{**probes, **fields}))  # type: ignore[arg-type]
-
-
-async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes, dict[str, str]]:
-    async with http.get(url) as r:
-        return r.status, r.headers.get("Cache-Status", ""), await r.read(), dict(r.headers)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> None:
-    """Wait for something another task or process does in the background (a Redis write, an event)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.processes import RedisServer
+from tests.support.redis_tier import RULES, cache_key_of, h, holds, with_redis
+from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 
 def key_of(proxy: Sidecar, path_fragment: str) -> str:
     return next(k for k, _ in proxy.memory.items() if path_fragment in k)
-
-
-def h(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 async def test_redis_hit_is_promoted_with_its_remaining_ttl(
@@ -73,18 +30,20 @@ async def test_redis_hit_is_promoted_with_its_remaining_ttl(
     now = [1000.0]
     a = await make_proxy(RULES, config=with_redis(redis_url), clock=lambda: now[0])
     b = await make_proxy(RULES, config=with_redis(redis_url), clock=lambda: now[0])
-    _, status, body, _ = await get(http, a.proxy_url + "/players/judge")
+    answer = await get(http, a.proxy_url + "/players/judge")
+    status, body = answer.cache_status, answer.body
     assert status == "sidecache; fwd=miss; fwd-status=200; stored"
     key = key_of(a, "judge")
     await until(lambda: redis.exists(f"sidecache:v1:entry:{h(key)}"))
     now[0] += 100
-    _, status, body_b, headers = await get(http, b.proxy_url + "/players/judge")
+    answer = await get(http, b.proxy_url + "/players/judge")
+    status, body_b, headers = answer.cache_status, answer.body, answer.headers
     assert status == "sidecache; hit; ttl=200"  # 300 s minus the 100 s it spent in Redis: never extended
     assert headers["Age"] == "100" and body_b == body
     promoted = b.memory.get(key)
     assert promoted is not None and promoted.stored_at == 1000.0 and promoted.expires_at == 1300.0
     await redis.flushdb()  # the next answer can only come from b's memory now
-    _, status, _, _ = await get(http, b.proxy_url + "/players/judge")
+    status = (await get(http, b.proxy_url + "/players/judge")).cache_status
     assert status == "sidecache; hit; ttl=200"
     assert upstream.hits["/players/judge"] == 1
 
@@ -122,9 +81,9 @@ async def test_purge_by_url_tag_route_and_all_reaches_redis_and_every_memory(
     paths = ["/players/a?x=1", "/players/b", "/teams/nyy", "/teams/lad"]
     for p in paths:
         await get(http, a.proxy_url + p)
-    await until(lambda: _count(redis, "sidecache:v1:entry:*", 4))
+    await until(lambda: holds(redis, "sidecache:v1:entry:*", 4))
     for p in paths:
-        assert (await get(http, b.proxy_url + p))[1].startswith("sidecache; hit")  # promoted into b's memory
+        assert (await get(http, b.proxy_url + p)).cache_status.startswith("sidecache; hit")  # promoted into b's memory
     assert len(b.memory) == 4
 
     async def purge(body: object) -> object:
@@ -136,30 +95,16 @@ async def test_purge_by_url_tag_route_and_all_reaches_redis_and_every_memory(
                                ({"route": "team"}, 2, 0)):
         assert await purge(body) == {"purged": purged}
         assert len(a.memory) == left
-        assert await _count(redis, "sidecache:v1:entry:*", left)
-        await until(lambda left=left: _true(len(b.memory) == left), timeout=0.1)  # events reach b within 100 ms
+        assert await holds(redis, "sidecache:v1:entry:*", left)
+        await until(lambda left=left: len(b.memory) == left, timeout=0.1)  # events reach b within 100 ms
     assert await redis.exists("sidecache:v1:tag:player:b", "sidecache:v1:route:team") == 0  # purged indexes go too
     for p in paths:
         await get(http, b.proxy_url + p)
-    await until(lambda: _count(redis, "sidecache:v1:entry:*", 4))
+    await until(lambda: holds(redis, "sidecache:v1:entry:*", 4))
     assert await purge({"all": True}) == {"purged": 4}  # counted once each, though in Redis and in a's memory
     assert await redis.keys("sidecache:v1:*") == []
-    await until(lambda: _true(len(b.memory) == 0), timeout=0.1)
+    await until(lambda: len(b.memory) == 0, timeout=0.1)
     assert upstream.hits["/players/b"] == 2
-
-
-async def _count(redis: aioredis.Redis, pattern: str, n: int) -> bool:
-    return len(await redis.keys(pattern)) == n
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-def cache_key_of(proxy: Sidecar, path: str) -> str:
-    matched = proxy.rules.match("GET", path)
-    assert matched is not None
-    return cache_key(matched[0], matched[1], MultiDict(), {})
 
 
 async def test_a_lease_whose_holder_died_is_taken_over_when_it_lapses(
@@ -169,7 +114,8 @@ async def test_a_lease_whose_holder_died_is_taken_over_when_it_lapses(
     proxy = await make_proxy(RULES, config=with_redis(redis_url))
     await redis.set(f"sidecache:v1:lease:{h(cache_key_of(proxy, '/players/ghost'))}", "a-dead-process", px=300)
     t0 = time.monotonic()
-    status, cache_status, _, _ = await get(http, proxy.proxy_url + "/players/ghost")
+    answer = await get(http, proxy.proxy_url + "/players/ghost")
+    status, cache_status = answer.status, answer.cache_status
     took = time.monotonic() - t0
     assert (status, cache_status) == (200, "sidecache; fwd=miss; fwd-status=200; stored")
     assert 0.25 < took < 1.0  # waited for the holder's lease to run out, then fetched itself
@@ -181,7 +127,7 @@ async def test_a_lease_waiter_is_woken_by_the_holders_event_not_by_polling(
     redis: aioredis.Redis,
 ) -> None:
     proxy = await make_proxy(RULES, config=with_redis(redis_url))
-    await until(lambda: _true(proxy.tiers.redis is not None and proxy.tiers.redis.subscribed))
+    await until(lambda: proxy.tiers.redis is not None and proxy.tiers.redis.subscribed)
     key = cache_key_of(proxy, "/players/late")
     await redis.set(f"sidecache:v1:lease:{h(key)}", "another-process", px=5000)
     t0 = time.monotonic()
@@ -190,7 +136,8 @@ async def test_a_lease_waiter_is_woken_by_the_holders_event_not_by_polling(
     assert upstream.hits["/players/late"] == 0  # waiting on the other process
     await redis.delete(f"sidecache:v1:lease:{h(key)}")  # it finished without storing anything, and says so:
     await redis.publish("sidecache:v1:events", encode_event(Released("another-process", key)))
-    status, cache_status, _, _ = await pending
+    answer = await pending
+    status, cache_status = answer.status, answer.cache_status
     assert status == 200 and cache_status.endswith("stored")
     assert time.monotonic() - t0 < 1.0  # not the 5 s lease
     assert upstream.hits["/players/late"] == 1

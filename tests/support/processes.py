@@ -1,4 +1,5 @@
-"""Real `sidecache serve` processes for tests that need a separate process (memory, workers, signals)."""
+"""Real processes the tests start and stop by PID: `sidecache` commands, `sidecache serve` where a separate process
+matters (memory, workers, signals), and redis-servers alone, as a Cluster or as a Sentinel set."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -36,6 +39,21 @@ def free_cluster_port() -> int:
         except OSError:
             continue
         return port
+
+
+def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy <args>` to completion (30 s at most), its output as text."""
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=30, env={**os.environ, **(env or {})})
+
+
+def answers(url: str) -> bool:
+    """A GET of `url` was answered with a success (anything else, or no answer within a second: False)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -178,14 +196,6 @@ def redis_command(port: int, *args: str, timeout: float = 5.0) -> str:
     done = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True,
                           timeout=timeout, check=True)
     return done.stdout.decode()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class RedisClusterServers:
