@@ -93,6 +93,11 @@ def test_links_between_pages_resolve() -> None:
     assert missing == []
 
 
+def test_test_paths_named_in_the_docs_exist() -> None:
+    named = [(page.name, m) for page in PAGES for m in re.findall(r"\btests/[\w/]+(?:\.py)?", page.read_text())]
+    assert named and [(page, path) for page, path in named if not (ROOT / path).exists()] == []
+
+
 def test_ci_runs_the_readme_test_command_exactly() -> None:
     readme = [text.strip() for _, text in blocks("sh") if "pytest" in text and "pip install" in text]
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
