@@ -8,19 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .processes import ROOT, free_port, serve
-
-
-def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=30, env={**os.environ, **(env or {})})
+from tests.support.processes import ROOT, answers, free_port, run, serve
+from tests.support.waiting import wait_for
 
 
 def test_check_accepts_the_shipped_files() -> None:
@@ -121,7 +116,7 @@ def test_log_format_json_puts_both_logs_in_json_lines_and_names_the_bundled_rule
          "http://127.0.0.1:1", "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # a folder without ./rules
     try:
-        wait_for(f"http://127.0.0.1:{admin}/healthz")
+        wait_for(lambda: answers(f"http://127.0.0.1:{admin}/healthz"), "sidecache serve to answer /healthz")
         with pytest.raises(urllib.error.HTTPError) as info:  # 502: nothing listens upstream
             urllib.request.urlopen(f"http://127.0.0.1:{listen}/x", timeout=5)
         info.value.close()
@@ -155,10 +150,7 @@ def test_a_rejected_reload_is_logged_in_one_line_however_it_was_asked(tmp_path: 
         assert info.value.code == 422
         info.value.close()
         os.kill(sp.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while reloads(sp.admin_url) != {"rejected": 2}:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: reloads(sp.admin_url) == {"rejected": 2}, "both rejected reloads", timeout=10)
         os.kill(sp.pid, signal.SIGTERM)
         out = sp.proc.communicate(timeout=10)[0].decode()
     rejected = [line for line in out.splitlines() if "reload rejected" in line]
@@ -174,16 +166,6 @@ def reloads(admin_url: str) -> object:
     with urllib.request.urlopen(admin_url + "/stats", timeout=5) as r:
         return json.loads(r.read())["reloads"]
 
-
-def wait_for(url: str) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
 def test_serve_refuses_workers_without_redis_in_one_line() -> None:
     r = run("serve", "--workers", "2", "--listen", f"127.0.0.1:{free_port()}", "--admin",
             f"127.0.0.1:{free_port()}", env={"SIDECACHE_REDIS_URL": ""})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import Upstream
-from .processes import ROOT, free_port, serve
+from tests.support.processes import ROOT, free_port, serve
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]

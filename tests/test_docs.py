@@ -15,8 +15,7 @@ import pytest
 from proxy.cli import parser
 from proxy.config.rules import load_rules
 from proxy.config.settings import load_config
-
-from .processes import ROOT
+from tests.support.processes import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
@@ -92,6 +91,11 @@ def test_links_between_pages_resolve() -> None:
             if not (page.parent / target).exists():
                 missing.append((page.name, target))
     assert missing == []
+
+
+def test_test_paths_named_in_the_docs_exist() -> None:
+    named = [(page.name, m) for page in PAGES for m in re.findall(r"\btests/[\w/]+(?:\.py)?", page.read_text())]
+    assert named and [(page, path) for page, path in named if not (ROOT / path).exists()] == []
 
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:

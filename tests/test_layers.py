@@ -6,7 +6,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PROXY = Path(__file__).resolve().parent.parent / "proxy"
+from tests.support.processes import ROOT
+
+PROXY = ROOT / "proxy"
 
 # A module may import from its own package or any package above it (lower index); never from one below.
 ORDER = ["errors", "config", "policy", "concurrency", "telemetry", "cache", "serving", "ops", "app", "devtools",
@@ -16,9 +18,9 @@ GENERIC = {"policy", "concurrency"}  # know nothing of HTTP servers or Redis
 REDIS_HOME = "proxy.cache.redis"  # the only code that imports redis
 
 
-def modules() -> Iterator[tuple[str, Path]]:
-    for path in sorted(PROXY.rglob("*.py")):
-        rel = path.relative_to(PROXY.parent).with_suffix("")
+def modules(top: Path = PROXY) -> Iterator[tuple[str, Path]]:
+    for path in sorted(top.rglob("*.py")):
+        rel = path.relative_to(top.parent).with_suffix("")
         parts = list(rel.parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -102,3 +104,17 @@ def test_no_import_cycles_inside_a_package() -> None:
     for start in sorted(graph):
         visit(start, [start])
     assert cycles == []
+
+
+def test_test_folders_mirror_the_packages() -> None:
+    """tests/<path>/ holds the tests of proxy/<path>/ (tests/support/ holds what they share)."""
+    tests = ROOT / "tests"
+    folders = {p.parent.relative_to(tests) for p in tests.rglob("test_*.py")} - {Path(".")}
+    assert folders and {f for f in folders if not (PROXY / f / "__init__.py").exists()} == set()
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/ and fixtures in conftest.py: a test module is never a library."""
+    wrong = [f"{me} imports {imp}" for me, path in modules(ROOT / "tests") for imp in imports(me, path)
+             if imp.startswith("tests.") and any(part.startswith("test_") for part in imp.split("."))]
+    assert wrong == []

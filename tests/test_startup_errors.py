@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from .processes import ROOT, free_port
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30, env={**os.environ, **(env or {})})
+from tests.support.processes import free_port, run
 
 
 def test_a_port_in_use_is_one_line_naming_the_address() -> None:

@@ -16,10 +16,9 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from proxy.devtools.sample_backend import SampleBackend
+from tests.support.batching import post
+from tests.support.factories import ProxyFactory
 
-from ..conftest import ProxyFactory
-
-BATCH = "/api/v1/optimized/batch-prop-analysis"
 RULE = """
 [[route]]
 name = "prop-analysis"
@@ -75,10 +74,6 @@ def single(i: dict[str, Any]) -> str:
     q = {k: v for k, v in i.items() if k != "prop_id"}
     return f"/mlb/enhanced-prop-analysis/{i['prop_id']}?{urlencode(q)}"
 
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> tuple[int, dict[str, str], Any]:
-    async with http.post(url + BATCH, json=body, **kw) as r:
-        return r.status, dict(r.headers), await r.json(content_type=None)
 
 
 async def test_a_batch_answered_from_the_cache_carries_this_origins_cors(

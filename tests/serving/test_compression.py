@@ -6,9 +6,10 @@ from __future__ import annotations
 import gzip
 
 import aiohttp
-from multidict import CIMultiDict
 
-from ..conftest import ProxyFactory, Upstream
+from tests.support.client import Answer, get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]
@@ -19,11 +20,10 @@ ttl = "5m"
 BODY = b'{"stats": "' + b"0123456789" * 800 + b'"}'
 
 
-async def raw_get(url: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
+async def raw_get(url: str, **headers: str) -> Answer:
     """What crossed the wire, undecoded."""
     async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding",)) as http:
-        async with http.get(url, headers=headers) as r:
-            return r.status, CIMultiDict(r.headers), await r.read()
+        return await get(http, url, headers=headers)
 
 
 async def test_a_stored_answer_goes_gzip_to_those_who_accept_it(make_proxy: ProxyFactory,

@@ -11,8 +11,9 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config.settings import Config, MemoryConfig
 from proxy.config.units import ByteSize
-
-from ..conftest import ProxyFactory, Upstream
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 RULE = """
 [[route]]
@@ -22,10 +23,6 @@ ttl = "5m"
 stale_if_error = "10m"
 """
 
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, dict(r.headers), await r.read()
 
 
 async def test_an_origin_500_within_stale_if_error_is_answered_from_the_stale_copy(

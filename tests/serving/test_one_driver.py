@@ -12,13 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.telemetry.access_log import AccessLog
-
-from ..conftest import ProxyFactory, Upstream
-
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, dict(r.headers), await r.read()
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 
 async def test_the_origins_stale_while_revalidate_works_without_a_rule(

@@ -11,10 +11,10 @@ import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 
-from proxy.config.settings import Config, RedisConfig
-from proxy.config.units import Duration
-
-from ..conftest import ProxyFactory, RedisFactory, Upstream
+from tests.support.client import get
+from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.redis_tier import with_redis
+from tests.support.upstream import Upstream
 
 RULES = """
 [[route]]
@@ -26,22 +26,13 @@ tags = ["player:{name}"]
 """
 
 
-def shared(url: str) -> Config:
-    return Config(redis=RedisConfig(url=url, probe_min=Duration.of("50ms"), probe_max=Duration.of("200ms"),
-                                    timeout=Duration.of("250ms")))
-
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, dict(r.headers), await r.read()
-
 
 async def test_a_purge_on_one_process_beats_a_fill_in_flight_on_another(
     make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
     redis: aioredis.Redis,
 ) -> None:
-    a = await make_proxy(RULES, config=shared(redis_url))
-    b = await make_proxy(RULES, config=shared(redis_url))
+    a = await make_proxy(RULES, config=with_redis(redis_url))
+    b = await make_proxy(RULES, config=with_redis(redis_url))
     upstream.reply("/players/judge", delay=0.4)
     slow = asyncio.ensure_future(get(http, b.proxy_url + "/players/judge"))
     await asyncio.sleep(0.15)
@@ -60,8 +51,8 @@ async def test_a_purge_on_one_process_beats_a_fill_in_flight_on_another(
 async def test_client_no_cache_reaches_the_upstream_although_redis_holds_a_fresh_copy(
     make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
 ) -> None:
-    a = await make_proxy(RULES, config=shared(redis_url))
-    b = await make_proxy(RULES, config=shared(redis_url))
+    a = await make_proxy(RULES, config=with_redis(redis_url))
+    b = await make_proxy(RULES, config=with_redis(redis_url))
     await get(http, a.proxy_url + "/players/soto")
     await asyncio.sleep(0.2)  # the write reaches Redis
     _, h, _ = await get(http, b.proxy_url + "/players/soto", headers={"Cache-Control": "no-cache"})
@@ -75,8 +66,8 @@ async def test_a_stale_copy_survives_another_process_refilling_it_when_redis_and
     server = redis_factory()
     now = [1000.0]
     rules = RULES + 'stale_if_error = "10m"\n'
-    a = await make_proxy(rules, config=shared(server.url()), clock=lambda: now[0])
-    b = await make_proxy(rules, config=shared(server.url()), clock=lambda: now[0])
+    a = await make_proxy(rules, config=with_redis(server.url()), clock=lambda: now[0])
+    b = await make_proxy(rules, config=with_redis(server.url()), clock=lambda: now[0])
     await get(http, a.proxy_url + "/players/ohtani")
     await asyncio.sleep(0.2)
     await get(http, b.proxy_url + "/players/ohtani")  # B holds the copy in memory

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -16,13 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config.settings import Config, MemoryConfig
-
-from ..conftest import ProxyFactory, Upstream
-
-
-async def get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
-    async with http.get(url, **kw) as r:
-        return r.status, dict(r.headers), await r.read()
+from tests.support.client import get
+from tests.support.factories import ProxyFactory
+from tests.support.upstream import Upstream
 
 
 class Cors:
