@@ -92,7 +92,7 @@ class Caching:
         decision = decide(entry, now, revalidate=revalidate, validators=lane.validators(inb) and not inb.forced)
         match decision:
             case Hit(entry=e):
-                return lane.answer(inb, e, hit(int(e.expires_at - now)), now - e.stored_at)
+                return _hit(inb, lane, e, now)
             case ServeStale(entry=e):
                 self.refresh(inb, lane, e)
                 status = CacheStatus(fwd="stale", ttl=int(e.expires_at - now), detail=("stale-while-revalidate",))
@@ -117,11 +117,8 @@ class Caching:
         if entry is None or inb.forced or lane.revalidate(inb):
             return None
         now = self.clock()
-        match decide(entry, now, validators=lane.validators(inb)):
-            case Hit(entry=e):
-                return lane.answer(inb, e, hit(int(e.expires_at - now)), now - e.stored_at)
-            case _:
-                return None
+        decision = decide(entry, now, validators=lane.validators(inb))
+        return _hit(inb, lane, decision.entry, now) if isinstance(decision, Hit) else None
 
     def refresh(self, inb: Inbound, lane: Lane, stale: CachedResponse) -> None:
         """Refresh a key in the background, once however many requests see it stale (RFC 5861 3)."""
@@ -151,3 +148,8 @@ class Caching:
             return None
         cs = CacheStatus(fwd="stale", fwd_status=status, ttl=int(stale.expires_at - now), detail=("stale-if-error",))
         return lane.answer(inb, stale, cs, now - stale.stored_at, upstream_s=upstream_s)
+
+
+def _hit(inb: Inbound, lane: Lane, entry: CachedResponse, now: float) -> web.StreamResponse:
+    """A fresh entry written back, as `serve` and `fresh` both answer it."""
+    return lane.answer(inb, entry, hit(int(entry.expires_at - now)), now - entry.stored_at)

@@ -88,13 +88,11 @@ class FastLane:
         self.answer = answer
         self.served = 0  # hits written by the fast lane
 
-    def reader(self) -> RequestReader:
-        return RequestReader()
-
     def take(self, reader: RequestReader, transport: asyncio.Transport, peer: Callable[[], str | None]) -> bool:
         """Answer the request `reader` just read, if it is a fresh hit; False leaves it to aiohttp."""
         parser = reader.parser
-        if not reader.keep_alive() or parser.get_method() not in (b"GET", b"HEAD"):
+        verb = parser.get_method()
+        if not reader.keep_alive() or verb not in (b"GET", b"HEAD"):
             return False
         url = reader.url
         if not url.startswith(b"/"):
@@ -102,7 +100,7 @@ class FastLane:
         if transport.get_write_buffer_size() > _WRITE_BACKLOG:
             return False
         headers = CIMultiDictProxy(CIMultiDict((k.decode(), v.decode()) for k, v in reader.headers))
-        method = "GET" if parser.get_method() == b"GET" else "HEAD"
+        method = "GET" if verb == b"GET" else "HEAD"
         inb = Inbound.parsed(method, url.decode(), headers, time.perf_counter(), peer(), headers.get("Host"))
         resp = self.answer(inb)
         if resp is None:

@@ -119,9 +119,9 @@ class ProxyHandler:
             return self._error(inb, exc)
 
     def fast(self, inb: Inbound) -> StoredAnswer | None:
-        """The fast lane's question (serving/fast_lane.py): a fresh memory hit for a target seen before, answered and
-        counted as the slow path would; None for anything else, which then goes to aiohttp as it came."""
-        if inb.method not in ("GET", "HEAD") or not self._remembered(inb):
+        """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
+        before, answered and counted as the slow path would; None for anything else, which goes to aiohttp."""
+        if not self._remembered(inb):
             return None
         resp = self.caching.fresh(inb, self.ruled)
         assert resp is None or isinstance(resp, StoredAnswer)  # a hit is always written in one piece

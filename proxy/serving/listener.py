@@ -99,7 +99,7 @@ class ClientConnection(RequestHandler):
         self._bytes_since_armed = False
         self._accepted = False
         self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
-        self._reader: RequestReader | None = server.fast_lane.reader() if server.fast_lane is not None else None
+        self._reader: RequestReader | None = RequestReader() if server.fast_lane is not None else None
 
     # -- the bound
 

@@ -46,7 +46,7 @@ class Channel:
             self.subscribed = False
             with contextlib.suppress(*FAILURES):  # the connection is being dropped either way
                 async with asyncio.timeout(self.client.timeout):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         await pubsub.subscribe(self.name)

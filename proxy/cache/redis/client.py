@@ -115,7 +115,7 @@ class RedisClient:
         if config.mode == "sentinel":
             options = parse_url(config.url) if config.url else {}
             ssl = options.pop("connection_class", None) is SSLConnection
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8
                 [_hostport(s) for s in config.sentinels],
                 sentinel_kwargs={"socket_connect_timeout": STARTUP_TIMEOUT, "socket_timeout": STARTUP_TIMEOUT})
             common: dict[str, Any] = {"socket_connect_timeout": STARTUP_TIMEOUT, "ssl": ssl, **options}
