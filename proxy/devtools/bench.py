@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -25,7 +26,7 @@ import aiohttp
 from proxy.devtools import chart
 from proxy.devtools.demo import PLAYERS, STATS, props
 from proxy.devtools.loadgen import burst, replay, run_load
-from proxy.devtools.processes import Backend, bare_app, child, free_port, sidecache_serve
+from proxy.devtools.processes import Backend, bare_app, child, free_port, nginx_cache, redis_server, sidecache_serve
 from proxy.devtools.report import Report, ratio_of
 from proxy.devtools.sample_data import ROSTER
 from proxy.devtools.workloads import prop_burst, zipf_trace
@@ -122,37 +123,81 @@ async def _run(upstream: str, quick: bool, json_path: Path | None, png_path: Pat
 
 
 async def _hits(report: Report, http: aiohttp.ClientSession, upstream: str, config: Path, seconds: float) -> None:
-    print("hit path: one stored answer, proxy vs a bare aiohttp web.Application answering the same bytes "
-          "(runs interleaved, best of 3)")
+    print("hit path: one stored answer, proxy vs a bare aiohttp web.Application answering the same bytes, and "
+          "nginx proxy_cache on the same route when installed (runs interleaved, best of 3); 2 workers share a "
+          "Redis of the bench's own, as a deployment would run them")
     async with http.get(upstream + HIT_PATH) as r:
         size = len(await r.read())
+    slow = config.with_name("slow-lane.toml")
+    slow.write_text(config.read_text() + "\n[server]\nfast_lane = false\n")
     results: dict[tuple[str, int], tuple[float, float, float]] = {}
     reps = 3
-    with bare_app(size) as bare, sidecache_serve(upstream, config, 1) as (one, _), \
-            sidecache_serve(upstream, config, 2) as (two, _):
-        for proxy, workers in ((one, 1), (two, 2)):
-            for _ in range(workers * 4):  # every worker holds its own copy after a few requests
-                async with http.get(proxy + HIT_PATH) as r:
+    with ExitStack() as stack:
+        bare = stack.enter_context(bare_app(size))
+        one, one_admin = stack.enter_context(sidecache_serve(upstream, config, 1))
+        lane_off, _ = stack.enter_context(sidecache_serve(upstream, slow, 1))
+        targets = {"bare": bare + "/x", "proxy-1w": one + HIT_PATH, "proxy-1w-no-lane": lane_off + HIT_PATH}
+        redis = stack.enter_context(redis_server())
+        if redis is not None:
+            two, _ = stack.enter_context(sidecache_serve(upstream, config, 2, redis=redis))
+            targets["proxy-2w"] = two + HIT_PATH
+        else:
+            print("  (no redis-server installed: no 2-worker row)")
+        nginx = stack.enter_context(nginx_cache(upstream, 2))
+        if nginx is not None:
+            targets["nginx-2w"] = nginx + HIT_PATH
+        else:
+            print("  (no nginx installed: no nginx row; Debian's nginx-light has proxy_cache)")
+        for url in targets.values():
+            for _ in range(8):  # every worker holds its own copy after a few requests
+                async with http.get(url) as r:
                     await r.read()
-        targets = {"bare": bare + "/x", "proxy-1w": one + HIT_PATH, "proxy-2w": two + HIT_PATH}
+        lane_before = await _fast_lane_hits(http, one_admin)
         for conns in (64, 256):
             for _ in range(reps):  # interleaved, best of three: the noise of a shared machine only ever slows
                 for name, url in targets.items():
                     got = await _load(url, conns, seconds)
                     if got[0] > results.get((name, conns), (0.0, 0.0, 0.0))[0]:
                         results[(name, conns)] = got
+        lane_share = await _lane_share(http, one_admin, lane_before)
     report.raw["hits"] = {f"{k[0]}@{k[1]}": v for k, v in results.items()}
+    report.raw["hits_fast_lane_share"] = lane_share
     for conns in (64, 256):
-        bare_, p1, p2 = results[("bare", conns)], results[("proxy-1w", conns)], results[("proxy-2w", conns)]
-        report.add(f"hit req/s, {conns} conns: bare | proxy 1w | proxy 2w",
-                   f"{bare_[0]:.0f} | {p1[0]:.0f} | {p2[0]:.0f}")
+        row = {name: results[(name, conns)] for name in targets}
+        report.add(f"hit req/s, {conns} conns", " | ".join(f"{n} {v[0]:.0f}" for n, v in row.items()))
+        bare_, p1 = row["bare"], row["proxy-1w"]
         text, ratio = ratio_of(p1[0] / bare_[0])
-        report.add(f"  proxy 1w / bare ({conns} conns)", text, ">= 1.00x", ratio)
-        text, ratio = ratio_of(p2[0] / p1[0])
-        report.add(f"  proxy 2w / proxy 1w ({conns} conns)", text, ">= 1.35x", ratio / 1.35)
+        report.add(f"  proxy 1w / bare ({conns} conns)", text, ">= 2.00x", ratio / 2.0)
+        text, _ = ratio_of(row["proxy-1w-no-lane"][0] / bare_[0])
+        report.add(f"  proxy 1w, fast lane off / bare ({conns} conns)", text)
+        if "proxy-2w" in row:
+            text, ratio = ratio_of(row["proxy-2w"][0] / p1[0])
+            report.add(f"  proxy 2w / proxy 1w ({conns} conns)", text)
+        if "proxy-2w" in row and "nginx-2w" in row:
+            p2, ng = row["proxy-2w"], row["nginx-2w"]
+            text, ratio = ratio_of(p2[0] / ng[0])
+            report.add(f"  proxy 2w / nginx 2w ({conns} conns)", text, ">= 1.00x", ratio)
+            report.add(f"  p99 ms: proxy 2w | nginx 2w ({conns} conns)", f"{p2[2]:.2f} | {ng[2]:.2f}",
+                       "<= nginx's", ng[2] / p2[2])
         report.add(f"  p50 / p99 ms: bare | proxy 1w ({conns} conns)",
-                   f"{bare_[1]:.2f}/{bare_[2]:.2f} | {p1[1]:.2f}/{p1[2]:.2f}",
-                   "p99 <= bare's" if conns == 64 else "", bare_[2] / p1[2] if conns == 64 else None)
+                   f"{bare_[1]:.2f}/{bare_[2]:.2f} | {p1[1]:.2f}/{p1[2]:.2f}")
+    report.add("  hits answered by the fast lane (proxy 1w, every load)", f"{lane_share:.1%}")
+
+
+async def _fast_lane_hits(http: aiohttp.ClientSession, admin: str) -> tuple[float, float]:
+    """(fast-lane hits, all hits) so far, from the proxy's own /metrics."""
+    async with http.get(admin + "/metrics") as r:
+        text = await r.text()
+    lane = sum(float(m.group(1)) for m in re.finditer(r"^sidecache_fast_lane_hits_total(?:{[^}]*})? ([\d.e+]+)$",
+                                                       text, re.M))
+    hits = sum(float(m.group(1)) for m in re.finditer(
+        r'^sidecache_requests_total{[^}]*outcome="hit"[^}]*} ([\d.e+]+)$', text, re.M))
+    return lane, hits
+
+
+async def _lane_share(http: aiohttp.ClientSession, admin: str, before: tuple[float, float]) -> float:
+    lane, hits = await _fast_lane_hits(http, admin)
+    return (lane - before[0]) / max(hits - before[1], 1.0)
 
 
 async def _coalescing(report: Report, http: aiohttp.ClientSession, backend: Backend, proxy: str,

@@ -4,9 +4,12 @@ free loopback port and stopped by its PID; and the probes run as `python -m prox
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +21,6 @@ from aiohttp import web
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -45,21 +46,17 @@ def child(cmd: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
         wait_http(ready_url)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
 
 
 @contextmanager
-def sidecache_serve(upstream: str, config: Path, workers: int, rules: Path | None = None) -> Iterator[tuple[str, str]]:
+def sidecache_serve(upstream: str, config: Path, workers: int, rules: Path | None = None,
+                    redis: str | None = None) -> Iterator[tuple[str, str]]:
     port, admin = free_port(), free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--upstream", upstream,
            "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--workers", str(workers)]
     cmd += ["--rules", str(rules)] if rules is not None else []
+    cmd += ["--redis", redis] if redis is not None else []
     with child(cmd, f"http://127.0.0.1:{admin}/healthz"):
         yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
 
@@ -70,6 +67,99 @@ def bare_app(size: int) -> Iterator[str]:
     cmd = [sys.executable, "-m", "proxy.devtools.processes", "bare", str(port), str(size)]
     with child(cmd, f"http://127.0.0.1:{port}/ready"):
         yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A redis-server of our own on a free loopback port, nothing kept on disk, stopped by its PID; None when
+    Debian's redis-server is not installed (`--workers 2` needs a shared Redis, as a deployment would run it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port, folder = free_port(), tempfile.mkdtemp(prefix="sidecache-bench-redis-")
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ping(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_ping(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"redis-server on 127.0.0.1:{port} did not answer PING")
+        time.sleep(0.05)
+
+
+NGINX_CONF = """
+user root;
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    proxy_cache_path {dir}/cache keys_zone=bench:10m;
+    upstream origin {{ server {upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+        }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx_cache(upstream: str, workers: int) -> Iterator[str | None]:
+    """Debian's nginx(-light) with `proxy_cache` in front of the same upstream, for a side-by-side hit row; None
+    when nginx is not installed. Its own folder, loopback only, stopped by its PID."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        yield None
+        return
+    port, folder = free_port(), Path(tempfile.mkdtemp(prefix="sidecache-bench-nginx-"))
+    conf = folder / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workers=workers, dir=folder, port=port, upstream=upstream.split("//", 1)[-1]))
+    try:
+        with child([binary, "-c", str(conf), "-p", str(folder)], f"http://127.0.0.1:{port}/health"):
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Backend:

@@ -9,8 +9,11 @@ import msgspec
 FORMAT_VERSION: Final = 1
 
 
-class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
-    """A complete, storable response plus its freshness, as one msgpack array."""
+class CachedResponse(msgspec.Struct, array_like=True, kw_only=True, dict=True):
+    """A complete, storable response plus its freshness, as one msgpack array.
+
+    `dict=True` lets the hit path keep the entry's pre-encoded head on it (serving/answer.py `stored_head`); that
+    attribute is not a field, so no tier ever stores it, and `msgspec.structs.replace` starts without it."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -43,8 +46,9 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True):
 
     @property
     def size(self) -> int:
-        """Bytes the entry costs a tier: the body plus its headers (close enough to bound memory)."""
-        return len(self.body) + len(self.gzip) + sum(len(k) + len(v) for k, v in self.headers) + 128
+        """Bytes the entry costs a tier: the body, its headers and their pre-encoded copy (close enough to bound
+        memory)."""
+        return len(self.body) + len(self.gzip) + 2 * sum(len(k) + len(v) + 4 for k, v in self.headers) + 128
 
 
 class _Envelope(msgspec.Struct, array_like=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from http import HTTPStatus
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 from aiohttp import web
@@ -55,7 +55,22 @@ def from_entry(
         coded = [(k, weak(v)) if k.lower() == "etag" else (k, v) for k, v in headers]
         return StoredAnswer(entry.status, [*coded, ("Content-Encoding", "gzip"), *extra], entry.gzip, cache_status,
                             entry.date)
-    return StoredAnswer(entry.status, headers + extra, entry.body if body is None else body, cache_status, entry.date)
+    return StoredAnswer(entry.status, headers, entry.body if body is None else body, cache_status, entry.date,
+                        extra=extra, head=stored_head(entry) if headers is entry.headers else None)
+
+
+def stored_head(entry: CachedResponse) -> bytes:
+    """The entry's HTTP/1.1 status line and stored header lines, encoded the first time it answers and kept on it
+    (never stored in a tier): a hit then formats only what changes per answer (Cache-Status, Age, Date)."""
+    cached = entry.__dict__.get("head")
+    if cached is None:
+        cached = entry.__dict__["head"] = _head(1, entry.status, entry.headers)
+    return cast(bytes, cached)
+
+
+def _head(minor: int, status: int, headers: list[tuple[str, str]]) -> bytes:
+    return (f"HTTP/1.{minor} {status} {_reason(status)}\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers])
+            ).encode("utf-8")
 
 
 def _ranged(request: CIMultiDictProxy[str], entry: CachedResponse, headers: list[tuple[str, str]],
@@ -82,9 +97,9 @@ class StoredAnswer(web.StreamResponse):
     """
 
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, cache_status: str,
-                 date: str = "") -> None:
+                 date: str = "", *, extra: list[tuple[str, str]] | None = None, head: bytes | None = None) -> None:
         super().__init__(status=status)
-        self._stored = (headers, body)
+        self._stored = (headers, extra or [], body, head)  # `head`: status line and `headers`, pre-encoded for 1.1
         self._date = date  # the origin's Date, kept on answers from cache
         self.cache_status = cache_status  # for the access log, which cannot read the unbuilt header map
         self.size = len(body)
@@ -100,10 +115,10 @@ class StoredAnswer(web.StreamResponse):
 
     def encode(self, minor: int, keep_alive: bool, head: bool) -> bytes:
         """The whole answer as bytes for HTTP/1.`minor`: what the proxy listener and the fast lane both write."""
-        headers, body = self._stored
+        headers, extra, body, block = self._stored
         status = self.status
-        lines = [f"HTTP/1.{minor} {status} {_reason(status)}\r\n"]
-        lines += [f"{k}: {v}\r\n" for k, v in headers]
+        start = block if block is not None and minor == 1 else _head(minor, status, headers)
+        lines = [f"{k}: {v}\r\n" for k, v in extra]
         empty = status in (204, 304) or status < 200
         if not empty:
             lines.append(f"Content-Length: {len(body)}\r\n")
@@ -113,7 +128,7 @@ class StoredAnswer(web.StreamResponse):
         elif minor == 1 and not keep_alive:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
-        data = "".join(lines).encode("utf-8")
+        data = start + "".join(lines).encode("utf-8")
         if not empty and not head:
             data += body
         return data

@@ -7,6 +7,7 @@ import asyncio
 import re
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from proxy.config.settings import Config, ListenConfig
@@ -18,6 +19,14 @@ name = "player"
 match = "GET /api/player/{id}"
 ttl = "60s"
 """
+
+
+@pytest.fixture
+def lane() -> str:
+    """These tests are about the fast lane itself: they run with it on (or turn it off themselves)."""
+    return "fast-lane"
+
+
 NOW = 1_000_000.0  # a clock that stands still: Age and the ttl are the same in both answers
 
 
