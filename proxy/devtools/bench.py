@@ -227,19 +227,23 @@ async def _trace(report: Report, http: aiohttp.ClientSession, backend: Backend, 
         assert r.status == 200, await r.text()
     print(f"reference trace: {len(trace)} GETs, 200 players, Zipf(1.1), 4 routes, concurrency 50")
     before = await backend.calls()
+    lane_before = await _fast_lane_hits(http, admin)
     t0 = time.perf_counter()
     lat = sorted(await replay(*_hostport(proxy), trace, 50))
     wall = time.perf_counter() - t0
     calls = await backend.calls() - before
+    lane_share = await _lane_share(http, admin, lane_before)
     t0 = time.perf_counter()
     dlat = sorted(await replay(*_hostport(upstream), trace, 50))
     dwall = time.perf_counter() - t0
     report.raw["trace"] = {"requests": len(trace), "distinct": distinct, "upstream_calls": calls,
                            "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "wall_s": wall,
-                           "direct_p50_ms": _pct(dlat, 0.5), "direct_p99_ms": _pct(dlat, 0.99), "direct_wall_s": dwall}
+                           "direct_p50_ms": _pct(dlat, 0.5), "direct_p99_ms": _pct(dlat, 0.99), "direct_wall_s": dwall,
+                           "fast_lane_share_of_hits": lane_share}
     report.add("  upstream calls vs distinct keys", f"{calls} vs {distinct}", "equal",
                1.0 if calls == distinct else min(calls, distinct) / max(calls, distinct, 1) * 0.99)
     report.add("  hit ratio", f"{1 - calls / len(trace):.1%}")
+    report.add("  hits answered by the fast lane", f"{lane_share:.1%}", ">= 90%", lane_share / 0.9)
     p99_limit = 1.2 * latency * 1000
     report.add("  p50 / p99 via proxy", f"{_pct(lat, 0.5):.1f} / {_pct(lat, 0.99):.1f} ms",
                f"p99 <= {p99_limit:.0f} ms", p99_limit / _pct(lat, 0.99))

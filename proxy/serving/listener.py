@@ -155,8 +155,12 @@ class ClientConnection(RequestHandler):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._reader = None  # malformed, or no longer HTTP: aiohttp's alone, its checks the only ones
             return False
-        waiter = self._waiter
-        if not whole or waiter is None or waiter.done() or self._messages or self._upgraded or self._close \
+        # aiohttp has nothing in hand once its last answer is written whole (`_request_in_progress` ends after
+        # finish_response) and no request waits: its loop may not be back at its waiter yet, but what it still does
+        # (keep-alive bookkeeping) writes nothing, so an answer written now keeps the order. Waiting for the waiter
+        # instead would send the next request of a connection the slow path just answered to the slow path again,
+        # which on a busy connection pins it there (measured: 68% of the trace's hits in the fast lane, not 9x%).
+        if not whole or self._request_in_progress or self._messages or self._upgraded or self._close \
                 or self._force_close or self._payload_parser is not None or self.transport is None:
             return False
         if not self._server.fast_lane.take(reader, self.transport, self._peer):
