@@ -9,6 +9,7 @@ Every exit records metrics and the access log in `_done`; upstream failures beco
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,13 @@ from proxy.telemetry.metrics import Metrics
 log = logging.getLogger("sidecache")
 
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
+class Unruled(enum.Enum):
+    """A remembered target that no rule matches: the origin lane's, keyed by its target and Host."""
+
+    UNRULED = "unruled"
+
+
+UNRULED: Final = Unruled.UNRULED
 MAX_TARGETS: Final = 8192  # request targets remembered with their rule and key (the hit path's shortcut)
 _MEMO_OVERHEAD: Final = 400  # bytes a remembered target costs besides its strings (dict slot, tuple, str headers)
 
@@ -81,7 +89,7 @@ class ProxyHandler:
         self.access_log: AccessLog | None = None  # None (off) costs one test per request
         self.log_throttle = LogThrottle(log)  # one WARNING per route and kind of failure per interval
         self._tasks: set[asyncio.Task[int]] = set()
-        self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int]] = {}
+        self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int] | Unruled] = {}
         self._target_bytes = 0
         self.use_rules(rules)
 
@@ -121,16 +129,22 @@ class ProxyHandler:
     def fast(self, inb: Inbound) -> StoredAnswer | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
         before, answered and counted as the slow path would; None for anything else, which goes to aiohttp."""
-        if not self._remembered(inb):
+        lane: Lane
+        if self._remembered(inb):
+            lane = self.ruled
+        elif self.origin is not None and self._targets.get(inb.raw_path) is UNRULED:
+            inb.key = origin_key(inb.raw_path, inb.host or "")  # as `_dispatch` keys it
+            lane = self.origin
+        else:
             return None
-        resp = self.caching.fresh(inb, self.ruled)
+        resp = self.caching.fresh(inb, lane)
         assert resp is None or isinstance(resp, StoredAnswer)  # a hit is always written in one piece
         return resp
 
     def _remembered(self, inb: Inbound) -> bool:
         """A target seen before, shared: rule, params and key set with no path decoding, query parsing or matching."""
         known = self._targets.get(inb.raw_path)
-        if known is None:
+        if known is None or known is UNRULED:
             return False
         rule, params, key, pattern = known
         if private_request_reason(inb.headers, rule) is not None:
@@ -150,6 +164,9 @@ class ProxyHandler:
                 return merge
             if self.origin is not None and method in ("GET", "HEAD") and "Upgrade" not in inb.headers:
                 inb.key = origin_key(inb.raw_path, inb.host or "")
+                if all((m, inb.path) not in self.incoming and self.rules.match_pattern(m, inb.path) is None
+                       for m in ("GET", "HEAD")):
+                    self._remember(inb, UNRULED)  # no rule matches it: the fast lane may look it up by its key
                 return self.origin
             return "no-rule"
         inb.use(*found)
@@ -167,14 +184,18 @@ class ProxyHandler:
             self._remember(inb)
         return self.ruled
 
-    def _remember(self, inb: Inbound) -> None:
-        """The hit path's shortcut for a target seen before; its bytes count against the memory tier's budget."""
-        assert inb.rule is not None
+    def _remember(self, inb: Inbound, unruled: Unruled | None = None) -> None:
+        """The hit path's shortcut for a target seen before (its rule, params and key, or UNRULED: no rule matches
+        it); its bytes count against the memory tier's budget."""
         if len(self._targets) >= MAX_TARGETS or self._target_bytes > self.tiers.memory.max_bytes // 8:
             self._forget()  # bounded; refilled by the targets that keep coming
-        size = _MEMO_OVERHEAD + 2 * len(inb.raw_path) + len(inb.key) + sum(
-            len(k) + len(v) for k, v in inb.params.items())
-        self._targets[inb.raw_path] = (inb.rule, inb.params, inb.key, inb.pattern)
+        size = _MEMO_OVERHEAD + 2 * len(inb.raw_path)
+        if unruled is not None:
+            self._targets[inb.raw_path] = unruled
+        else:
+            assert inb.rule is not None
+            size += len(inb.key) + sum(len(k) + len(v) for k, v in inb.params.items())
+            self._targets[inb.raw_path] = (inb.rule, inb.params, inb.key, inb.pattern)
         self._target_bytes += size
         self.tiers.memory.reserve(size)
 

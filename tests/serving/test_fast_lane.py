@@ -96,6 +96,27 @@ async def test_a_fast_lane_hit_is_byte_for_byte_the_slow_paths_hit(
     assert upstream.hits["/api/player/7"] == 1
 
 
+async def test_a_route_without_a_rule_is_answered_by_the_fast_lane_as_by_the_slow_path(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """The origin lane (RFC 9111, the origin's own Cache-Control) has its fresh hits in the fast lane too: same bytes,
+    keyed by target and Host as the slow path keys them."""
+    upstream.reply("/static/app.js", body=b"var x;", headers={"Cache-Control": "max-age=60", "ETag": '"a"'})
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    request = _get("/static/app.js")
+    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await _fast_hits(http, proxy.admin_url)
+    fast = await _exchange(proxy.proxy_url, request)
+    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])
+    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    assert b"Cache-Status: sidecache; hit" in fast and fast.endswith(b"var x;")
+    assert _undated(fast) == _undated(slow)
+    other_host = _get("/static/app.js").replace(b"Host: ", b"Host: other.")  # another origin's target: its own key
+    await _exchange(proxy.proxy_url, other_host)
+    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    assert upstream.hits["/static/app.js"] == 2
+
+
 async def test_a_miss_does_not_pin_the_connection_to_the_slow_path(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     proxy = await make_proxy(RULES)
