@@ -26,7 +26,7 @@ from proxy.serving.answer import StoredAnswer
 from proxy.serving.inbound import Inbound
 
 _WRITE_BACKLOG: Final = 64 * 1024  # a client not reading its answers: aiohttp's writer, which waits, answers it
-_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
 
 Answer = Callable[[Inbound], StoredAnswer | None]
 
@@ -39,7 +39,7 @@ class RequestReader:
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[str, str]] = []  # latin-1, which is ASCII for every request the lane answers
         self.open = False  # a request has begun and not ended: the chunk boundary is not a request boundary
         self.completed = 0  # requests completed in the chunk being read
         self.plain = True  # no header of the current request asks for something the fast lane does not do
@@ -52,17 +52,17 @@ class RequestReader:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        lower = name.lower()
+        key = name.decode("latin-1")
+        self.headers.append((key, value.decode("latin-1")))
+        lower = key.lower()
         if lower in _FRAMING:
             self.plain = False
-        elif lower == b"connection":
+        elif lower == "connection":
             self.connection += value.lower()
 
-    def keep_alive(self) -> bool:
+    def keep_alive(self, version: str) -> bool:
         """The client keeps the connection open (RFC 9112 9.3), read from the headers: llhttp's own flag is reset
         once a request is complete."""
-        version = self.parser.get_http_version()
         if version == "1.1":
             return b"close" not in self.connection
         return version == "1.0" and b"keep-alive" in self.connection
@@ -92,20 +92,21 @@ class FastLane:
         """Answer the request `reader` just read, if it is a fresh hit; False leaves it to aiohttp."""
         parser = reader.parser
         verb = parser.get_method()
-        if not reader.keep_alive() or verb not in (b"GET", b"HEAD"):
+        if verb != b"GET" and verb != b"HEAD":
             return False
+        version = parser.get_http_version()
         url = reader.url
-        if not url.startswith(b"/"):
+        if not reader.keep_alive(version) or not url.startswith(b"/"):
             return False
         if transport.get_write_buffer_size() > _WRITE_BACKLOG:
             return False
-        headers = CIMultiDictProxy(CIMultiDict((k.decode(), v.decode()) for k, v in reader.headers))
+        headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"
-        inb = Inbound.parsed(method, url.decode(), headers, time.perf_counter(), peer(), headers.get("Host"))
+        inb = Inbound.parsed(method, url.decode("latin-1"), headers, time.perf_counter(), peer(),
+                             headers.get("Host"))
         resp = self.answer(inb)
         if resp is None:
             return False
-        minor = 0 if parser.get_http_version() == "1.0" else 1
-        transport.write(resp.encode(minor, True, method == "HEAD"))
+        transport.write(resp.encode(0 if version == "1.0" else 1, True, method == "HEAD"))
         self.served += 1
         return True

@@ -54,6 +54,7 @@ _BUSY: Final = _raw_answer("503 Service Unavailable", "too_many_connections",
                            "Retry-After: 1\r\n")
 _SLOW: Final = _raw_answer("408 Request Timeout", "request_timeout",
                            "the request headers did not arrive within the server's header timeout")
+_UNREAD: Final = object()  # a connection whose peer address was not read yet
 
 
 def connection_bound(config: Config) -> int:
@@ -100,6 +101,7 @@ class ClientConnection(RequestHandler):
         self._accepted = False
         self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
         self._reader: RequestReader | None = RequestReader() if server.fast_lane is not None else None
+        self._peer_address: object = _UNREAD
 
     # -- the bound
 
@@ -174,8 +176,11 @@ class ClientConnection(RequestHandler):
         return True
 
     def _peer(self) -> str | None:
-        peer = self.peername
-        return peer[0] if isinstance(peer, tuple) else peer
+        """The client's address, read once per connection (it cannot change)."""
+        if self._peer_address is _UNREAD:
+            peer = self.peername
+            self._peer_address = peer[0] if isinstance(peer, tuple) else peer
+        return cast("str | None", self._peer_address)
 
     def _arm(self) -> None:
         self._disarm()
