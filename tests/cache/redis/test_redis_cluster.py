@@ -4,12 +4,15 @@ crosses slots, a purge reaches every shard, events reach every process, and a fa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import msgspec
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
@@ -18,14 +21,17 @@ from proxy.cache.redis.keyspace import entry_hash
 from proxy.cache.redis.tier import RedisTier
 from proxy.config.settings import Config, RedisConfig
 from proxy.config.units import Duration
+from proxy.devtools.workloads import zipf_trace
 from proxy.errors import ConfigError
 from proxy.policy.entry import CachedResponse
-from tests.support.client import get, load
+from tests.support.client import Answer, get, load
 from tests.support.factories import ProxyFactory
-from tests.support.processes import RedisClusterServers, RedisServer, ServeProcess, serve
+from tests.support.processes import ROOT, RedisClusterServers, RedisServer, ServeProcess, serve
 from tests.support.redis_tier import RULES, cache_key_of, subscribed
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
+
+SHIPPED_RULES = ROOT / "rules" / "a1betting.toml"
 
 
 def cluster_config(cluster: RedisClusterServers, **fields: object) -> RedisConfig:
@@ -159,10 +165,11 @@ async def _count(client: RedisCluster, n: int) -> bool:
 
 
 @contextlib.contextmanager
-def replicas(n: int, tmp_path: Path, upstream: Upstream, cluster: RedisClusterServers) -> Iterator[list[ServeProcess]]:
+def replicas(n: int, tmp_path: Path, upstream: Upstream, cluster: RedisClusterServers,
+             rules_text: str = RULES) -> Iterator[list[ServeProcess]]:
     """n `sidecache serve` processes sharing the cluster, as a deployment runs replicas."""
     rules, config = tmp_path / "rules.toml", tmp_path / "sidecache.toml"
-    rules.write_text(RULES)
+    rules.write_text(rules_text)
     config.write_text(f'[redis]\nmode = "cluster"\nurl = "{cluster.url()}"\ntimeout = "250ms"\n')
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(serve("--config", str(config), "--rules", str(rules), "--upstream", upstream.url))
@@ -207,6 +214,35 @@ async def test_three_replicas_on_the_cluster_fill_once_and_purge_everywhere(
         for i, p in enumerate(procs):  # each had every entry in memory: the purge's event dropped them there too
             assert (await get(http, p.proxy_url + f"/players/p{i}")).cache_status.startswith("sidecache; fwd=miss")
     assert sum(n for path, n in upstream.hits.items() if path.startswith("/players/")) == 1 + 30 + 3
+
+
+async def test_the_reference_trace_round_robin_over_three_replicas_fetches_each_distinct_key_once(
+    tmp_path: Path, upstream: Upstream, http: aiohttp.ClientSession, redis_cluster: RedisClusterServers,
+    client: RedisCluster,
+) -> None:
+    """The bench's Zipf trace over the four per-player routes (shipped rules), request i to replica i % 3, 50 in
+    flight: a key fetched by one replica is a hit on the other two, so the origin sees each distinct key once."""
+    trace = zipf_trace(n=1000)
+    for path in {urlsplit(t).path for t in trace}:
+        upstream.reply(unquote(path), delay=0.02)  # the origin's JSON echo of the request, a little slow
+    with replicas(3, tmp_path, upstream, redis_cluster, SHIPPED_RULES.read_text()) as procs:
+        await subscribed(http, *procs, timeout=10.0)
+        answers: list[tuple[str, Answer]] = []
+        queue = iter(enumerate(trace))
+
+        async def worker() -> None:
+            for i, target in queue:
+                answers.append((target, await get(http, procs[i % 3].proxy_url + target)))
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(50))), 60)
+    assert len(answers) == len(trace)
+    wrong = [(t, a.status, a.body[:80]) for t, a in answers
+             if a.status != 200 or msgspec.json.decode(a.body)["raw_path"] != t]
+    assert wrong == []
+    calls = collections.Counter(s.raw_path for s in upstream.seen if s.path != "/health")  # readiness probes
+    assert set(calls) == set(trace)
+    assert {t: n for t, n in calls.items() if n > 1} == {}  # each distinct key fetched once, by one replica
+    assert sum(calls.values()) == len(set(trace))
 
 
 
