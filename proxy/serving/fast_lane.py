@@ -106,6 +106,7 @@ class FastLane:
         if resp is None:
             return False
         minor = 0 if parser.get_http_version() == "1.0" else 1
-        transport.write(resp.encode(minor, True, method == "HEAD"))
+        for piece in resp.encode(minor, True, method == "HEAD"):
+            transport.write(piece)
         self.served += 1
         return True
