@@ -229,7 +229,8 @@ class Sidecar:
     def _register_gauges(self) -> None:
         m, mem = self.metrics, self.memory
         m.gauges["sidecache_cache_entries"] = lambda: [({"tier": "memory"}, float(len(mem)))]
-        m.gauges["sidecache_cache_bytes"] = lambda: [({"tier": "memory"}, float(mem.bytes))]
+        # what counts against max_bytes: entries, their keys and the request-target memo (memory.py)
+        m.gauges["sidecache_cache_bytes"] = lambda: [({"tier": "memory"}, float(mem.bytes + mem.reserved))]
         m.counters["sidecache_cache_evictions"] = lambda: [({"tier": "memory"}, float(mem.evictions))]
         handler = self.handler
         assert handler is not None

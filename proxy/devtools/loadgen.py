@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -138,7 +139,7 @@ async def burst(host: str, port: int, paths: list[str], timeout: float = 30.0) -
     return [end - t0 for end in ends]
 
 
-async def replay(host: str, port: int, paths: list[str], concurrency: int, timeout: float = 120.0) -> list[float]:
+async def replay(host: str, port: int, paths: Iterable[str], concurrency: int, timeout: float = 120.0) -> list[float]:
     """Send the paths in order over `concurrency` keep-alive connections, each taking the next when it is free."""
     loop = asyncio.get_running_loop()
     queue = iter(paths)

@@ -4,6 +4,7 @@ free loopback port and stopped by its PID; and the probes run as `python -m prox
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -49,22 +51,49 @@ def child(cmd: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
         _stop(proc)
 
 
+class Served(NamedTuple):
+    """A running `sidecache serve`: its two listeners and the PID of the process that serves them."""
+
+    proxy: str
+    admin: str
+    pid: int
+
+
 @contextmanager
-def sidecache_serve(upstream: str, config: Path, workers: int, rules: Path | None = None,
-                    redis: str | None = None) -> Iterator[tuple[str, str]]:
+def serve_process(upstream: str, config: Path, workers: int, rules: Path | None = None,
+                  redis: str | None = None) -> Iterator[Served]:
+    """`sidecache serve` as a child of ours; with one worker the child itself serves (no supervisor), so `pid` is
+    the process whose memory the proxy's work costs."""
     port, admin = free_port(), free_port()
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--upstream", upstream,
            "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--workers", str(workers)]
     cmd += ["--rules", str(rules)] if rules is not None else []
     cmd += ["--redis", redis] if redis is not None else []
-    with child(cmd, f"http://127.0.0.1:{admin}/healthz"):
-        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    with child(cmd, f"http://127.0.0.1:{admin}/healthz") as proc:
+        yield Served(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", proc.pid)
 
 
 @contextmanager
-def bare_app(size: int) -> Iterator[str]:
+def sidecache_serve(upstream: str, config: Path, workers: int, rules: Path | None = None,
+                    redis: str | None = None) -> Iterator[tuple[str, str]]:
+    with serve_process(upstream, config, workers, rules, redis) as served:
+        yield served.proxy, served.admin
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident set size of a process in bytes, from /proc/<pid>/status (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def bare_app(size: int, body: str = "pad") -> Iterator[str]:
+    """The bare app on a free port; `body` "pad" answers {"pad": "xxx..."}, "digits" a JSON array of pseudo-random
+    numbers, which gzip shrinks about as much as real JSON (not 1000x, as it does a run of one letter)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy.devtools.processes", "bare", str(port), str(size)]
+    cmd = [sys.executable, "-m", "proxy.devtools.processes", "bare", str(port), str(size), body]
     with child(cmd, f"http://127.0.0.1:{port}/ready"):
         yield f"http://127.0.0.1:{port}"
 
@@ -181,9 +210,18 @@ class Backend:
             assert r.status == 200, await r.text()
 
 
-def serve_bare(port: int, size: int) -> None:
+def bare_body(size: int, kind: str = "pad") -> bytes:
+    """`size` bytes of JSON: one padded string, or ("digits") an array of pseudo-random numbers."""
+    if kind == "pad":
+        return b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
+    rng = random.Random(size)
+    inner = ",".join(str(rng.getrandbits(32)) for _ in range(size // 10 + 1)).encode()[:max(1, size - 2)]
+    return b"[" + (inner[:-1] + b"0" if inner.endswith(b",") else inner) + b"]"
+
+
+def serve_bare(port: int, size: int, kind: str = "pad") -> None:
     """The ceiling: aiohttp's simplest app, one catch-all route returning a stored body of the same size."""
-    body = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
+    body = bare_body(size, kind)
 
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
@@ -203,12 +241,6 @@ def measure_memory(n: int) -> None:
     from proxy.cache.memory import MemoryTier
     from proxy.policy.entry import CachedResponse
 
-    def rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
     tier = MemoryTier(max_entries=n, max_bytes=2**40, max_entry_bytes=2**20, clock=time.time)
     headers = [("Content-Type", "application/json"), ("Server", "A1Betting/2.0"), ("X-Frame-Options", "DENY")]
     now = time.time()
@@ -224,6 +256,6 @@ def measure_memory(n: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "bare":
-        serve_bare(int(sys.argv[2]), int(sys.argv[3]))
+        serve_bare(int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
     elif sys.argv[1] == "memory":
         measure_memory(int(sys.argv[2]))

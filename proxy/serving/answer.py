@@ -21,6 +21,7 @@ from proxy.serving.inbound import Inbound
 
 # What a 304 carries of the stored response (RFC 9110 15.4.5), besides our own Age, Cache-Status and Via.
 _KEPT_ON_304: Final = frozenset({"etag", "cache-control", "expires", "vary", "content-location", "last-modified"})
+_JOIN_UPTO: Final = 64 * 1024  # bodies up to this go out joined to their head, in one write (one syscall per hit)
 
 
 def from_entry(
@@ -110,11 +111,15 @@ class StoredAnswer(web.StreamResponse):
         writer = request._payload_writer  # as StreamResponse._start takes it
         self._req, self._payload_writer = request, writer
         keep_alive = self._keep_alive = request.keep_alive
-        await writer.write(self.encode(request.version.minor, keep_alive, request.method == "HEAD"))
+        for piece in self.encode(request.version.minor, keep_alive, request.method == "HEAD"):
+            await writer.write(piece)
         return writer
 
-    def encode(self, minor: int, keep_alive: bool, head: bool) -> bytes:
-        """The whole answer as bytes for HTTP/1.`minor`: what the proxy listener and the fast lane both write."""
+    def encode(self, minor: int, keep_alive: bool, head: bool) -> tuple[bytes, ...]:
+        """The whole answer for HTTP/1.`minor`, as the buffers to write in order: what the proxy listener and the
+        fast lane both write. One buffer for a small answer (one write); a large body is its own buffer, the stored
+        bytes themselves, which the transport keeps a reference to: joined to the head, every client being sent
+        it would hold a copy of its own until the last byte left (8 readers of a 16 MiB answer: +128 MiB)."""
         headers, extra, body, block = self._stored
         status = self.status
         start = block if block is not None and minor == 1 else _head(minor, status, headers)
@@ -129,9 +134,9 @@ class StoredAnswer(web.StreamResponse):
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         data = start + "".join(lines).encode("utf-8")
-        if not empty and not head:
-            data += body
-        return data
+        if empty or head or not body:
+            return (data,)
+        return (data, body) if len(body) > _JOIN_UPTO else (data + body,)
 
     async def write_eof(self, data: bytes = b"") -> None:
         if not self._eof_sent and self._payload_writer is not None:

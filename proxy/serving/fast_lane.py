@@ -107,6 +107,7 @@ class FastLane:
         resp = self.answer(inb)
         if resp is None:
             return False
-        transport.write(resp.encode(0 if version == "1.0" else 1, True, method == "HEAD"))
+        for piece in resp.encode(0 if version == "1.0" else 1, True, method == "HEAD"):
+            transport.write(piece)
         self.served += 1
         return True

@@ -7,6 +7,7 @@ import re
 import aiohttp
 
 from proxy.config.settings import Config, MemoryConfig
+from proxy.config.units import ByteSize
 from tests.support.client import get
 from tests.support.factories import ProxyFactory
 from tests.support.upstream import Upstream
@@ -100,6 +101,32 @@ async def test_a_tier_that_keeps_evicting_is_advised_to_grow(make_proxy: ProxyFa
     [advice] = [r["message"] for r in s["recommendations"] if r["kind"] == "capacity"]
     assert re.fullmatch(r"memory tier evicted 105 entries in \d+ s; raise \[memory\] max_entries "
                         r"\(5 of 5 entries in use\)", advice), advice
+
+
+async def test_memory_bytes_in_stats_count_keys_and_remembered_targets(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES)
+    targets = [f"/players/p{i}-" + "x" * 2000 for i in range(10)]
+    bodies = 0
+    for target in targets:
+        upstream.reply(target, body=b"ok")
+        bodies += len((await get(http, proxy.proxy_url + target)).body)
+    mem = (await stats(http, proxy.admin_url))["tiers"]["memory"]
+    # each target's key holds its 2 KB name, and the hit path's memo the target (twice: key and value) and its key
+    assert mem["entries"] == 10 and mem["bytes"] >= bodies + 10 * 4 * 2000, mem
+
+
+async def test_long_distinct_urls_keep_stats_memory_bytes_within_max_bytes(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    budget = 256 * 1024
+    proxy = await make_proxy(RULES, config=Config(memory=MemoryConfig(max_bytes=ByteSize(budget),
+                                                                      max_entries=100_000)))
+    for i in range(300):  # 300 x 2 KB targets: their keys and memo entries alone are more than the budget
+        target = f"/players/p{i}-" + "x" * 2000
+        upstream.reply(target, body=b"ok")
+        await get(http, proxy.proxy_url + target)
+    mem = (await stats(http, proxy.admin_url))["tiers"]["memory"]
+    assert budget // 2 <= mem["bytes"] <= mem["max_bytes"] == budget and mem["evictions"] > 0, mem
 
 
 async def test_metrics_export_every_family(make_proxy: ProxyFactory, upstream: Upstream,

@@ -208,3 +208,23 @@ async def test_the_fast_lane_can_be_turned_off(
     assert b"Cache-Status: sidecache; hit" in got
     assert await _fast_hits(http, proxy.admin_url) == -1.0  # no fast lane, no counter
     assert upstream.hits["/api/player/4"] == 1
+
+
+async def test_a_large_stored_answer_is_whole_both_ways_and_the_connection_goes_on(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    big = bytes(range(256)) * 1024  # 256 KB: written as the stored bytes after the head, not joined to it
+    upstream.reply("/api/player/9", body=big, headers={"Content-Type": "application/octet-stream"})
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    request, small = _get("/api/player/9"), _get("/api/player/7")
+    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await _fast_hits(http, proxy.admin_url)
+    fast = await _exchange(proxy.proxy_url, request, small, answers=2)  # the hit, then the next request
+    assert await _fast_hits(http, proxy.admin_url) >= before + 1
+    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
+    for answer in (fast, slow):
+        top, _, rest = answer.partition(b"\r\n\r\n")
+        assert b"Cache-Status: sidecache; hit" in top and f"Content-Length: {len(big)}".encode() in top
+        assert rest[:len(big)] == big
+    assert fast[fast.index(b"\r\n\r\n") + 4 + len(big):].startswith(b"HTTP/1.1 200 OK")  # the next answer follows
+    head = await _exchange(proxy.proxy_url, _get("/api/player/9", method="HEAD"), head=True)
+    assert f"Content-Length: {len(big)}".encode() in head and head.endswith(b"\r\n\r\n")
