@@ -45,6 +45,8 @@ from proxy.telemetry.metrics import Metrics
 log = logging.getLogger("sidecache")
 
 _MAX_MERGE_BODY: Final = 1024 * 1024  # a client's batch body read whole to merge it; larger ones stream through
+
+
 class Unruled(enum.Enum):
     """A remembered target that no rule matches: the origin lane's, keyed by its target and Host."""
 

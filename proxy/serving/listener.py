@@ -161,7 +161,7 @@ class ClientConnection(RequestHandler):
         # finish_response) and no request waits: its loop may not be back at its waiter yet, but what it still does
         # (keep-alive bookkeeping) writes nothing, so an answer written now keeps the order. Waiting for the waiter
         # instead would send the next request of a connection the slow path just answered to the slow path again,
-        # which on a busy connection pins it there (measured: 68% of the trace's hits in the fast lane, not 9x%).
+        # which on a busy connection pins it there (the reference trace: 34-68% of hits in the fast lane, 99.7% now).
         if not whole or self._request_in_progress or self._messages or self._upgraded or self._close \
                 or self._force_close or self._payload_parser is not None or self.transport is None:
             return False
