@@ -25,6 +25,7 @@ from proxy.policy.cache_status import CacheStatus, hit
 from proxy.policy.decision import Fetch, Hit, Revalidate, ServeStale, decide
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import usable_on_error
+from proxy.policy.keys import variant_key
 from proxy.policy.validators import revalidation_headers
 from proxy.serving.fill import Fill, Filler, Judge
 from proxy.serving.inbound import Inbound
@@ -36,6 +37,14 @@ Done = Callable[[Inbound, web.StreamResponse, CacheStatus | str, str, float | No
 Resend = Callable[[Inbound, web.BaseRequest, str], Awaitable[web.StreamResponse]]
 
 ERROR_STATUSES: Final = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stale-if-error stands in for
+
+
+def flight_of(inb: Inbound, stale: CachedResponse | None) -> str:
+    """What a fill for this request coalesces on: its key, or its Vary variant's when the stale copy says which
+    request headers select it, so that two variants' refreshes neither wait for nor answer each other."""
+    if stale is None or not stale.vary:
+        return inb.key
+    return variant_key(inb.key, stale.vary, inb.headers)
 
 
 def error_status(exc: UpstreamError) -> int:
@@ -124,7 +133,7 @@ class Caching:
         """Refresh a key in the background, once however many requests see it stale (RFC 5861 3)."""
         inb.detach()
         conditions = self.conditions(inb, lane, stale)
-        self.coalescer.start(inb.key, lambda: self.filler.once(
+        self.coalescer.start(flight_of(inb, stale), lambda: self.filler.once(
             inb, inb.key, lane.judge(inb), stale=stale, conditions=conditions, send_host=lane.send_host(inb)))
 
     def conditions(self, inb: Inbound, lane: Lane, stale: CachedResponse | None) -> dict[str, str]:

@@ -8,7 +8,7 @@ began would have removed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -19,6 +19,7 @@ from proxy.policy.cache_status import PERSONAL
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import cache_control
 from proxy.policy.keys import key_tag, variant_key
+from proxy.policy.origin_policy import vary_names
 from proxy.policy.stored import entry_of, refreshed
 from proxy.serving.batch_route import BatchRoute
 from proxy.serving.headers import Forwarding, end_to_end, upstream_headers
@@ -63,6 +64,24 @@ class Fill:
     entry: CachedResponse | None = None  # what was stored, answered from (ETag, client conditions) like a hit
     revalidated: bool = False  # the origin's 304 confirmed the stored answer
     overflow: Overflow | None = None  # an answer too large to keep, still open, for the leader alone to stream
+    asked: Mapping[str, str] | None = None  # the headers of the request it was fetched for (None: another process's)
+
+    @property
+    def vary(self) -> tuple[str, ...] | None:
+        """The request headers that select this answer (lower-case); None for `Vary: *`, which no other request fits."""
+        if self.entry is not None:
+            return tuple(self.entry.vary)
+        return vary_names(self.headers)
+
+    def serves(self, request: Mapping[str, str]) -> bool:
+        """Whether a collapsed waiter may take this answer: its Vary selects the same variant for the waiter as for
+        the request it was fetched for. Another browser Origin's CORS headers, or a CSV for a JSON client, never do."""
+        vary = self.vary
+        if vary is None or (self.entry is not None and self.entry.is_marker):  # a marker answers nobody
+            return False
+        if not vary:
+            return True
+        return self.asked is not None and variant_key("", vary, request) == variant_key("", vary, self.asked)
 
     @property
     def personal(self) -> bool:
@@ -117,7 +136,7 @@ class Filler:
             if isinstance(got, Overflow):  # too large to keep: its one client streams it, waiters ask their own
                 self.metrics.not_storable(inb.route, "too-large")
                 return Fill(got.status, end_to_end(got.headers, drop=("Content-Length",)), b"", False, "too-large",
-                            overflow=got)
+                            overflow=got, asked=inb.headers)
             resp = got
         else:  # counts its own upstream calls: one batch call answers many fills
             resp, batch_size = await batch.fetch(key, inb.params, inb.query, inb.raw_path, headers)
@@ -135,7 +154,8 @@ class Filler:
                 reason = "too-large"
         if reason is not None:
             self.metrics.not_storable(inb.route, reason)
-        return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry)
+        return Fill(resp.status, out_headers, resp.body, entry is not None, reason, batch_size, entry=entry,
+                    asked=inb.headers)
 
     def revalidated(self, key: str, inb: Inbound, stale: CachedResponse, not_modified: CIMultiDictProxy[str],
                     since: int, lease: Lease | None = None) -> Fill:
@@ -144,7 +164,7 @@ class Filler:
         vkey = variant_key(key, stale.vary, inb.headers) if stale.vary else key
         stored = self.tiers.store(vkey, entry, since=since, lease=lease)
         return Fill(entry.status, CIMultiDict(entry.headers), entry.body, stored, None,
-                    entry=entry if stored else None, revalidated=True)
+                    entry=entry if stored else None, revalidated=True, asked=inb.headers)
 
     def store(self, key: str, request: CIMultiDictProxy[str], status: int, headers: Iterable[tuple[str, str]],
               body: bytes, terms: Terms, *, since: int, lease: Lease | None = None) -> CachedResponse | None:

@@ -28,7 +28,7 @@ from proxy.policy.origin_policy import OriginPolicy, origin_policy
 from proxy.policy.validators import keep_for
 from proxy.serving import passthrough
 from proxy.serving.answer import from_entry
-from proxy.serving.caching import ERROR_STATUSES, Caching, Done, Resend
+from proxy.serving.caching import ERROR_STATUSES, Caching, Done, Resend, flight_of
 from proxy.serving.fill import Judge, Terms
 from proxy.serving.headers import NOBODY, Forwarding, end_to_end
 from proxy.serving.inbound import Inbound
@@ -83,10 +83,13 @@ class OriginLane:
             return await self._refill(inb, request, stale, conditions)
         if (ahead := self._waiting.get(inb.key)) is not None and inb.method == "GET":
             stored = await asyncio.shield(ahead)  # a miss for this key is streaming: wait for what it stores
-            if stored and (entry := await self.caching.tiers.find(inb.key, inb.headers)) is not None:
-                now = self.caching.clock()
-                status = CacheStatus(fwd="miss", fwd_status=entry.status, collapsed=True)
-                return self.answer(inb, entry, status, now - entry.stored_at)
+            if stored:
+                if (entry := await self.caching.tiers.find(inb.key, inb.headers)) is not None:
+                    now = self.caching.clock()
+                    status = CacheStatus(fwd="miss", fwd_status=entry.status, collapsed=True)
+                    return self.answer(inb, entry, status, now - entry.stored_at)
+                # It stored another Vary variant: wait for the miss of this one's, or be it (one call per variant).
+                return await self.fetch(inb, request, decision, stale)
         return await self._stream(inb, request, stale)
 
     async def _refill(self, inb: Inbound, request: web.BaseRequest, stale: CachedResponse,
@@ -95,9 +98,11 @@ class OriginLane:
         at once; a 304 refreshes it (RFC 9111 4.3.4), an error leaves it for stale-if-error."""
         caching = self.caching
         t0 = time.perf_counter()
-        fill, joined = await caching.coalescer.run(inb.key, lambda: caching.filler.once(
+        fill, joined = await caching.coalescer.run(flight_of(inb, stale), lambda: caching.filler.once(
             inb, inb.key, self.judge(inb), stale=stale, conditions=conditions, send_host=True, forced=True))
         upstream_s = time.perf_counter() - t0
+        if joined and not fill.serves(inb.headers):  # the origin's Vary changed, or `Vary: *`: its own answer
+            return await self.resend(inb, request, f"uncacheable-{fill.reason or 'vary'}")
         fwd = "stale" if conditions else "request" if self.revalidate(inb) else "miss"
         if fill.status in ERROR_STATUSES and not fill.stored:
             if (resp := caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)) is not None:

@@ -8,7 +8,7 @@ get the stored copy, or, when nothing was stored and the answer was personal, ar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -17,11 +17,11 @@ from proxy.policy.cache_status import CacheStatus
 from proxy.policy.decision import Fetch, Revalidate
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import client_wants_revalidation, rule_ttl, stored_headers, unstorable_reason
-from proxy.policy.keys import tags_for
+from proxy.policy.keys import tags_for, variant_key
 from proxy.policy.origin_policy import vary_names
 from proxy.policy.validators import derived_etag, keep_for
 from proxy.serving.answer import echo, etag_of, from_entry
-from proxy.serving.caching import Caching, Done, Resend
+from proxy.serving.caching import Caching, Done, Resend, flight_of
 from proxy.serving.fill import Fill, Judge, Terms
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
@@ -98,12 +98,22 @@ class RuledLane:
         caching = self.caching
         conditions = decision.conditions if isinstance(decision, Revalidate) else {}
         t0 = time.perf_counter()
-        flight = inb.key + ("\x00forced" if inb.forced else "")  # a forced refresh never joins an ordinary fill
-        fill, joined = await caching.coalescer.run(flight, lambda: caching.filler.once(
-            inb, inb.key, self.judge(inb), stale=stale, conditions=conditions, send_host=self.send_host(inb),
-            forced=inb.forced or self.revalidate(inb)))
-        upstream_s = time.perf_counter() - t0
+
+        def once() -> Awaitable[Fill]:
+            return caching.filler.once(inb, inb.key, self.judge(inb), stale=stale, conditions=conditions,
+                                       send_host=self.send_host(inb), forced=inb.forced or self.revalidate(inb))
+
+        # A forced refresh never joins an ordinary fill; the stale copy's Vary, when known, picks the variant's.
+        flight = flight_of(inb, stale) + ("\x00forced" if inb.forced else "")
+        fill, joined = await caching.coalescer.run(flight, once)
         joined = joined or fill.collapsed
+        if joined and not fill.serves(inb.headers) and (vary := fill.vary):
+            # Another Vary variant's answer (another browser Origin's CORS headers, say): fetched once per variant.
+            fill, joined = await caching.coalescer.run(variant_key(flight, vary, inb.headers), once)
+            joined = joined or fill.collapsed
+        upstream_s = time.perf_counter() - t0
+        if joined and not fill.serves(inb.headers):  # `Vary: *`, or another process's answer for another variant
+            return await self.resend(inb, request, f"uncacheable-{fill.reason or 'vary'}")
         if fill.status >= 500 and not fill.stored:
             resp = caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
             if resp is not None:

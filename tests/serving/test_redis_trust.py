@@ -84,3 +84,25 @@ async def test_a_stale_copy_survives_another_process_refilling_it_when_redis_and
         os.kill(server.proc.pid, signal.SIGCONT)
     assert (status, "detail=stale-if-error" in h["Cache-Status"]) == (200, True)
     assert msgspec.json.decode(body)["path"] == "/players/ohtani"
+
+
+async def test_two_processes_filling_two_origins_at_once_each_answer_their_own_cors(
+    make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
+) -> None:
+    """The second process waits on the first one's Redis lease, which stores another Origin's variant (a marker
+    under the key): it never answers that, nor the marker, but its own Origin's answer."""
+    upstream.reply("/players/judge", delay=0.3, vary_on="Origin", headers={"Vary": "Origin"})
+    a = await make_proxy(RULES, config=with_redis(redis_url))
+    b = await make_proxy(RULES, config=with_redis(redis_url))
+    first = asyncio.ensure_future(get(http, a.proxy_url + "/players/judge", headers={"Origin": "https://a.example"}))
+    await asyncio.sleep(0.1)  # a holds the lease
+    wants = ["https://b.example", "https://b.example", "https://a.example"]
+    rest = [await f for f in [asyncio.ensure_future(get(http, b.proxy_url + "/players/judge", headers={"Origin": o}))
+                              for o in wants]]
+    got = [await first, *rest]
+    assert [(s, msgspec.json.decode(body)["Origin"]) for s, _, body in got] == \
+        [(200, o) for o in ["https://a.example", *wants]]
+    for o in ("https://a.example", "https://b.example"):
+        for proxy in (a, b):
+            _, _, body = await get(http, proxy.proxy_url + "/players/judge", headers={"Origin": o})
+            assert msgspec.json.decode(body)["Origin"] == o

@@ -27,6 +27,7 @@ class Cors:
     def __init__(self) -> None:
         self.hits: collections.Counter[str] = collections.Counter()
         self.delay = 0.0
+        self.cache_control = ""  # sent when set (routes without a rule need the origin's own freshness)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -38,6 +39,8 @@ class Cors:
         if self.delay:
             await asyncio.sleep(self.delay)
         headers = {"Vary": "Origin"}
+        if self.cache_control:  # with a validator of its own per Origin, so a stale copy is revalidated
+            headers |= {"Cache-Control": self.cache_control, "ETag": f'"{request.headers.get("Origin", "")}"'}
         if (origin := request.headers.get("Origin")) is not None:
             headers |= {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
         if request.path == "/report":
@@ -150,6 +153,76 @@ async def test_vary_star_is_never_stored_on_a_ruled_route(make_proxy: ProxyFacto
     assert "detail=vary-star" in h["Cache-Status"]
     await get(http, proxy.proxy_url + "/a/stats")
     assert upstream.hits["/a/stats"] == 2
+
+
+async def test_concurrent_cold_requests_from_several_origins_each_get_their_own_cors(
+    make_proxy: ProxyFactory, cors: tuple[Cors, str], http: aiohttp.ClientSession
+) -> None:
+    origin, url = cors
+    origin.delay = 0.2  # every request arrives while the first fill is still in flight
+    proxy = await make_proxy(SHARED, upstream_url=url)
+    origins = [f"https://app{i}.example" for i in range(3)] * 4
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/a/stats", headers={"Origin": o}) for o in origins))
+    assert [h.get("Access-Control-Allow-Origin") for _, h, _ in got] == origins
+    assert origin.hits["/a/stats"] == 3  # one fill per Origin, shared by that Origin's own waiters
+    for o in origins[:3]:
+        _, h, _ = await get(http, proxy.proxy_url + "/a/stats", headers={"Origin": o})
+        assert h["Access-Control-Allow-Origin"] == o and h["Cache-Status"].startswith("sidecache; hit")
+    assert origin.hits["/a/stats"] == 3
+
+
+async def test_concurrent_csv_and_json_clients_each_get_their_own_format(
+    make_proxy: ProxyFactory, cors: tuple[Cors, str], http: aiohttp.ClientSession
+) -> None:
+    origin, url = cors
+    origin.delay = 0.2
+    proxy = await make_proxy(SHARED, upstream_url=url)
+    accepts = ["text/csv", "application/json"] * 3
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/report", headers={"Accept": a}) for a in accepts))
+    assert [(body == b"a,b\n1,2\n", h["Content-Type"].split(";")[0]) for _, h, body in got] == \
+        [(a == "text/csv", a) for a in accepts]
+    assert origin.hits["/report"] == 2
+
+
+async def test_collapsed_waiters_never_take_a_vary_star_answer(make_proxy: ProxyFactory, upstream: Upstream,
+                                                               http: aiohttp.ClientSession) -> None:
+    upstream.reply("/a/stats", headers={"Vary": "*"}, delay=0.2, vary_on="X-User")
+    proxy = await make_proxy(SHARED)
+    users = [f"u{i}" for i in range(4)]
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/a/stats", headers={"X-User": u}) for u in users))
+    assert [msgspec.json.decode(body)["X-User"] for _, _, body in got] == users
+    assert sum("detail=uncacheable-vary-star" in h["Cache-Status"] for _, h, _ in got) == 3  # but the fill's own
+    assert upstream.hits["/a/stats"] == 4
+
+
+async def test_concurrent_refreshes_of_two_variants_each_get_their_own_without_a_rule(
+    make_proxy: ProxyFactory, cors: tuple[Cors, str], http: aiohttp.ClientSession
+) -> None:
+    origin, url = cors
+    origin.cache_control = "max-age=1"
+    proxy = await make_proxy("", upstream_url=url)  # no rule: the origin's own headers govern
+    origins = ["https://a.example", "https://b.example"]
+    for o in origins:
+        _, h, _ = await get(http, proxy.proxy_url + "/x", headers={"Origin": o})
+        assert "stored" in h["Cache-Status"]
+    await asyncio.sleep(1.1)  # both variants stale: revalidated with their own ETag, once per variant
+    origin.delay = 0.2
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/x", headers={"Origin": o}) for o in origins * 3))
+    assert [h.get("Access-Control-Allow-Origin") for _, h, _ in got] == origins * 3
+    assert all(h["Cache-Status"].startswith("sidecache; fwd=stale") for _, h, _ in got)
+    assert origin.hits["/x"] == 4  # two fills, then one revalidation per variant
+
+
+async def test_concurrent_misses_of_two_variants_are_one_call_each_without_a_rule(
+    make_proxy: ProxyFactory, cors: tuple[Cors, str], http: aiohttp.ClientSession
+) -> None:
+    origin, url = cors
+    origin.cache_control, origin.delay = "max-age=60", 0.2
+    proxy = await make_proxy("", upstream_url=url)
+    origins = ["https://a.example", "https://b.example"] * 3
+    got = await asyncio.gather(*(get(http, proxy.proxy_url + "/y", headers={"Origin": o}) for o in origins))
+    assert [h.get("Access-Control-Allow-Origin") for _, h, _ in got] == origins
+    assert origin.hits["/y"] == 2  # the waiters of the variant the first miss did not store wait for their own
 
 
 # --- 11.5 no client ever receives another client's cookie ---------------------------------------------------
