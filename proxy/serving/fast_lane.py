@@ -27,6 +27,13 @@ from proxy.serving.inbound import Inbound
 
 _WRITE_BACKLOG: Final = 64 * 1024  # a client not reading its answers: aiohttp's writer, which waits, answers it
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
+# What aiohttp's parser refuses (400) besides framing: the proxy listener gives aiohttp these limits explicitly
+# (ProxyServer), and a request past any of them, or repeating a header aiohttp allows once, is left to aiohttp.
+MAX_LINE: Final = 8190  # the request target
+MAX_FIELD: Final = 8190  # a header's name, and its name and value together
+MAX_HEADERS: Final = 128
+_ONCE: Final = frozenset({"content-location", "content-range", "content-type", "etag", "host", "max-forwards",
+                          "server", "user-agent"})  # aiohttp's singletons, framing ones aside
 
 Answer = Callable[[Inbound], StoredAnswer | None]
 
@@ -34,7 +41,7 @@ Answer = Callable[[Inbound], StoredAnswer | None]
 class RequestReader:
     """One connection's httptools parser and what it read of the last request (its callbacks)."""
 
-    __slots__ = ("parser", "url", "headers", "open", "completed", "plain", "connection")
+    __slots__ = ("parser", "url", "headers", "open", "completed", "plain", "connection", "once")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -44,9 +51,11 @@ class RequestReader:
         self.completed = 0  # requests completed in the chunk being read
         self.plain = True  # no header of the current request asks for something the fast lane does not do
         self.connection = b""  # its Connection header, lowercased
+        self.once: set[str] = set()  # the singleton headers it carried
 
     def on_message_begin(self) -> None:
         self.open, self.url, self.headers, self.plain, self.connection = True, b"", [], True, b""
+        self.once = set()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -55,10 +64,14 @@ class RequestReader:
         key = name.decode("latin-1")
         self.headers.append((key, value.decode("latin-1")))
         lower = key.lower()
-        if lower in _FRAMING:
+        if lower in _FRAMING or len(name) + len(value) > MAX_FIELD or len(self.headers) > MAX_HEADERS:
             self.plain = False
         elif lower == "connection":
             self.connection += value.lower()
+        elif lower in _ONCE:
+            if lower in self.once:
+                self.plain = False  # a second Host (or User-Agent...): aiohttp answers 400, so must this lane
+            self.once.add(lower)
 
     def keep_alive(self, version: str) -> bool:
         """The client keeps the connection open (RFC 9112 9.3), read from the headers: llhttp's own flag is reset
@@ -78,7 +91,7 @@ class RequestReader:
         self.completed = 0
         self.parser.feed_data(data)
         return (boundary and self.completed == 1 and not self.open and self.plain and data.isascii()
-                and data.count(b"\n") == data.count(b"\r\n"))
+                and len(self.url) <= MAX_LINE and data.count(b"\n") == data.count(b"\r\n"))
 
 
 class FastLane:
@@ -98,6 +111,8 @@ class FastLane:
         url = reader.url
         if not reader.keep_alive(version) or not url.startswith(b"/"):
             return False
+        if version == "1.1" and "host" not in reader.once:
+            return False  # an HTTP/1.1 request without a Host is aiohttp's to refuse (400)
         if transport.get_write_buffer_size() > _WRITE_BACKLOG:
             return False
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))

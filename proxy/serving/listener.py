@@ -30,7 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config.settings import Config
-from proxy.serving.fast_lane import FastLane, RequestReader
+from proxy.serving.fast_lane import MAX_FIELD, MAX_HEADERS, MAX_LINE, FastLane, RequestReader
 from proxy.telemetry.log_throttle import LogThrottle
 
 log = logging.getLogger("sidecache")
@@ -76,7 +76,9 @@ class ProxyServer(web.Server):
     def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], *,
                  header_timeout: float, max_connections: int, fast_lane: FastLane | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+        # aiohttp's own defaults, set here so that the fast lane's reader refuses exactly what aiohttp refuses
+        limits = {"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD, "max_headers": MAX_HEADERS}
+        super().__init__(handler, **(limits | kwargs))
         self.fast_lane = fast_lane  # None: every request through aiohttp
         self.header_timeout = header_timeout
         self.max_connections = max_connections

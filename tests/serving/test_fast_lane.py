@@ -228,3 +228,46 @@ async def test_a_large_stored_answer_is_whole_both_ways_and_the_connection_goes_
     assert fast[fast.index(b"\r\n\r\n") + 4 + len(big):].startswith(b"HTTP/1.1 200 OK")  # the next answer follows
     head = await _exchange(proxy.proxy_url, _get("/api/player/9", method="HEAD"), head=True)
     assert f"Content-Length: {len(big)}".encode() in head and head.endswith(b"\r\n\r\n")
+
+
+# Requests that differ from a plain hit only in what aiohttp's parser refuses besides framing: its limits, a header
+# it allows once given twice (two Hosts: two parsers that pick different ones are how caches get poisoned), a
+# missing Host. The fast lane must answer each as aiohttp does; `True`: a hit on both paths, `False`: a 400.
+_PARSER_CASES = {
+    "two Hosts": (["Host: evil.example"], False),
+    "two User-Agents": (["User-Agent: a", "User-Agent: b"], False),
+    "two ETags, any case": (["ETag: a", "etag: b"], False),
+    "two Accepts (allowed)": (["Accept: a", "Accept: b"], True),
+    "129 headers": ([f"X-H{i}: v" for i in range(128)], False),
+    "128 headers": ([f"X-H{i}: v" for i in range(127)], True),
+    "a header value past 8190 bytes": (["X-Long: " + "a" * 9000], False),
+    "a header name past 8190 bytes": (["X-" + "a" * 9000 + ": v"], False),
+    "a NUL in a value": (["X-Nul: a\x00b"], False),
+    "a folded line": (["X-Fold: a", " b"], False),
+    "a tab in a value (allowed)": (["X-Tab: a\tb"], True),
+}
+_RAW_CASES = {
+    "HTTP/1.1 without a Host": (b"GET /api/player/1 HTTP/1.1\r\n\r\n", False),
+    "HTTP/1.0 without a Host (allowed)": (b"GET /api/player/1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+    "a target past 8190 bytes": (b"GET /api/player/1?" + b"a" * 8200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", False),
+}
+
+
+@pytest.mark.parametrize("case", [*_PARSER_CASES, *_RAW_CASES])
+async def test_what_aiohttp_refuses_the_fast_lane_refuses_too(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, case: str) -> None:
+    fast = await make_proxy(RULES)
+    slow = await make_proxy(RULES, config=Config(server=ListenConfig(fast_lane=False)))
+    if case in _PARSER_CASES:
+        extra, hit = _PARSER_CASES[case]
+        request = _get("/api/player/1", *extra)
+    else:
+        request, hit = _RAW_CASES[case]
+    answers = []
+    for proxy in (fast, slow):
+        await _exchange(proxy.proxy_url, _get("/api/player/1"))  # stored: a plain request would be a hit
+        answers.append(await _exchange(proxy.proxy_url, request))
+    statuses = [a.split(b"\r\n", 1)[0].split(b" ")[1] for a in answers]
+    assert statuses == ([b"200", b"200"] if hit else [b"400", b"400"])
+    assert all((b"Cache-Status: sidecache; hit" in a) == hit for a in answers)
+    assert upstream.hits["/api/player/1"] == 2  # one fill per proxy, nothing refused went upstream
