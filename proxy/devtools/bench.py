@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from proxy.devtools import chart
-from proxy.devtools.demo import PLAYERS, STATS, props
+from proxy.devtools.demo import PLAYERS, STATS, props, screen
 from proxy.devtools.loadgen import burst, replay, run_load
 from proxy.devtools.processes import (
     Backend,
@@ -83,6 +83,8 @@ def _hostport(base: str) -> tuple[str, int]:
 def _pct(sorted_lat: list[float], q: float) -> float:
     return sorted_lat[min(len(sorted_lat) - 1, int(q * len(sorted_lat)))] * 1000 if sorted_lat else math.nan
 
+
+BROWSER_ENCODINGS: Final = "gzip, deflate, br, zstd"  # what Chromium sends
 
 SCENARIOS = ("hits", "coalescing", "trace", "props", "screens", "failing", "memory")
 
@@ -355,7 +357,27 @@ async def _screens(report: Report, http: aiohttp.ClientSession, backend: Backend
         report.add(f"  {label}: wall proxy / direct", f"{p:.0f} / {d:.0f} ms = {p / d:.2f}x", target, limit / p)
         report.add(f"  {label}: backend calls (worst run)", f"{max(calls)} vs {n}", f"<= {n // 2}",
                    (n // 2) / max(max(calls), 1))
+    raw["wire_bytes"] = await _wire_bytes(report, proxy, upstream)
     report.raw["screens"] = raw
+
+
+async def _wire_bytes(report: Report, proxy: str, upstream: str) -> dict[str, int]:
+    """Body bytes a browser reads for a whole screen (its props and player panels), with gzip accepted: straight
+    from the backend (which gzips bodies of 1,000 bytes and more) and from the proxy's warm entries."""
+    paths = screen("wire")
+    sent = {}
+    async with aiohttp.ClientSession(auto_decompress=False) as raw_http:  # the bytes as they crossed the wire
+        for _ in range(2):  # the first pass through the proxy fills it; the second is what is measured
+            for side, base in (("proxy", proxy), ("direct", upstream)):
+                total = 0
+                for path in paths:
+                    async with raw_http.get(base + path, headers={"Accept-Encoding": BROWSER_ENCODINGS}) as r:
+                        total += len(await r.read())
+                sent[side] = total
+    report.add(f"  bytes on the wire, gzip accepted: a warm screen ({len(paths)} answers), proxy / direct",
+               f"{sent['proxy'] / 1024:.1f} / {sent['direct'] / 1024:.1f} KiB = {sent['proxy'] / sent['direct']:.2f}x",
+               "<= 1.05x direct", 1.05 * sent["direct"] / sent["proxy"])
+    return sent
 
 
 async def _failing(report: Report, http: aiohttp.ClientSession, backend: Backend, upstream: str, config: Path,

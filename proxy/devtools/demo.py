@@ -34,7 +34,7 @@ def props(user: int | str) -> list[str]:
     return paths
 
 
-def screen(user: int) -> list[str]:
+def screen(user: int | str) -> list[str]:
     """What one user's prop screen asks for: every prop of every player, plus the player panels."""
     paths = props(user)
     for name in PLAYERS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from proxy.devtools.sample_data import (
 
 MAX_BATCH: Final = 50  # batch_prop_analysis_service.py:101 drops the rest silently
 _CACHE_SIZE: Final = 500
+GZIP_MIN_SIZE: Final = 1000  # the enhanced app's GZipMiddleware(minimum_size=1000) (a1betting-api.md 6)
 _HEADERS: Final = {  # SecurityMiddleware's; upstream sends no Cache-Control, ETag or Last-Modified
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -67,6 +69,20 @@ class _Failed(Exception):
 
 def _problem(kind: str, loc: list[str | int], value: Any) -> dict[str, Any]:
     return {"type": kind, "loc": loc, "msg": _MESSAGES[kind], "input": value}
+
+
+def _gzipped(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The enhanced app's GZipMiddleware (Starlette's, `minimum_size=1000`, level 9): a large body is sent gzipped
+    to a client whose Accept-Encoding names gzip, with `Vary: Accept-Encoding`."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) < GZIP_MIN_SIZE or "Content-Encoding" in response.headers \
+            or "gzip" not in request.headers.get("Accept-Encoding", ""):
+        return response
+    assert isinstance(response, web.Response)
+    response.body = gzip.compress(body, compresslevel=9, mtime=0)
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers.add("Vary", "Accept-Encoding")
+    return response
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -235,7 +251,7 @@ class SampleBackend:
                 response.headers.update({key: value for key, value in exc.headers.items() if key == "Allow"})
             response.headers.update(_HEADERS)
             response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
-            return response
+            return _gzipped(request, response)
 
         return middleware
 

@@ -9,11 +9,12 @@ import msgspec
 FORMAT_VERSION: Final = 1
 
 
-class CachedResponse(msgspec.Struct, array_like=True, kw_only=True, dict=True):
+class CachedResponse(msgspec.Struct, array_like=True, kw_only=True, dict=True, weakref=True):
     """A complete, storable response plus its freshness, as one msgpack array.
 
     `dict=True` lets the hit path keep the entry's pre-encoded head on it (serving/answer.py `stored_head`); that
-    attribute is not a field, so no tier ever stores it, and `msgspec.structs.replace` starts without it."""
+    attribute is not a field, so no tier ever stores it, and `msgspec.structs.replace` starts without it.
+    `weakref=True`: the echoed bodies made from an entry (serving/echoes.py) refer to it without keeping it alive."""
 
     status: int
     headers: list[tuple[str, str]]

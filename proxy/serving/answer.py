@@ -32,11 +32,13 @@ def from_entry(
     *,
     body: bytes | None = None,
     etag: str | None = None,
+    gzip: bytes = b"",
     method: str = "GET",
 ) -> StoredAnswer:
     """One allocation of headers per answer: the stored list plus three of our own, handed to aiohttp as is.
 
-    A GET's single byte range is answered from the stored body (206 or 416), checked once per answer."""
+    A GET's single byte range is answered from the stored body (206 or 416), checked once per answer. `body`,
+    `etag` and `gzip`: a body rewritten for this caller (serving/echoes.py) in place of the stored one."""
     headers = entry.headers
     extra = [("Cache-Status", cache_status), ("Via", VIA)]
     if age is not None:
@@ -52,9 +54,11 @@ def from_entry(
             return StoredAnswer(304, kept + extra, b"", cache_status, entry.date)
     if "Range" in request and entry.status == 200 and method == "GET":
         return _ranged(request, entry, headers, extra, entry.body if body is None else body, cache_status, etag)
-    if entry.gzip and body is None and accepts_gzip(request.get("Accept-Encoding")):
+    packed = entry.gzip if body is None else gzip
+    if packed and accepts_gzip(request.get("Accept-Encoding")):
         coded = [(k, weak(v)) if k.lower() == "etag" else (k, v) for k, v in headers]
-        return StoredAnswer(entry.status, [*coded, ("Content-Encoding", "gzip"), *extra], entry.gzip, cache_status,
+        extra = [(k, weak(v)) if k == "ETag" else (k, v) for k, v in extra]
+        return StoredAnswer(entry.status, [*coded, ("Content-Encoding", "gzip"), *extra], packed, cache_status,
                             entry.date)
     return StoredAnswer(entry.status, headers, entry.body if body is None else body, cache_status, entry.date,
                         extra=extra, head=stored_head(entry) if headers is entry.headers else None)

@@ -42,7 +42,7 @@ class Terms:
     derive_etag: bool = True
     source: str = ""
     age: float = 0.0  # how old the answer already was when it arrived (RFC 9111 4.2.3)
-    compress: bool = True  # keep a gzip copy beside the body (not for bodies rewritten per client)
+    compress: bool = True  # keep a gzip copy beside the body (echoed bodies get theirs in serving/echoes.py)
     omit: tuple[str, ...] = ()  # fields never stored (`no-cache="field"`, RFC 9111 5.2.2.4)
 
 

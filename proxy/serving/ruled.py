@@ -22,6 +22,7 @@ from proxy.policy.origin_policy import vary_names
 from proxy.policy.validators import derived_etag, keep_for
 from proxy.serving.answer import echo, etag_of, from_entry
 from proxy.serving.caching import Caching, Done, Resend, flight_of
+from proxy.serving.echoes import Echoes
 from proxy.serving.fill import Fill, Judge, Terms
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
@@ -35,6 +36,8 @@ class RuledLane:
                  targets: Sequence[str] = ()) -> None:
         self.caching, self.done, self.resend, self.degraded = caching, done, resend, degraded
         self.targets = tuple(targets)  # targeted cache-control fields (RFC 9213): they replace Cache-Control here
+        memory = caching.tiers.memory
+        self.echoes = Echoes(memory.reserve, memory.max_bytes // 16)  # bodies of rules that echo, with gzip copies
 
     def revalidate(self, inb: Inbound) -> bool:
         rule = inb.rule
@@ -70,7 +73,6 @@ class RuledLane:
             return Terms(ttl=rule_ttl(status, headers, rule, targets=self.targets, now=now), route=rule.name,
                          stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
                          stale_if_error=r.stale_if_error, vary=vary, tags=tags, derive_etag=not rule.echo,
-                         compress=not rule.echo,
                          keep=keep_for(headers) if self.validators(inb) else 0.0)
 
         return judge
@@ -83,11 +85,12 @@ class RuledLane:
         rule = inb.rule
         assert rule is not None
         body = etag = None
+        packed = b""
         if rule.echo:
-            body = echo(entry.body, rule, inb)
-            etag = derived_etag(body)
+            echoed = self.echoes.get(entry, rule, inb)
+            body, etag, packed = echoed.body, echoed.etag, echoed.gzip
         text = self.degraded(status)
-        resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag, method=inb.method)
+        resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag, gzip=packed, method=inb.method)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,

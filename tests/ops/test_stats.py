@@ -140,3 +140,25 @@ async def test_metrics_export_every_family(make_proxy: ProxyFactory, upstream: U
     assert FAMILIES.items() <= {k.removesuffix("_total"): v for k, v in exported.items()}.items()
     assert 'sidecache_cache_max_entries{tier="memory"} 500.0' in text
     assert "sidecache_coalesced_waiters 0.0" in text
+
+
+async def test_echoed_bodies_count_in_stats_memory_bytes_and_stay_within_max_bytes(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A rule that echoes keeps each caller's body and its gzip copy (serving/echoes.py): counted, and bounded to a
+    sixteenth of the budget."""
+    budget = 4 * 1024 * 1024
+    upstream.reply("/props/p0", body=b'{"prop_id": "p0", "text": "' + b"0123456789" * 400 + b'"}')
+    rules = '[[route]]\nname = "prop"\nmatch = "GET /props/{prop_id}"\nttl = "5m"\nkey = []\necho = ["prop_id"]\n'
+    proxy = await make_proxy(rules, config=Config(memory=MemoryConfig(max_bytes=ByteSize(budget))))
+    await get(http, proxy.proxy_url + "/props/p0")
+    alone = (await stats(http, proxy.admin_url))["tiers"]["memory"]["bytes"]
+    for i in range(20):
+        await get(http, proxy.proxy_url + f"/props/p{i}", headers={"Accept-Encoding": "gzip"})
+    kept = (await stats(http, proxy.admin_url))["tiers"]["memory"]["bytes"]
+    assert kept >= alone + 19 * 4000, (alone, kept)  # 19 more bodies of 4 KB (p0's own is the stored one)
+    for i in range(20, 200):  # more echoed bodies than a sixteenth of the budget holds
+        await get(http, proxy.proxy_url + f"/props/p{i}", headers={"Accept-Encoding": "gzip"})
+    mem = (await stats(http, proxy.admin_url))["tiers"]["memory"]
+    targets = 200 * 1024  # what the hit path remembers of 200 targets, well under 1 KB each
+    assert alone + budget // 32 <= mem["bytes"] <= alone + budget // 16 + targets and mem["entries"] == 1, mem
+    assert upstream.hits["/props/p0"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 
 import aiohttp
+import msgspec
 
 from tests.support.client import Answer, get
 from tests.support.factories import ProxyFactory
@@ -47,11 +48,20 @@ async def test_a_stored_answer_goes_gzip_to_those_who_accept_it(make_proxy: Prox
     assert upstream.hits["/players/judge"] == 1
 
 
-async def test_bodies_rewritten_per_client_are_not_compressed(make_proxy: ProxyFactory,
-                                                              upstream: Upstream) -> None:
-    upstream.reply("/props/p1", body=b'{"prop_id": "p1", "text": "' + b"y" * 5000 + b'"}')
+async def test_bodies_rewritten_per_client_go_gzip_too_each_with_its_own_ids(make_proxy: ProxyFactory,
+                                                                              upstream: Upstream) -> None:
+    text = b'"text": "' + b"y" * 5000 + b'"'
+    upstream.reply("/props/p1", body=b'{"prop_id": "p1", ' + text + b"}")
     proxy = await make_proxy('[[route]]\nname = "prop"\nmatch = "GET /props/{prop_id}"\nttl = "5m"\n'
                              'key = ["query.player"]\necho = ["prop_id"]\n')
     await raw_get(proxy.proxy_url + "/props/p1?player=j")
-    _, h, body = await raw_get(proxy.proxy_url + "/props/p2?player=j", **{"Accept-Encoding": "gzip"})
-    assert "Content-Encoding" not in h and body.startswith(b'{"prop_id":"p2"')
+    seen = {}
+    for prop in ("p2", "p3", "p2", "p1"):  # p2 twice: the second is the copy made for the first
+        _, h, coded = await raw_get(proxy.proxy_url + f"/props/{prop}?player=j", **{"Accept-Encoding": "gzip"})
+        assert h["Content-Encoding"] == "gzip" and "Accept-Encoding" in h["Vary"] and h["ETag"].startswith('W/"')
+        body = gzip.decompress(coded)
+        assert msgspec.json.decode(body)["prop_id"] == prop and b"y" * 5000 in body and len(coded) < len(body) // 5
+        _, plain_h, plain = await raw_get(proxy.proxy_url + f"/props/{prop}?player=j")
+        assert plain == body and "Content-Encoding" not in plain_h and plain_h["ETag"] == h["ETag"][2:]
+        assert seen.setdefault(prop, coded) == coded
+    assert upstream.hits["/props/p1"] == 1 and len(upstream.seen) == 1

@@ -1,0 +1,77 @@
+"""Echoed bodies, made once: a rule's `echo` writes each caller's own ids into a shared stored body, so the answer
+differs per caller and cannot carry the gzip copy made when the entry was stored. The echoed body, its ETag and
+its gzip copy are kept per entry and per echoed values, in a bounded LRU whose bytes count against the memory
+tier's budget, so a prop asked again (by another user, or on a reload) costs a lookup, and gzip runs once per
+(entry, ids), never per hit.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from proxy.config.rules import CompiledRule, field_value
+from proxy.policy.encoding import gzipped
+from proxy.policy.entry import CachedResponse
+from proxy.policy.validators import derived_etag
+from proxy.serving.answer import echo
+from proxy.serving.inbound import Inbound
+
+MAX_ECHOES: Final = 4096  # echoed bodies kept
+_OVERHEAD: Final = 200  # bytes an echoed body costs besides its own (the slot, its key, the tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Echoed:
+    """One caller's body cut from a shared entry, with its own ETag and gzip copy (b"" when not worth one)."""
+
+    entry: weakref.ref[CachedResponse]  # so that the id in the memo's key is never another entry's; not held
+    body: bytes
+    etag: str
+    gzip: bytes
+    size: int
+
+
+class Echoes:
+    """The LRU of echoed bodies; `reserve` counts their bytes in the memory tier (negative gives them back)."""
+
+    def __init__(self, reserve: Callable[[int], None], max_bytes: int, max_items: int = MAX_ECHOES) -> None:
+        self._reserve, self.max_bytes, self.max_items = reserve, max_bytes, max_items
+        self._kept: OrderedDict[tuple[int, tuple[str, ...]], Echoed] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, entry: CachedResponse, rule: CompiledRule, inb: Inbound) -> Echoed:
+        ids = tuple(str(field_value(f, inb.params, inb.query, inb.headers)) for f in rule.echo)
+        slot = (id(entry), ids)
+        got = self._kept.get(slot)
+        if got is not None and got.entry() is entry:
+            self._kept.move_to_end(slot)
+            return got
+        body = echo(entry.body, rule, inb)
+        packed = gzipped(body, entry.headers) if entry.gzip else b""  # where the stored body is worth a copy
+        size = len(body) + len(packed) + _OVERHEAD
+        got = Echoed(weakref.ref(entry), body, derived_etag(body), packed, size)
+        if size > self.max_bytes // 4:
+            return got  # too large to be worth keeping
+        if (old := self._kept.pop(slot, None)) is not None:
+            self._forget(old)
+        self._kept[slot] = got
+        self.bytes += size
+        self._reserve(size)
+        while len(self._kept) > self.max_items or self.bytes > self.max_bytes:
+            self._forget(self._kept.popitem(last=False)[1])
+        return got
+
+    def clear(self) -> None:
+        while self._kept:
+            self._forget(self._kept.popitem()[1])
+
+    def _forget(self, gone: Echoed) -> None:
+        self.bytes -= gone.size
+        self._reserve(-gone.size)
