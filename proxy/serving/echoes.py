@@ -43,9 +43,6 @@ class Echoes:
         self._kept: OrderedDict[tuple[int, tuple[str, ...]], Echoed] = OrderedDict()
         self.bytes = 0
 
-    def __len__(self) -> int:
-        return len(self._kept)
-
     def get(self, entry: CachedResponse, rule: CompiledRule, inb: Inbound) -> Echoed:
         ids = tuple(str(field_value(f, inb.params, inb.query, inb.headers)) for f in rule.echo)
         slot = (id(entry), ids)
@@ -54,11 +51,11 @@ class Echoes:
             self._kept.move_to_end(slot)
             return got
         body = echo(entry.body, rule, inb)
+        if len(body) + _OVERHEAD > self.max_bytes // 4:  # too large to keep: no gzip copy, which would be per hit
+            return Echoed(weakref.ref(entry), body, derived_etag(body), b"", 0)
         packed = gzipped(body, entry.headers) if entry.gzip else b""  # where the stored body is worth a copy
         size = len(body) + len(packed) + _OVERHEAD
         got = Echoed(weakref.ref(entry), body, derived_etag(body), packed, size)
-        if size > self.max_bytes // 4:
-            return got  # too large to be worth keeping
         if (old := self._kept.pop(slot, None)) is not None:
             self._forget(old)
         self._kept[slot] = got
@@ -67,10 +64,6 @@ class Echoes:
         while len(self._kept) > self.max_items or self.bytes > self.max_bytes:
             self._forget(self._kept.popitem(last=False)[1])
         return got
-
-    def clear(self) -> None:
-        while self._kept:
-            self._forget(self._kept.popitem()[1])
 
     def _forget(self, gone: Echoed) -> None:
         self.bytes -= gone.size
