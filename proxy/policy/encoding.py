@@ -17,18 +17,24 @@ _TEXT: Final = ("text/", "application/json", "application/javascript", "applicat
                 "application/problem+json", "application/ld+json")
 
 
-def gzipped(body: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
-    """The gzip copy worth keeping beside a stored body, or b"" (too small, not text, already encoded, no gain)."""
+def compressible(body: bytes, headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether a body may be worth a gzip copy: large enough, text, not encoded already. An entry whose body is says
+    `Vary: Accept-Encoding`, whether its copy is made at store time or per echoed body (serving/echoes.py)."""
     if len(body) < MIN_BYTES:
-        return b""
+        return False
     kind = ""
     for k, v in headers:
         low = k.lower()
         if low == "content-encoding" and v.strip().lower() not in ("", "identity"):
-            return b""
+            return False
         if low == "content-type":
             kind = v.strip().lower()
-    if not kind.startswith(_TEXT) and not kind.endswith("+json"):
+    return kind.startswith(_TEXT) or kind.endswith("+json")
+
+
+def gzipped(body: bytes, headers: Iterable[tuple[str, str]]) -> bytes:
+    """The gzip copy worth keeping beside a stored body, or b"" (too small, not text, already encoded, no gain)."""
+    if not compressible(body, headers):
         return b""
     packed = gzip.compress(body, compresslevel=LEVEL, mtime=0)
     return packed if len(packed) < len(body) * 0.9 else b""

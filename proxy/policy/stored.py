@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from proxy.policy.encoding import gzipped, with_vary
+from proxy.policy.encoding import compressible, gzipped, with_vary
 from proxy.policy.entry import CachedResponse
 from proxy.policy.freshness import stored_headers
 from proxy.policy.validators import derived_etag
@@ -30,6 +30,7 @@ def entry_of(
     vary: list[str] | None = None,
     omit: Iterable[str] = (),
     compress: bool = False,
+    echoed: bool = False,
 ) -> CachedResponse:
     """Headers without cookies, lengths, ages or hop-by-hop ones, and an ETag of our own where the origin sent none
     (`derive_etag` False for answers whose body is rewritten per client, which get theirs per answer). The origin's
@@ -38,8 +39,9 @@ def entry_of(
     kept = stored_headers(headers, omit)
     if derive_etag and not any(k.lower() == "etag" for k, _ in kept):
         kept.append(("ETag", derived_etag(body)))
-    packed = gzipped(body, kept) if compress else b""
-    if packed:
+    # `echoed`: answers carry each caller's own ids, so the copy is made per echoed body (serving/echoes.py), not here
+    packed = gzipped(body, kept) if compress and not echoed else b""
+    if packed or (compress and echoed and compressible(body, kept)):
         kept = with_vary(kept, "Accept-Encoding")
     return CachedResponse(
         status=status, headers=kept, body=body, stored_at=stored_at, ttl=ttl,

@@ -202,7 +202,7 @@ class BatchMerge:
                       stale_while_revalidate=0.0 if failed else r.stale_while_revalidate,
                       stale_if_error=0.0 if failed else r.stale_if_error, vary=vary,
                       tags=tuple(tags_for(self.rule, params, query, hdrs)), source="batch", derive_etag=not failed,
-                      compress=not failed)
+                      compress=not failed, echoed=bool(self.rule.echo))
         key = failure_key(slot.key) if failed else slot.key
         self.filler.store(key, request, status, headers.items(), body, terms, since=self.tiers.generation)
 

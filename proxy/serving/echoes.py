@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.config.rules import CompiledRule, field_value
-from proxy.policy.encoding import gzipped
+from proxy.policy.encoding import compressible, gzipped
 from proxy.policy.entry import CachedResponse
 from proxy.policy.validators import derived_etag
 from proxy.serving.answer import echo
@@ -53,7 +53,8 @@ class Echoes:
         body = echo(entry.body, rule, inb)
         if len(body) + _OVERHEAD > self.max_bytes // 4:  # too large to keep: no gzip copy, which would be per hit
             return Echoed(weakref.ref(entry), body, derived_etag(body), b"", 0)
-        packed = gzipped(body, entry.headers) if entry.gzip else b""  # where the stored body is worth a copy
+        # only where the stored body said so at store time (and `Vary: Accept-Encoding` with it)
+        packed = gzipped(body, entry.headers) if compressible(entry.body, entry.headers) else b""
         size = len(body) + len(packed) + _OVERHEAD
         got = Echoed(weakref.ref(entry), body, derived_etag(body), packed, size)
         if (old := self._kept.pop(slot, None)) is not None:

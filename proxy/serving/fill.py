@@ -42,7 +42,8 @@ class Terms:
     derive_etag: bool = True
     source: str = ""
     age: float = 0.0  # how old the answer already was when it arrived (RFC 9111 4.2.3)
-    compress: bool = True  # keep a gzip copy beside the body (echoed bodies get theirs in serving/echoes.py)
+    compress: bool = True  # keep a gzip copy beside the body
+    echoed: bool = False  # answers rewrite the body per caller: their gzip copies are made in serving/echoes.py
     omit: tuple[str, ...] = ()  # fields never stored (`no-cache="field"`, RFC 9111 5.2.2.4)
 
 
@@ -174,7 +175,8 @@ class Filler:
         entry = entry_of(status, headers, body, stored_at=now, ttl=terms.ttl + terms.age, route=terms.route,
                          stale_while_revalidate=terms.stale_while_revalidate, stale_if_error=terms.stale_if_error,
                          tags=tags, keep=terms.keep, derive_etag=terms.derive_etag, source=terms.source,
-                         vary=list(terms.vary), omit=terms.omit, compress=terms.compress)
+                         vary=list(terms.vary), omit=terms.omit, compress=terms.compress,
+                         echoed=terms.echoed)
         if terms.vary:
             marker = CachedResponse(status=0, headers=[], body=b"", stored_at=now, ttl=terms.ttl + terms.age,
                                     stale_while_revalidate=terms.stale_while_revalidate,

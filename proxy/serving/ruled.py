@@ -73,7 +73,7 @@ class RuledLane:
             return Terms(ttl=rule_ttl(status, headers, rule, targets=self.targets, now=now), route=rule.name,
                          stale_while_revalidate=0.0 if negative else r.stale_while_revalidate,
                          stale_if_error=r.stale_if_error, vary=vary, tags=tags, derive_etag=not rule.echo,
-                         keep=keep_for(headers) if self.validators(inb) else 0.0)
+                         echoed=bool(rule.echo), keep=keep_for(headers) if self.validators(inb) else 0.0)
 
         return judge
 
