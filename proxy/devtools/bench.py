@@ -1,24 +1,22 @@
 """`sidecache bench`: the reference workload through the proxy and direct, printed as ratios from one run.
 
-Everything runs on loopback and stops by itself: the sample backend (in this process), `sidecache serve`
-and a bare aiohttp handler (separate processes), and bounded loads (wrk when installed, else proxy.loadgen).
+Everything runs on loopback and stops by itself: the sample backend, `sidecache serve`, a bare aiohttp handler
+and nginx when installed (processes of their own), and bounded loads (wrk when installed, else proxy.loadgen).
+The scenarios are here; the memory rows in devtools/memory_rows.py, the report in devtools/report.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
-import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +27,8 @@ import aiohttp
 
 from proxy.devtools import chart
 from proxy.devtools.demo import PLAYERS, STATS, props, screen
-from proxy.devtools.loadgen import burst, replay, run_load
+from proxy.devtools.loadgen import burst, host_port, replay, run_load
+from proxy.devtools.memory_rows import memory_rows
 from proxy.devtools.processes import (
     Backend,
     bare_app,
@@ -37,8 +36,7 @@ from proxy.devtools.processes import (
     free_port,
     nginx_cache,
     redis_server,
-    rss,
-    serve_process,
+    shipped_rules,
     sidecache_serve,
 )
 from proxy.devtools.report import Report, ratio_of
@@ -73,11 +71,6 @@ def _wrk_ms(text: str, pct: str) -> float:
     if not m:
         return math.nan
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
-def _hostport(base: str) -> tuple[str, int]:
-    u = urlsplit(base)
-    return u.hostname or "127.0.0.1", u.port or 80
 
 
 def _pct(sorted_lat: list[float], q: float) -> float:
@@ -126,9 +119,7 @@ async def _run(upstream: str, quick: bool, json_path: Path | None, png_path: Pat
             if "failing" in only:
                 await _failing(report, http, backend, upstream, config, tmp, latency, quick)
             if "memory" in only:
-                _memory(report, quick)
-                await _long_urls(report, http, tmp, quick)
-                await _large_answer(report, http, tmp, quick)
+                await memory_rows(report, http, tmp, quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if json_path:
@@ -226,7 +217,7 @@ async def _coalescing(report: Report, http: aiohttp.ClientSession, backend: Back
     walls, calls = [], 0
     for name in ROSTER[50:50 + reps]:
         before = await backend.calls()
-        walls.append(max(await burst(*_hostport(proxy), [f"/api/v1/players/{quote(name)}/id"] * 200)))
+        walls.append(max(await burst(*host_port(proxy), [f"/api/v1/players/{quote(name)}/id"] * 200)))
         calls = max(calls, await backend.calls() - before)
     wall = _median(walls)
     report.raw["coalescing"] = {"upstream_calls": calls, "wall_ms": wall * 1000, "walls_ms": [w * 1000 for w in walls]}
@@ -247,12 +238,12 @@ async def _trace(report: Report, http: aiohttp.ClientSession, backend: Backend, 
     before = await backend.calls()
     lane_before = await _fast_lane_hits(http, admin)
     t0 = time.perf_counter()
-    lat = sorted(await replay(*_hostport(proxy), trace, 50))
+    lat = sorted(await replay(*host_port(proxy), trace, 50))
     wall = time.perf_counter() - t0
     calls = await backend.calls() - before
     lane_share = await _lane_share(http, admin, lane_before)
     t0 = time.perf_counter()
-    dlat = sorted(await replay(*_hostport(upstream), trace, 50))
+    dlat = sorted(await replay(*host_port(upstream), trace, 50))
     dwall = time.perf_counter() - t0
     report.raw["trace"] = {"requests": len(trace), "distinct": distinct, "upstream_calls": calls,
                            "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "wall_s": wall,
@@ -275,10 +266,10 @@ async def _props(report: Report, http: aiohttp.ClientSession, backend: Backend, 
     paths = prop_burst(n, players)
     print(f"prop burst: {n} per-prop analyses over {players} players, sent at once (connections opened first)")
     before = await backend.calls()
-    lat = sorted(await burst(*_hostport(proxy), paths))
+    lat = sorted(await burst(*host_port(proxy), paths))
     calls = await backend.calls() - before
     dbefore = await backend.calls()
-    dlat = sorted(await burst(*_hostport(upstream), paths))
+    dlat = sorted(await burst(*host_port(upstream), paths))
     dcalls = await backend.calls() - dbefore
     per_player = math.ceil(n / players)
     limit = players * math.ceil(per_player / 50)
@@ -315,10 +306,10 @@ async def _cold_screen(http: aiohttp.ClientSession, backend: Backend, admin: str
                 await _purge(http, admin)
             before = await backend.calls()
             if connections is None:
-                wall = max(await burst(*_hostport(base), paths))
+                wall = max(await burst(*host_port(base), paths))
             else:
                 t0 = time.perf_counter()
-                await replay(*_hostport(base), paths, connections)
+                await replay(*host_port(base), paths, connections)
                 wall = time.perf_counter() - t0
             walls[side].append(wall)
             if side == "proxy":
@@ -385,7 +376,7 @@ async def _failing(report: Report, http: aiohttp.ClientSession, backend: Backend
     """A batch endpoint that fails every prop (the real one does without its own cache): batching must stop."""
     cool_down, reps = 3.0, 3 if quick else 5
     rules = tmp / "rules.toml"
-    rules.write_text(_with_cool_down(_shipped_rules().read_text(), f"{cool_down:g}s"))
+    rules.write_text(_with_cool_down(shipped_rules().read_text(), f"{cool_down:g}s"))
     n = len(props(0))
     print(f"batch always fails: cold {n}-prop screens sent at once, proxy and direct in turn; a fresh proxy with "
           f"the shipped rules but cool_down = \"{cool_down:g}s\", so the run sees a probe; later screens: median "
@@ -423,156 +414,9 @@ async def _failing(report: Report, http: aiohttp.ClientSession, backend: Backend
     report.add("  breaker in /stats", json.dumps(breaker))
 
 
-def _shipped_rules() -> Path:
-    local = Path("rules") / "a1betting.toml"
-    return local if local.is_file() else Path(__file__).parent.parent / "defaults" / "a1betting.toml"
-
-
 def _with_cool_down(text: str, value: str) -> str:
     """The rules with every batch table's cool_down set to value."""
     text, n = re.subn(r'^(\s*cool_down\s*=\s*)"[^"]*"', rf'\g<1>"{value}"', text, flags=re.M)
     if n == 0:
         text = re.sub(r"^(\s*)\[route\.batch\]\s*$", rf'\g<0>\n\g<1>cool_down = "{value}"', text, flags=re.M)
     return text
-
-
-def _memory(report: Report, quick: bool) -> None:
-    n = 20_000 if quick else 100_000
-    print(f"memory: {n:,} entries of 1.5 KB in the memory tier")
-    out = subprocess.run([sys.executable, "-m", "proxy.devtools.processes", "memory", str(n)], capture_output=True,
-                         text=True, timeout=300)
-    growth, payload = map(int, out.stdout.split())
-    report.raw["memory"] = {"entries": n, "rss_growth_bytes": growth, "payload_bytes": payload}
-    text, ratio = ratio_of(growth / payload)
-    report.add("  RSS growth / payload bytes", f"{growth / 2**20:.0f} MiB / {payload / 2**20:.0f} MiB = {text}",
-               "<= 2.00x", 2.0 / ratio)
-
-
-
-
-MEMORY_BUDGET: Final = 64 * 2**20
-LONG_URLS_CONFIG: Final = f"""
-[memory]
-max_entries = 1000000
-max_bytes = "{MEMORY_BUDGET // 2**20}MiB"
-"""
-# What a serve process may grow by besides what `max_bytes` counts, none of it per URL: CPython's object headers
-# on each stored entry (its struct, header tuples and strings: a few hundred bytes an entry, about 3 MiB for the
-# ~8,000 entries that fit here), freed blocks pymalloc and glibc keep for reuse instead of handing them back, and
-# the buffers of the 16 client and the upstream connections. Measured: 9 MiB over the budget (2026-12-06); 32 MiB
-# leaves room for another allocator's fragmentation while still failing at once if anything grows per URL
-# (100,000 targets of 4.5 KB each would be 430 MiB).
-FIXED_OVERHEAD: Final = 32 * 2**20
-LONG_URL_ROUTE: Final = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits&"  # shipped rule, query = "all"
-
-
-def long_targets(n: int, seed: int = 5) -> Iterator[str]:
-    """n distinct request targets of 2-7 KB on a ruled route (every query parameter is part of its key), made
-    one at a time so the load generator does not hold them all."""
-    rng = random.Random(seed)
-    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    pool = "".join(rng.choice(letters) for _ in range(16_384))
-    for i in range(n):
-        size = rng.randint(2000, 7000)
-        start = rng.randrange(len(pool) - size)
-        yield f"{LONG_URL_ROUTE}n={i}&pad={pool[start:start + size]}"
-
-
-class _Peak:
-    """The largest RSS of a process seen while a load runs, sampled every `every` seconds."""
-
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        self.pid, self.every, self.peak = pid, every, rss(pid)
-        self._task: asyncio.Task[None] | None = None
-
-    async def _watch(self) -> None:
-        while True:
-            self.peak = max(self.peak, rss(self.pid))
-            await asyncio.sleep(self.every)
-
-    async def __aenter__(self) -> _Peak:
-        self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self.peak = max(self.peak, rss(self.pid))
-
-
-async def _memory_tier(http: aiohttp.ClientSession, admin: str) -> dict[str, int]:
-    async with http.get(admin + "/stats") as r:
-        return dict((await r.json())["tiers"]["memory"])
-
-
-async def _long_urls(report: Report, http: aiohttp.ClientSession, tmp: Path, quick: bool) -> None:
-    n = 20_000 if quick else 100_000
-    config = tmp / "long-urls.toml"
-    config.write_text(LONG_URLS_CONFIG)
-    print(f"memory: {n:,} distinct 2-7 KB targets on a ruled route (player-data, query = \"all\"), 16 keep-alive "
-          f"connections, through a fresh `sidecache serve` with [memory] max_bytes = "
-          f"\"{MEMORY_BUDGET // 2**20}MiB\", no Redis")
-    with bare_app(1500, "digits") as origin, serve_process(origin, config, 1, _shipped_rules()) as served:
-        host, port = _hostport(served.proxy)
-        await replay(host, port, list(long_targets(200, seed=1)), 4)  # code paths and pools warm, then measure
-        before = rss(served.pid)
-        async with _Peak(served.pid) as peak:
-            lat = await replay(host, port, long_targets(n), 16, timeout=900)
-        after = rss(served.pid)
-        tier = await _memory_tier(http, served.admin)
-    growth, top = after - before, peak.peak - before
-    limit = MEMORY_BUDGET + FIXED_OVERHEAD
-    report.raw["long_urls"] = {"requests": n, "answered": len(lat), "rss_before": before, "rss_after": after,
-                               "rss_peak": peak.peak, "max_bytes": MEMORY_BUDGET, "tier": tier}
-    report.add("  long URLs: RSS growth, end | peak", f"{growth / 2**20:.0f} | {top / 2**20:.0f} MiB",
-               f"<= max_bytes + {FIXED_OVERHEAD // 2**20} MiB ({limit // 2**20} MiB)", limit / max(top, 1))
-    report.add("  long URLs: /stats memory bytes of max_bytes",
-               f"{tier['bytes'] / 2**20:.1f} of {tier['max_bytes'] / 2**20:.0f} MiB, {tier['entries']:,} entries, "
-               f"{tier['evictions']:,} evicted", "<= max_bytes", tier["max_bytes"] / max(tier["bytes"], 1))
-
-
-LARGE: Final = 16 * 2**20
-LARGE_CONFIG: Final = """
-[memory]
-max_entries = 1000
-max_bytes = "256MiB"
-max_entry_bytes = "64MiB"
-"""
-
-
-async def _large_answer(report: Report, http: aiohttp.ClientSession, tmp: Path, quick: bool) -> None:
-    clients, rounds = 8, 3 if quick else 10
-    config = tmp / "large.toml"
-    config.write_text(LARGE_CONFIG)
-    print(f"memory: one {LARGE // 2**20} MiB answer (JSON digits) cached on a ruled route, then read by {clients} "
-          f"concurrent clients (half of them take the gzip copy), {rounds} times each, through a fresh "
-          f"`sidecache serve` with [memory] max_entry_bytes = \"64MiB\"")
-    path = "/api/v1/optimized/player-data/Aaron%20Judge?stat_types=hits"
-    with bare_app(LARGE, "digits") as origin, serve_process(origin, config, 1, _shipped_rules()) as served:
-        before = rss(served.pid)
-        async with _Peak(served.pid) as peak:
-            async with http.get(served.proxy + path) as r:  # the fill
-                assert len(await r.read()) == LARGE and r.status == 200, r.status
-            for _ in range(rounds):
-                sizes = await asyncio.gather(*(_read(http, served.proxy + path, gzip=i % 2 == 0)
-                                               for i in range(clients)))
-                assert sizes == [LARGE] * clients, sizes
-        after = rss(served.pid)
-        tier = await _memory_tier(http, served.admin)
-    growth, top = after - before, peak.peak - before
-    report.raw["large_answer"] = {"payload": LARGE, "clients": clients, "rounds": rounds, "rss_before": before,
-                                  "rss_after": after, "rss_peak": peak.peak, "tier": tier}
-    text, ratio = ratio_of(top / LARGE)
-    report.add("  large answer: RSS growth end | peak, / payload",
-               f"{growth / 2**20:.0f} | {top / 2**20:.0f} MiB / {LARGE // 2**20} MiB = {text}", "<= 3.00x",
-               3.0 / ratio)
-    report.add("  large answer: memory tier in /stats", f"{tier['bytes'] / 2**20:.1f} MiB, {tier['entries']} entries")
-
-
-async def _read(http: aiohttp.ClientSession, url: str, *, gzip: bool) -> int:
-    """The answer's length as the client reads it; with `gzip`, sent the stored gzip copy and inflated here."""
-    async with http.get(url, headers={"Accept-Encoding": "gzip" if gzip else "identity"}) as r:
-        assert r.status == 200 and (r.headers.get("Content-Encoding") == "gzip") == gzip, r.headers
-        return len(await r.read())

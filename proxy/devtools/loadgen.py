@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -158,3 +159,9 @@ async def replay(host: str, port: int, paths: Iterable[str], concurrency: int, t
 
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
     return latencies
+
+
+def host_port(base: str) -> tuple[str, int]:
+    """The host and port of a base URL such as http://127.0.0.1:8080."""
+    u = urlsplit(base)
+    return u.hostname or "127.0.0.1", u.port or 80

@@ -259,3 +259,9 @@ if __name__ == "__main__":
         serve_bare(int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
     elif sys.argv[1] == "memory":
         measure_memory(int(sys.argv[2]))
+
+
+def shipped_rules() -> Path:
+    """The A1Betting rules as shipped: ./rules when run from a checkout, else the copy bundled in the package."""
+    local = Path("rules") / "a1betting.toml"
+    return local if local.is_file() else Path(__file__).parent.parent / "defaults" / "a1betting.toml"

@@ -10,12 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from proxy.config.rules import load_rules
-from proxy.devtools.bench import _shipped_rules, long_targets
-from proxy.devtools.processes import bare_body, rss
+from proxy.devtools.memory_rows import long_targets
+from proxy.devtools.processes import bare_body, rss, shipped_rules
 
 
 def test_long_targets_are_distinct_long_and_on_a_cacheable_rule_keyed_on_every_parameter() -> None:
-    rules = load_rules(_shipped_rules())
+    rules = load_rules(shipped_rules())
     targets = list(long_targets(500))
     assert len(set(targets)) == 500
     for target in targets:
