@@ -18,8 +18,8 @@ _TEXT: Final = ("text/", "application/json", "application/javascript", "applicat
 
 
 def compressible(body: bytes, headers: Iterable[tuple[str, str]]) -> bool:
-    """Whether a body may be worth a gzip copy: large enough, text, not encoded already. An entry whose body is says
-    `Vary: Accept-Encoding`, whether its copy is made at store time or per echoed body (serving/echoes.py)."""
+    """Whether a body may be worth a gzip copy: large enough, text, not encoded already. An entry whose body is
+    says `Vary: Accept-Encoding`, whether its copy is made at store time or per echoed body (serving/echoes.py)."""
     if len(body) < MIN_BYTES:
         return False
     kind = ""

@@ -57,7 +57,8 @@ def from_entry(
     packed = entry.gzip if body is None else gzip
     if packed and accepts_gzip(request.get("Accept-Encoding")):
         coded = [(k, weak(v)) if k.lower() == "etag" else (k, v) for k, v in headers]
-        extra = [(k, weak(v)) if k == "ETag" else (k, v) for k, v in extra]
+        if etag is not None:  # this caller's own ETag, weak like the stored one for the gzip bytes
+            extra = [(k, weak(v)) if k == "ETag" else (k, v) for k, v in extra]
         return StoredAnswer(entry.status, [*coded, ("Content-Encoding", "gzip"), *extra], packed, cache_status,
                             entry.date)
     return StoredAnswer(entry.status, headers, entry.body if body is None else body, cache_status, entry.date,

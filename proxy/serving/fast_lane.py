@@ -55,7 +55,7 @@ class RequestReader:
 
     def on_message_begin(self) -> None:
         self.open, self.url, self.headers, self.plain, self.connection = True, b"", [], True, b""
-        self.once = set()
+        self.once.clear()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
