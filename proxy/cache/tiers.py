@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Final, TypeVar
 
 from proxy.cache.events import Filled, Purged, Selector, decode_event, encode_event
@@ -26,6 +27,7 @@ V = TypeVar("V")
 MAX_PENDING_WRITES: Final = 512  # Redis writes in flight; past this a write is dropped (counted), never queued
 RECENT_PURGES: Final = 1024  # purges remembered, so a fill that began before one does not store what it removed
 SUPERSEDED: Final = 1024  # copies another process refilled, kept for stale-if-error while Redis cannot answer
+Held = tuple[tuple[str, CachedResponse], ...]  # what memory held under each key a lookup looked at
 
 
 class TieredCache:
@@ -98,14 +100,27 @@ class TieredCache:
     def local(self, key: str) -> CachedResponse | None:
         return self.memory.get(key)
 
-    def local_variant(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
-        """`find` in memory alone, no await: the entry, or its Vary variant's; None if either is not in memory."""
+    def local_variant(self, key: str, request: Mapping[str, str]) -> tuple[CachedResponse | None, Held]:
+        """`find` in memory alone, no await: the entry, or its Vary variant's (None if either is not in memory),
+        and what memory held under each key it looked at (the key's entry, or its marker and the variant's)."""
         entry = self.memory.get(key)
-        if entry is not None and entry.is_marker:
-            entry = self.memory.get(variant_key(key, entry.vary, request))
-            if entry is not None and entry.is_marker:
-                return None
-        return entry
+        if entry is None or not entry.is_marker:
+            return entry, ((key, entry),) if entry is not None else ()
+        marker, variant = entry, variant_key(key, entry.vary, request)
+        entry = self.memory.get(variant)
+        if entry is None or entry.is_marker:
+            return None, ()
+        return entry, ((key, marker), (variant, entry))
+
+    def still_holds(self, held: Iterable[tuple[str, weakref.ref[CachedResponse]]]) -> bool:
+        """Memory holds the very same entries under these keys (each looked up as a hit looks it up: the LRU
+        touched, an outlived one dropped); entries are replaced, never changed in place, so nothing else moved."""
+        get = self.memory.get
+        for key, ref in held:
+            entry = ref()
+            if entry is None or get(key) is not entry:
+                return False
+        return True
 
     async def find(self, key: str, request: Mapping[str, str]) -> CachedResponse | None:
         """The entry for a request: under its key, or, where the key holds a Vary marker, under its variant's key."""

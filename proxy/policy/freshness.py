@@ -6,6 +6,7 @@ Each "why not" answer is a short token that ends up in the Cache-Status `detail`
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -37,6 +38,17 @@ def state(entry: CachedResponse, now: float) -> State:
     if over < entry.stale_if_error:
         return State.STALE_IF_ERROR
     return State.EXPIRED
+
+
+def hit_unchanged_until(entry: CachedResponse, now: float) -> float:
+    """The instant a fresh hit answered at `now` would first read differently: its Age or its Cache-Status ttl
+    turns a whole second, or the entry is fresh no more (a millisecond early, for float rounding). Before it,
+    the same request gets the same answer from the same entry (serving/replay.py)."""
+    age = now - entry.stored_at
+    if age < 0:
+        return now  # a clock that went back: no promise
+    left = entry.ttl - age
+    return min(now + 1 - (age - math.floor(age)), now + (left - math.floor(left)), entry.stored_at + entry.ttl) - 0.001
 
 
 def client_asks_revalidation(headers: Mapping[str, str]) -> bool:

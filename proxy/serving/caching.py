@@ -18,13 +18,13 @@ from typing import Final, Protocol, assert_never
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.cache.tiers import TieredCache
+from proxy.cache.tiers import Held, TieredCache
 from proxy.concurrency.coalescer import Coalescer
 from proxy.errors import UpstreamBusy, UpstreamError, UpstreamTimeout
 from proxy.policy.cache_status import CacheStatus, hit
 from proxy.policy.decision import Fetch, Hit, Revalidate, ServeStale, decide
 from proxy.policy.entry import CachedResponse
-from proxy.policy.freshness import usable_on_error
+from proxy.policy.freshness import hit_unchanged_until, usable_on_error
 from proxy.policy.keys import variant_key
 from proxy.policy.validators import revalidation_headers
 from proxy.serving.fill import Fill, Filler, Judge
@@ -119,15 +119,18 @@ class Caching:
             case _:
                 assert_never(decision)
 
-    def fresh(self, inb: Inbound, lane: Lane) -> web.StreamResponse | None:
+    def fresh(self, inb: Inbound, lane: Lane) -> tuple[web.StreamResponse, Held, float] | None:
         """`serve` for the one case that needs no await: a fresh hit in memory, decided as `serve` decides it
-        (the fast lane's question); None for anything else, which `serve` then answers."""
-        entry = self.tiers.local_variant(inb.key, inb.headers)
+        (the fast lane's question), with what it was decided from: the entries memory held, and until when the
+        same request would read the same from them. None for anything else, which `serve` then answers."""
+        entry, held = self.tiers.local_variant(inb.key, inb.headers)
         if entry is None or inb.forced or lane.revalidate(inb):
             return None
         now = self.clock()
         decision = decide(entry, now, validators=lane.validators(inb))
-        return _hit(inb, lane, decision.entry, now) if isinstance(decision, Hit) else None
+        if not isinstance(decision, Hit):
+            return None
+        return _hit(inb, lane, entry, now), held, hit_unchanged_until(entry, now)
 
     def refresh(self, inb: Inbound, lane: Lane, stale: CachedResponse) -> None:
         """Refresh a key in the background, once however many requests see it stale (RFC 5861 3)."""

@@ -24,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.serving.answer import StoredAnswer
 from proxy.serving.inbound import Inbound
+from proxy.serving.replay import Basis, Replays
 
 _WRITE_BACKLOG: Final = 64 * 1024  # a client not reading its answers: aiohttp's writer, which waits, answers it
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
@@ -35,7 +36,7 @@ MAX_HEADERS: Final = 128
 _ONCE: Final = frozenset({"content-location", "content-range", "content-type", "etag", "host", "max-forwards",
                           "server", "user-agent"})  # aiohttp's singletons, framing ones aside
 
-Answer = Callable[[Inbound], StoredAnswer | None]
+Answer = Callable[[Inbound], tuple[StoredAnswer, Basis] | None]
 
 
 class RequestReader:
@@ -95,14 +96,34 @@ class RequestReader:
 
 
 class FastLane:
-    """The proxy listener's fast lane: the question it asks the handler, and how many answers it wrote."""
+    """The proxy listener's fast lane: the questions it asks the handler, the answers it keeps to write again
+    (serving/replay.py), and how many answers it wrote."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, replayed: Callable[[Basis, float], bool], replays: Replays) -> None:
         self.answer = answer
-        self.served = 0  # hits written by the fast lane
+        self.replayed = replayed
+        self.replays = replays
+        self.served = 0  # hits written by the fast lane, replays included
 
-    def take(self, reader: RequestReader, transport: asyncio.Transport, peer: Callable[[], str | None]) -> bool:
-        """Answer the request `reader` just read, if it is a fresh hit; False leaves it to aiohttp."""
+    def again(self, data: bytes, transport: asyncio.Transport) -> bool:
+        """Answer a chunk that is byte for byte a request answered before, with that answer, if the handler finds
+        nothing it was decided from changed; False (and it is no longer kept when stale) leaves it to be read."""
+        kept = self.replays.get(data)
+        if kept is None or transport.get_write_buffer_size() > _WRITE_BACKLOG:
+            return False
+        answer, basis = kept
+        if not self.replayed(basis, time.perf_counter()):
+            self.replays.drop(data)
+            return False
+        transport.write(answer)
+        self.served += 1
+        self.replays.replayed += 1
+        return True
+
+    def take(self, reader: RequestReader, data: bytes, transport: asyncio.Transport,
+             peer: Callable[[], str | None]) -> bool:
+        """Answer the request `reader` just read (the whole of `data`), if it is a fresh hit; False leaves it to
+        aiohttp. An answer written in one piece is kept to be written again."""
         parser = reader.parser
         verb = parser.get_method()
         if verb != b"GET" and verb != b"HEAD":
@@ -119,10 +140,14 @@ class FastLane:
         method = "GET" if verb == b"GET" else "HEAD"
         inb = Inbound.parsed(method, url.decode("latin-1"), headers, time.perf_counter(), peer(),
                              headers.get("Host"))
-        resp = self.answer(inb)
-        if resp is None:
+        found = self.answer(inb)
+        if found is None:
             return False
-        for piece in resp.encode(0 if version == "1.0" else 1, True, method == "HEAD"):
+        resp, basis = found
+        pieces = resp.encode(0 if version == "1.0" else 1, True, method == "HEAD")
+        for piece in pieces:
             transport.write(piece)
         self.served += 1
+        if len(pieces) == 1:  # a large body is its own piece, the stored bytes: never copied to be kept
+            self.replays.keep(data, pieces[0], basis)
         return True

@@ -36,6 +36,7 @@ from proxy.serving.headers import NOBODY, VIA, Forwarding
 from proxy.serving.inbound import Inbound
 from proxy.serving.origin_cache import OriginLane
 from proxy.serving.passthrough import BODY_BYTES
+from proxy.serving.replay import Basis, Replays
 from proxy.serving.ruled import RuledLane
 from proxy.serving.upstream import UpstreamClient
 from proxy.telemetry.access_log import AccessLog
@@ -93,6 +94,8 @@ class ProxyHandler:
         self._tasks: set[asyncio.Task[int]] = set()
         self._targets: dict[str, tuple[CompiledRule, dict[str, str], str, int] | Unruled] = {}
         self._target_bytes = 0
+        # the fast lane's kept answers (serving/replay.py), a thirty-second of the memory budget at most
+        self.replays = Replays(tiers.memory.reserve, tiers.memory.max_bytes // 32)
         self.use_rules(rules)
 
     def use_rules(self, rules: RuleSet) -> None:
@@ -104,7 +107,8 @@ class ProxyHandler:
         incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}
         self.rules, self.batches, self.incoming = rules, batches, incoming
         self.filler.batches = batches
-        self._forget()  # remembered targets carry the old rules
+        self._forget()  # remembered targets and kept answers carry the old rules
+        self.replays.clear()
 
     async def close(self, grace: float = 1.0) -> None:
         """At shutdown: give fills in flight a moment to finish and store, then cancel what is left."""
@@ -128,9 +132,10 @@ class ProxyHandler:
                 self.metrics.upstream_error(inb.route, type(exc).__name__)
             return self._error(inb, exc)
 
-    def fast(self, inb: Inbound) -> StoredAnswer | None:
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
-        before, answered and counted as the slow path would; None for anything else, which goes to aiohttp."""
+        before, answered and counted as the slow path would, with what it was decided from (a replay's basis);
+        None for anything else, which goes to aiohttp."""
         lane: Lane
         if self._remembered(inb):
             lane = self.ruled
@@ -139,9 +144,27 @@ class ProxyHandler:
             lane = self.origin
         else:
             return None
-        resp = self.caching.fresh(inb, lane)
-        assert resp is None or isinstance(resp, StoredAnswer)  # a hit is always written in one piece
-        return resp
+        found = self.caching.fresh(inb, lane)
+        if found is None:
+            return None
+        resp, held, until = found
+        assert isinstance(resp, StoredAnswer)  # a hit is always written in one piece
+        second = 0 if held[-1][1].date else int(time.time())  # the Date is ours: it changes with the second
+        return resp, Basis(held, until, self.tiers.degraded, second, inb.method, inb.raw_path, inb.route,
+                           resp.cache_status, resp.status, body_bytes(inb.method, resp))
+
+    def replayed(self, basis: Basis, started: float) -> bool:
+        """Whether a kept fast-lane answer (serving/replay.py) is still the answer: the same entries in memory,
+        before Age, ttl or freshness change, Redis as it was. If so it is counted as its first answer was."""
+        if self.clock() >= basis.until or self.tiers.degraded is not basis.degraded:
+            return False
+        if basis.second and int(time.time()) != basis.second:
+            return False
+        if not self.tiers.still_holds(basis.held):
+            return False
+        self._record(basis.method, basis.raw_path, basis.route, basis.cache_status, "hit", basis.status,
+                     basis.size, time.perf_counter() - started, None)
+        return True
 
     def _remembered(self, inb: Inbound) -> bool:
         """A target seen before, shared: rule, params and key set with no path decoding, query parsing or matching."""
@@ -231,12 +254,15 @@ class ProxyHandler:
     def _done(self, inb: Inbound, resp: web.StreamResponse, cache_status: CacheStatus | str, outcome: str,
               upstream_s: float | None) -> web.StreamResponse:
         """Every answer leaves through here: the request counted, and logged when the access log is on."""
-        took = time.perf_counter() - inb.started
-        self.metrics.request(inb.route, outcome, took)
-        if self.access_log is not None:
-            self.access_log.write(inb.method, inb.raw_path, inb.route, str(cache_status), resp.status,
-                                  body_bytes(inb.method, resp), took, upstream_s)
+        self._record(inb.method, inb.raw_path, inb.route, str(cache_status), outcome, resp.status,
+                     body_bytes(inb.method, resp), time.perf_counter() - inb.started, upstream_s)
         return resp
+
+    def _record(self, method: str, raw_path: str, route: str, cache_status: str, outcome: str, status: int,
+                size: int, took: float, upstream_s: float | None) -> None:
+        self.metrics.request(route, outcome, took)
+        if self.access_log is not None:
+            self.access_log.write(method, raw_path, route, cache_status, status, size, took, upstream_s)
 
     async def _pass(self, inb: Inbound, request: web.BaseRequest, detail: str) -> web.StreamResponse:
         status = CacheStatus(fwd="bypass", detail=(detail,))

@@ -152,30 +152,44 @@ class ClientConnection(RequestHandler):
     def _fast(self, data: bytes) -> bool:
         """A chunk that is one whole plain request, while aiohttp has nothing of this connection's in hand, offered
         to the fast lane; True if it answered. Every chunk is read, so request boundaries are always known."""
-        reader = self._reader
-        assert reader is not None and self._server.fast_lane is not None
+        reader, lane = self._reader, self._server.fast_lane
+        assert reader is not None and lane is not None
+        # At a request boundary, a chunk that is byte for byte a request answered before is that same whole request:
+        # left unread, the parser stays where it is, at the boundary, as reading it would leave it.
+        if not reader.open and self._idle() and lane.again(data, cast(asyncio.Transport, self.transport)):
+            self._answered()
+            return True
         try:
             whole = reader.read(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._reader = None  # malformed, or no longer HTTP: aiohttp's alone, its checks the only ones
             return False
-        # aiohttp has nothing in hand once its last answer is written whole (`_request_in_progress` ends after
-        # finish_response) and no request waits: its loop may not be back at its waiter yet, but what it still does
-        # (keep-alive bookkeeping) writes nothing, so an answer written now keeps the order. Waiting for the waiter
-        # instead would send the next request of a connection the slow path just answered to the slow path again,
-        # which on a busy connection pins it there (the reference trace: 34-68% of hits in the fast lane, 99.7% now).
-        if not whole or self._request_in_progress or self._messages or self._upgraded or self._close \
-                or self._force_close or self._payload_parser is not None or self.transport is None:
+        if not whole or not self._idle():
             return False
-        if not self._server.fast_lane.take(reader, self.transport, self._peer):
+        if not lane.take(reader, data, cast(asyncio.Transport, self.transport), self._peer):
             return False
+        self._answered()
+        return True
+
+    def _idle(self) -> bool:
+        """aiohttp has nothing of this connection's in hand, so an answer written now keeps the order.
+
+        That holds once its last answer is written whole (`_request_in_progress` ends after finish_response) and no
+        request waits: its loop may not be back at its waiter yet, but what it still does (keep-alive bookkeeping)
+        writes nothing. Waiting for the waiter instead would send the next request of a connection the slow path
+        just answered to the slow path again, which on a busy connection pins it there (the reference trace: 34-68%
+        of hits in the fast lane, 99.7% now)."""
+        return not (self._request_in_progress or self._messages or self._upgraded or self._close
+                    or self._force_close or self._payload_parser is not None or self.transport is None)
+
+    def _answered(self) -> None:
+        """After a fast-lane answer: the timers as aiohttp leaves them after an answer of its own."""
         self._disarm()  # its headers came: the header timer starts again with the next request's first byte
         if self._keepalive_timeout > 0:  # idle from now, as aiohttp counts after an answer of its own
             close_time = self._loop.time() + self._keepalive_timeout
             self._next_keepalive_close_time = close_time
             if self._keepalive_handle is None:
                 self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
-        return True
 
     def _peer(self) -> str | None:
         """The client's address, read once per connection (it cannot change)."""

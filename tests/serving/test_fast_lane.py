@@ -15,6 +15,7 @@ from proxy.config.settings import Config, ListenConfig
 from proxy.devtools.loadgen import replay
 from tests.conftest import ProxyFactory, Upstream
 from tests.support.processes import serve
+from tests.support.raw_http import exchange, fast_hits, raw_get, undated
 
 RULES = """
 [[route]]
@@ -33,66 +34,29 @@ def lane() -> str:
 NOW = 1_000_000.0  # a clock that stands still: Age and the ttl are the same in both answers
 
 
-async def _exchange(url: str, *chunks: bytes, answers: int = 1, head: bool = False) -> bytes:
-    """Send `chunks` as separate writes on one connection (a short pause between them), read `answers` answers."""
-    u = URL(url)
-    reader, writer = await asyncio.open_connection(u.host, u.port)
-    try:
-        for i, chunk in enumerate(chunks):
-            if i:
-                await asyncio.sleep(0.05)  # a separate read on the proxy's side
-            writer.write(chunk)
-            await writer.drain()
-        got = b""
-        for _ in range(answers):
-            top = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: (\d+)", top)
-            body = await reader.readexactly(int(length.group(1))) if length and not head else b""
-            got += top + body
-        return got
-    finally:
-        writer.close()
-
-
-def _get(path: str, *extra: str, method: str = "GET") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _undated(answer: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
-
-
-async def _fast_hits(http: aiohttp.ClientSession, admin: str) -> float:
-    async with http.get(f"{admin}/metrics") as resp:
-        text = await resp.text()
-    found = re.search(r"^sidecache_fast_lane_hits_total (\S+)$", text, re.M)
-    return float(found.group(1)) if found else -1.0
-
-
 async def test_a_fast_lane_hit_is_byte_for_byte_the_slow_paths_hit(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.reply("/api/player/7", body=b'{"player": 7}', headers={"ETag": '"v1"', "X-Origin": "yes"})
     proxy = await make_proxy(RULES, clock=lambda: NOW)
-    request = _get("/api/player/7")
-    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
-    before = await _fast_hits(http, proxy.admin_url)
-    fast = await _exchange(proxy.proxy_url, request)
-    assert await _fast_hits(http, proxy.admin_url) == before + 1
-    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
-    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    request = raw_get("/api/player/7")
+    await exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await fast_hits(http, proxy.admin_url)
+    fast = await exchange(proxy.proxy_url, request)
+    assert await fast_hits(http, proxy.admin_url) == before + 1
+    slow = await exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
+    assert await fast_hits(http, proxy.admin_url) == before + 1
     assert b"Cache-Status: sidecache; hit" in fast and b'{"player": 7}' in fast
-    assert _undated(fast) == _undated(slow)
+    assert undated(fast) == undated(slow)
     for extra in (('If-None-Match: "v1"',), ("Range: bytes=0-3",)):  # a 304 and a 206, both ways
-        request = _get("/api/player/7", *extra)
-        fast, slow = await _exchange(proxy.proxy_url, request), await _exchange(proxy.proxy_url, request[:10],
+        request = raw_get("/api/player/7", *extra)
+        fast, slow = await exchange(proxy.proxy_url, request), await exchange(proxy.proxy_url, request[:10],
                                                                                 request[10:])
         assert fast.split(b" ", 2)[1] in (b"304", b"206")
-        assert _undated(fast) == _undated(slow)
-    head = _get("/api/player/7", method="HEAD")
-    fast = await _exchange(proxy.proxy_url, head, head=True)
-    slow = await _exchange(proxy.proxy_url, head[:10], head[10:], head=True)
-    assert _undated(fast) == _undated(slow) and fast.endswith(b"\r\n\r\n")
+        assert undated(fast) == undated(slow)
+    head = raw_get("/api/player/7", method="HEAD")
+    fast = await exchange(proxy.proxy_url, head, head=True)
+    slow = await exchange(proxy.proxy_url, head[:10], head[10:], head=True)
+    assert undated(fast) == undated(slow) and fast.endswith(b"\r\n\r\n")
     assert upstream.hits["/api/player/7"] == 1
 
 
@@ -102,18 +66,18 @@ async def test_a_route_without_a_rule_is_answered_by_the_fast_lane_as_by_the_slo
     keyed by target and Host as the slow path keys them."""
     upstream.reply("/static/app.js", body=b"var x;", headers={"Cache-Control": "max-age=60", "ETag": '"a"'})
     proxy = await make_proxy(RULES, clock=lambda: NOW)
-    request = _get("/static/app.js")
-    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
-    before = await _fast_hits(http, proxy.admin_url)
-    fast = await _exchange(proxy.proxy_url, request)
-    assert await _fast_hits(http, proxy.admin_url) == before + 1
-    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])
-    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    request = raw_get("/static/app.js")
+    await exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await fast_hits(http, proxy.admin_url)
+    fast = await exchange(proxy.proxy_url, request)
+    assert await fast_hits(http, proxy.admin_url) == before + 1
+    slow = await exchange(proxy.proxy_url, request[:10], request[10:])
+    assert await fast_hits(http, proxy.admin_url) == before + 1
     assert b"Cache-Status: sidecache; hit" in fast and fast.endswith(b"var x;")
-    assert _undated(fast) == _undated(slow)
-    other_host = _get("/static/app.js").replace(b"Host: ", b"Host: other.")  # another origin's target: its own key
-    await _exchange(proxy.proxy_url, other_host)
-    assert await _fast_hits(http, proxy.admin_url) == before + 1
+    assert undated(fast) == undated(slow)
+    other_host = raw_get("/static/app.js").replace(b"Host: ", b"Host: other.")  # another origin's target: its own key
+    await exchange(proxy.proxy_url, other_host)
+    assert await fast_hits(http, proxy.admin_url) == before + 1
     assert upstream.hits["/static/app.js"] == 2
 
 
@@ -122,10 +86,10 @@ async def test_a_miss_does_not_pin_the_connection_to_the_slow_path(
     proxy = await make_proxy(RULES)
     u = URL(proxy.proxy_url)
     reader, writer = await asyncio.open_connection(u.host, u.port)
-    before = await _fast_hits(http, proxy.admin_url)
+    before = await fast_hits(http, proxy.admin_url)
     try:
         for path in ("/api/player/1", "/api/player/1", "/api/player/2", "/api/player/1", "/api/player/2"):
-            writer.write(_get(path))
+            writer.write(raw_get(path))
             head = await reader.readuntil(b"\r\n\r\n")
             length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
             assert length is not None
@@ -133,7 +97,7 @@ async def test_a_miss_does_not_pin_the_connection_to_the_slow_path(
             assert head.startswith(b"HTTP/1.1 200")
     finally:
         writer.close()
-    assert await _fast_hits(http, proxy.admin_url) == before + 3  # two misses through aiohttp, three hits here
+    assert await fast_hits(http, proxy.admin_url) == before + 3  # two misses through aiohttp, three hits here
     assert upstream.hits["/api/player/1"] == 1 and upstream.hits["/api/player/2"] == 1
 
 
@@ -153,7 +117,7 @@ async def test_a_busy_connection_is_not_pinned_to_the_slow_path(
         await replay("127.0.0.1", int(URL(proxy.proxy_url).port or 0), paths, 50)
         async with http.get(f"{proxy.admin_url}/stats") as resp:
             served_hits = (await resp.json())["routes"]["player"]["hits"]
-        fast = await _fast_hits(http, proxy.admin_url)
+        fast = await fast_hits(http, proxy.admin_url)
     assert sum(upstream.hits.values()) == 40
     assert served_hits >= hits  # a few of the first 40 may have hit too, collapsed onto another's fill
     assert fast >= 0.9 * served_hits
@@ -166,12 +130,12 @@ async def test_fast_lane_hits_are_counted_and_logged_like_any_hit(
     assert proxy.handler is not None
     proxy.handler.access_log = type("Log", (), {"write": lambda self, *a: lines.append(a)})()
     for _ in range(3):
-        await _exchange(proxy.proxy_url, _get("/api/player/3"))
+        await exchange(proxy.proxy_url, raw_get("/api/player/3"))
     async with http.get(f"{proxy.admin_url}/stats") as resp:
         stats = await resp.json()
     assert stats["routes"]["player"]["hits"] == 2
     assert [line[3].split(";")[1].strip() for line in lines] == ["fwd=miss", "hit", "hit"]  # type: ignore[union-attr]
-    assert await _fast_hits(http, proxy.admin_url) == 2
+    assert await fast_hits(http, proxy.admin_url) == 2
 
 
 async def test_what_the_fast_lane_does_not_answer_completely_goes_to_aiohttp(
@@ -179,34 +143,34 @@ async def test_what_the_fast_lane_does_not_answer_completely_goes_to_aiohttp(
     upstream.reply("/api/player/9", body=b'{"player": 9}')
     proxy = await make_proxy(RULES)
     url = proxy.proxy_url
-    await _exchange(url, _get("/api/player/9"))
-    before = await _fast_hits(http, proxy.admin_url)
+    await exchange(url, raw_get("/api/player/9"))
+    before = await fast_hits(http, proxy.admin_url)
     # two requests in one chunk (pipelined): both answered, in order, by aiohttp
-    both = await _exchange(url, _get("/api/player/9") + _get("/api/player/9"), answers=2)
+    both = await exchange(url, raw_get("/api/player/9") + raw_get("/api/player/9"), answers=2)
     assert both.count(b"HTTP/1.1 200 OK") == 2
     # a body, a chunked body, Expect and a close: aiohttp's framing and answer
-    body = await _exchange(url, _get("/api/player/9", "Content-Length: 2")[:-2] + b"\r\nab")
+    body = await exchange(url, raw_get("/api/player/9", "Content-Length: 2")[:-2] + b"\r\nab")
     assert body.startswith(b"HTTP/1.1 200")
-    smuggled = await _exchange(url, _get("/api/player/9", "Content-Length: 3", "Transfer-Encoding: chunked")
+    smuggled = await exchange(url, raw_get("/api/player/9", "Content-Length: 3", "Transfer-Encoding: chunked")
                                + b"0\r\n\r\n")
     assert smuggled.split(b" ", 2)[1] == b"400"
-    closing = await _exchange(url, _get("/api/player/9", "Connection: close"))
+    closing = await exchange(url, raw_get("/api/player/9", "Connection: close"))
     assert b"Connection: close" in closing and b'{"player": 9}' in closing
     # someone's credentials: never the shared entry (the rule does not share them)
-    old = await _exchange(url, _get("/api/player/9").replace(b"HTTP/1.1", b"HTTP/1.0"))
+    old = await exchange(url, raw_get("/api/player/9").replace(b"HTTP/1.1", b"HTTP/1.0"))
     assert old.startswith(b"HTTP/1.0 200") and b"Connection" not in old
-    private = await _exchange(url, _get("/api/player/9", "Authorization: Bearer x"))
+    private = await exchange(url, raw_get("/api/player/9", "Authorization: Bearer x"))
     assert b"fwd=bypass" in private or b"fwd=miss" in private
-    assert await _fast_hits(http, proxy.admin_url) == before
+    assert await fast_hits(http, proxy.admin_url) == before
 
 
 async def test_the_fast_lane_can_be_turned_off(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     proxy = await make_proxy(RULES, config=Config(server=ListenConfig(fast_lane=False)))
     for _ in range(3):
-        got = await _exchange(proxy.proxy_url, _get("/api/player/4"))
+        got = await exchange(proxy.proxy_url, raw_get("/api/player/4"))
     assert b"Cache-Status: sidecache; hit" in got
-    assert await _fast_hits(http, proxy.admin_url) == -1.0  # no fast lane, no counter
+    assert await fast_hits(http, proxy.admin_url) == -1.0  # no fast lane, no counter
     assert upstream.hits["/api/player/4"] == 1
 
 
@@ -215,18 +179,18 @@ async def test_a_large_stored_answer_is_whole_both_ways_and_the_connection_goes_
     big = bytes(range(256)) * 1024  # 256 KB: written as the stored bytes after the head, not joined to it
     upstream.reply("/api/player/9", body=big, headers={"Content-Type": "application/octet-stream"})
     proxy = await make_proxy(RULES, clock=lambda: NOW)
-    request, small = _get("/api/player/9"), _get("/api/player/7")
-    await _exchange(proxy.proxy_url, request)  # the miss fills the entry
-    before = await _fast_hits(http, proxy.admin_url)
-    fast = await _exchange(proxy.proxy_url, request, small, answers=2)  # the hit, then the next request
-    assert await _fast_hits(http, proxy.admin_url) >= before + 1
-    slow = await _exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
+    request, small = raw_get("/api/player/9"), raw_get("/api/player/7")
+    await exchange(proxy.proxy_url, request)  # the miss fills the entry
+    before = await fast_hits(http, proxy.admin_url)
+    fast = await exchange(proxy.proxy_url, request, small, answers=2)  # the hit, then the next request
+    assert await fast_hits(http, proxy.admin_url) >= before + 1
+    slow = await exchange(proxy.proxy_url, request[:10], request[10:])  # split: aiohttp answers it
     for answer in (fast, slow):
         top, _, rest = answer.partition(b"\r\n\r\n")
         assert b"Cache-Status: sidecache; hit" in top and f"Content-Length: {len(big)}".encode() in top
         assert rest[:len(big)] == big
     assert fast[fast.index(b"\r\n\r\n") + 4 + len(big):].startswith(b"HTTP/1.1 200 OK")  # the next answer follows
-    head = await _exchange(proxy.proxy_url, _get("/api/player/9", method="HEAD"), head=True)
+    head = await exchange(proxy.proxy_url, raw_get("/api/player/9", method="HEAD"), head=True)
     assert f"Content-Length: {len(big)}".encode() in head and head.endswith(b"\r\n\r\n")
 
 
@@ -260,13 +224,13 @@ async def test_what_aiohttp_refuses_the_fast_lane_refuses_too(
     slow = await make_proxy(RULES, config=Config(server=ListenConfig(fast_lane=False)))
     if case in _PARSER_CASES:
         extra, hit = _PARSER_CASES[case]
-        request = _get("/api/player/1", *extra)
+        request = raw_get("/api/player/1", *extra)
     else:
         request, hit = _RAW_CASES[case]
     answers = []
     for proxy in (fast, slow):
-        await _exchange(proxy.proxy_url, _get("/api/player/1"))  # stored: a plain request would be a hit
-        answers.append(await _exchange(proxy.proxy_url, request))
+        await exchange(proxy.proxy_url, raw_get("/api/player/1"))  # stored: a plain request would be a hit
+        answers.append(await exchange(proxy.proxy_url, request))
     statuses = [a.split(b"\r\n", 1)[0].split(b" ")[1] for a in answers]
     assert statuses == ([b"200", b"200"] if hit else [b"400", b"400"])
     assert all((b"Cache-Status: sidecache; hit" in a) == hit for a in answers)
