@@ -162,3 +162,28 @@ def test_kept_answers_are_bounded_and_counted_in_the_memory_budget() -> None:
     for i in range(MAX_REPLAYS + 10):
         many.keep(str(i).encode(), b"", basis)
     assert len(many) == MAX_REPLAYS and memory.reserved == many.bytes
+
+
+async def test_head_and_http_1_0_are_kept_apart_and_written_again_as_first_answered(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """The method and the version are part of the bytes: a HEAD is never answered with a GET's body, nor an
+    HTTP/1.0 keep-alive client with an HTTP/1.1 answer."""
+    upstream.reply("/api/player/6", body=b'{"p": 6}')
+    now = [2_000_000.0]
+    proxy = await make_proxy(RULES, clock=lambda: now[0])
+    get, head = raw_get("/api/player/6"), raw_get("/api/player/6", method="HEAD")
+    old = b"GET /api/player/6 HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+    await exchange(proxy.proxy_url, get)  # the miss fills the entry
+    now[0] += 0.25
+    for request, is_head in ((head, True), (old, False), (get, False)):
+        first = await exchange(proxy.proxy_url, request, head=is_head)
+        replays = await _replays(http, proxy.admin_url)
+        again = await exchange(proxy.proxy_url, request, head=is_head)
+        assert await _replays(http, proxy.admin_url) == replays + 1
+        assert again == first
+    assert again.endswith(b'{"p": 6}')
+    head_answer = await exchange(proxy.proxy_url, head, head=True)
+    assert head_answer.endswith(b"\r\n\r\n") and b"Content-Length: 8" in head_answer
+    old_answer = await exchange(proxy.proxy_url, old)
+    assert old_answer.startswith(b"HTTP/1.0 200") and b"Connection: keep-alive" in old_answer
+    assert upstream.hits["/api/player/6"] == 1
