@@ -43,7 +43,8 @@ class CachedResponse(msgspec.Struct, array_like=True, kw_only=True, dict=True, w
     @property
     def keep_until(self) -> float:
         """After this, no stale window can use the entry and a tier may drop it."""
-        return self.stored_at + self.ttl + max(self.stale_while_revalidate, self.stale_if_error) + self.keep
+        swr, sie = self.stale_while_revalidate, self.stale_if_error  # max() without its call: every hit asks this
+        return self.stored_at + self.ttl + (swr if swr > sie else sie) + self.keep
 
     @property
     def size(self) -> int:
