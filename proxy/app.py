@@ -108,8 +108,7 @@ class Sidecar:
         self.server = ProxyServer(self.handler, access_log=None, handler_cancellation=True,
                                   keepalive_timeout=srv.keepalive_timeout, header_timeout=srv.header_timeout,
                                   max_connections=connection_bound(self.config),
-                                  fast_lane=(FastLane(self.handler.fast, self.handler.replayed, self.handler.replays)
-                                             if srv.fast_lane else None))
+                                  fast_lane=FastLane(self.handler) if srv.fast_lane else None)
         self._register_listener_gauges(self.server)
         log.info("worker %d: at most %d client connections; header timeout %s, idle timeout %s", self.worker_index,
                  self.server.max_connections, srv.header_timeout.text, srv.keepalive_timeout.text)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -36,7 +36,24 @@ MAX_HEADERS: Final = 128
 _ONCE: Final = frozenset({"content-location", "content-range", "content-type", "etag", "host", "max-forwards",
                           "server", "user-agent"})  # aiohttp's singletons, framing ones aside
 
-Answer = Callable[[Inbound], tuple[StoredAnswer, Basis] | None]
+
+
+class Asked(Protocol):
+    """What the fast lane asks of the handler (serving/handler.py `ProxyHandler`)."""
+
+    replays: Replays
+
+    def knows(self, target: str) -> bool:
+        """The target was seen before (remembered with its rule, or as one no rule matches)."""
+        ...
+
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | None:
+        """A fresh memory hit, answered and counted, with what it was decided from; None for anything else."""
+        ...
+
+    def replayed(self, basis: Basis, started: float) -> bool:
+        """A kept answer is still the answer (and is counted); False if anything it was decided from changed."""
+        ...
 
 
 class RequestReader:
@@ -99,10 +116,9 @@ class FastLane:
     """The proxy listener's fast lane: the questions it asks the handler, the answers it keeps to write again
     (serving/replay.py), and how many answers it wrote."""
 
-    def __init__(self, answer: Answer, replayed: Callable[[Basis, float], bool], replays: Replays) -> None:
-        self.answer = answer
-        self.replayed = replayed
-        self.replays = replays
+    def __init__(self, handler: Asked) -> None:
+        self.handler = handler
+        self.replays = handler.replays
         self.served = 0  # hits written by the fast lane, replays included
 
     def again(self, data: bytes, transport: asyncio.Transport) -> bool:
@@ -112,7 +128,7 @@ class FastLane:
         if kept is None or transport.get_write_buffer_size() > _WRITE_BACKLOG:
             return False
         answer, basis = kept
-        if not self.replayed(basis, time.perf_counter()):
+        if not self.handler.replayed(basis, time.perf_counter()):
             self.replays.drop(data)
             return False
         transport.write(answer)
@@ -134,13 +150,13 @@ class FastLane:
             return False
         if version == "1.1" and "host" not in reader.once:
             return False  # an HTTP/1.1 request without a Host is aiohttp's to refuse (400)
-        if transport.get_write_buffer_size() > _WRITE_BACKLOG:
-            return False
+        target = url.decode("latin-1")
+        if not self.handler.knows(target) or transport.get_write_buffer_size() > _WRITE_BACKLOG:
+            return False  # a target never seen is a miss: no headers built for it
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"
-        inb = Inbound.parsed(method, url.decode("latin-1"), headers, time.perf_counter(), peer(),
-                             headers.get("Host"))
-        found = self.answer(inb)
+        inb = Inbound.parsed(method, target, headers, time.perf_counter(), peer(), headers.get("Host"))
+        found = self.handler.fast(inb)
         if found is None:
             return False
         resp, basis = found

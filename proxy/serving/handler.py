@@ -132,6 +132,10 @@ class ProxyHandler:
                 self.metrics.upstream_error(inb.route, type(exc).__name__)
             return self._error(inb, exc)
 
+    def knows(self, target: str) -> bool:
+        """The fast lane's first question: a target seen before (anything else is a miss, or not cached)."""
+        return target in self._targets
+
     def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
         before, answered and counted as the slow path would, with what it was decided from (a replay's basis);
