@@ -86,6 +86,14 @@ class Recommendation(msgspec.Struct, frozen=True):
     message: str
 
 
+class FastLaneStats(msgspec.Struct, frozen=True):
+    """The hit fast lane (`[server] fast_lane`): how much of the hit traffic skipped aiohttp's machinery."""
+
+    hits: int  # fresh hits it answered, replays included
+    replays: int  # of those, answers written again for the very same request bytes (serving/replay.py)
+    share_of_hits: float  # of every answer counted as a hit
+
+
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """Everything /stats answers; the dashboard and scripts read it."""
 
@@ -104,6 +112,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     tiers: dict[str, TierStats]
     inflight_fills: int
     coalesced_waiters: int
+    fast_lane: FastLaneStats | None  # None: the fast lane is off
     redis: RedisStats
     reloads: dict[str, int]
     recommendations: list[Recommendation]
@@ -209,6 +218,15 @@ def route_stats(view: Metrics, route: str) -> RouteStats:
     )
 
 
+def fast_lane_stats(view: Metrics) -> FastLaneStats | None:
+    if "sidecache_fast_lane_hits" not in view.counters:
+        return None
+    lane = int(sum(v for _, v in _read(view.counters.get("sidecache_fast_lane_hits"))))
+    replays = int(sum(v for _, v in _read(view.counters.get("sidecache_fast_lane_replays"))))
+    hits = sum(n for (_, o), n in view.requests.items() if o == "hit")
+    return FastLaneStats(lane, replays, _ratio(lane, hits))
+
+
 def tier_stats(view: Metrics, history: History, now: float) -> dict[str, TierStats]:
     """Per tier, from the gauges every tier registers (sidecache_cache_*{tier=...})."""
     cols = {name: _by_label(_read(view.gauges.get(f"sidecache_cache_{name}")), "tier")
@@ -277,7 +295,8 @@ def stats_of(view: Metrics, snaps: list[Snapshot], *, rules: RuleSet, history: H
         upstream_calls_saved=sum(r.upstream_calls_saved for r in routes.values()),
         latency=_pct(_merged(view.latency.values())), upstream_latency=_pct(_merged(view.upstream_latency.values())),
         tiers=tiers, inflight_fills=_total(view, "sidecache_inflight_fills"),
-        coalesced_waiters=_total(view, "sidecache_coalesced_waiters"), redis=redis, reloads=dict(view.reloads),
+        coalesced_waiters=_total(view, "sidecache_coalesced_waiters"), fast_lane=fast_lane_stats(view),
+        redis=redis, reloads=dict(view.reloads),
         recommendations=recommendations(routes, tiers, rules, requests), routes=routes,
     )
 

@@ -136,6 +136,8 @@ async def test_fast_lane_hits_are_counted_and_logged_like_any_hit(
     assert stats["routes"]["player"]["hits"] == 2
     assert [line[3].split(";")[1].strip() for line in lines] == ["fwd=miss", "hit", "hit"]  # type: ignore[union-attr]
     assert await fast_hits(http, proxy.admin_url) == 2
+    # the third was the second's answer written again (serving/replay.py), counted all the same
+    assert stats["fast_lane"] == {"hits": 2, "replays": 1, "share_of_hits": 1.0}
 
 
 async def test_what_the_fast_lane_does_not_answer_completely_goes_to_aiohttp(
@@ -171,6 +173,8 @@ async def test_the_fast_lane_can_be_turned_off(
         got = await exchange(proxy.proxy_url, raw_get("/api/player/4"))
     assert b"Cache-Status: sidecache; hit" in got
     assert await fast_hits(http, proxy.admin_url) == -1.0  # no fast lane, no counter
+    async with http.get(f"{proxy.admin_url}/stats") as resp:
+        assert (await resp.json())["fast_lane"] is None
     assert upstream.hits["/api/player/4"] == 1
 
 
