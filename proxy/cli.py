@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from proxy import __version__
 from proxy.cache.redis.tier import open_redis
@@ -139,14 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             from proxy.devtools.demo import run_demo
 
             config, rules = load(args)
-            return asyncio.run(run_demo(config, rules))
+            return _until_sigterm(run_demo(config, rules))
         if args.command == "bench":
             from proxy.devtools.bench import run_bench
 
             only = tuple(args.only.split(",")) if args.only else None
-            return asyncio.run(run_bench(quick=args.quick, json_path=args.json, latency=args.latency,
-                                         png_path=args.png, batch_extra=args.batch_extra,
-                                         **({"only": only} if only else {})))
+            return _until_sigterm(run_bench(quick=args.quick, json_path=args.json, latency=args.latency,
+                                            png_path=args.png, batch_extra=args.batch_extra,
+                                            **({"only": only} if only else {})))
     except ConfigError as exc:
         verdict = "refusing to start" if args.command in ("serve", "demo") else "invalid"
         print(f"sidecache: configuration error, {verdict}:\n{exc}", file=sys.stderr)
@@ -155,6 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sidecache: refusing to start: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _until_sigterm(job: Coroutine[Any, Any, int]) -> int:
+    """Run a devtool (demo, bench) to its end, or until SIGTERM cancels it. Python's own SIGTERM ends a process
+    without unwinding it, which would leave every process it started (backend, proxies, nginx, Redis) running;
+    cancelled, each is stopped on the way out, as after Ctrl-C."""
+    async def run() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await job
+
+    try:
+        return asyncio.run(run())
+    except asyncio.CancelledError:
+        print("sidecache: stopped by SIGTERM; everything it started is stopped too", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 def configured(args: argparse.Namespace) -> tuple[Config, RuleSet]:
