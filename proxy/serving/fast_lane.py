@@ -10,6 +10,9 @@ the only ones; the next request on the connection gets its own chance, so no con
 
     chunk ─> httptools (always) ─ one plain GET/HEAD, aiohttp idle? ─> ProxyHandler.fast ─ hit ─> transport.write
                                          └ no ───────────────────────────────┴ None ─> aiohttp (data_received)
+
+Before any of that, a chunk that is byte for byte a request answered here before, at a request boundary, is
+answered with that same answer if nothing it was decided from changed (serving/replay.py), without being read.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ MAX_FIELD: Final = 8190  # a header's name, and its name and value together
 MAX_HEADERS: Final = 128
 _ONCE: Final = frozenset({"content-location", "content-range", "content-type", "etag", "host", "max-forwards",
                           "server", "user-agent"})  # aiohttp's singletons, framing ones aside
-
 
 
 class Asked(Protocol):

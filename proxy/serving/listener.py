@@ -151,7 +151,8 @@ class ClientConnection(RequestHandler):
 
     def _fast(self, data: bytes) -> bool:
         """A chunk that is one whole plain request, while aiohttp has nothing of this connection's in hand, offered
-        to the fast lane; True if it answered. Every chunk is read, so request boundaries are always known."""
+        to the fast lane; True if it answered. Every chunk is read, or is byte for byte a whole request the lane
+        answered before, so request boundaries are always known."""
         reader, lane = self._reader, self._server.fast_lane
         assert reader is not None and lane is not None
         # At a request boundary, a chunk that is byte for byte a request answered before is that same whole request:
