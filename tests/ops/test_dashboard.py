@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
+from proxy.config.settings import Config, ListenConfig
 from tests.support.browser import Page, chromium
 from tests.support.factories import ProxyFactory
 from tests.support.upstream import Upstream
@@ -60,6 +61,7 @@ async def test_dashboard_numbers_match_stats(make_proxy: ProxyFactory, upstream:
     assert top["hit_ratio"] == pct(stats["hit_ratio"])
     assert top["upstream_calls"] == f"{stats['upstream_calls']:,}" == "4"
     assert top["upstream_calls_saved"] == f"{stats['upstream_calls_saved']:,}"
+    assert top["fast_lane"] == pct(stats["fast_lane"]["share_of_hits"]) == "100.0%"  # every hit: all in one piece
     assert top["grade"] == stats["grade"].replace("_", " ")
     for p in ("p50_ms", "p95_ms", "p99_ms"):
         assert top[f"latency.{p}"] == ms(stats["latency"][p])
@@ -101,3 +103,13 @@ async def test_a_proxy_without_traffic_says_so_instead_of_grading_it(make_proxy:
     page = Page(dom.decode())
     assert page.body.get("data-loaded") == "true"
     assert page.stats[""]["grade"] == "no traffic yet"
+
+
+async def test_the_fast_lane_tile_says_off_when_it_is(make_proxy: ProxyFactory, upstream: Upstream,
+                                                      http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    proxy = await make_proxy(RULES, config=Config(server=ListenConfig(fast_lane=False)))
+    await traffic(http, proxy.proxy_url)
+    dom = await chromium(tmp_path / "profile", "--virtual-time-budget=3000", "--dump-dom", proxy.admin_url + "/")
+    page = Page(dom.decode())
+    assert page.body.get("data-loaded") == "true"
+    assert page.stats[""]["fast_lane"] == "off" and page.stats[""]["requests"] == "11"
