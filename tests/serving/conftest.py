@@ -1,5 +1,6 @@
 """Fixtures of the serving tests. Every test here that starts a proxy with `make_proxy` runs twice: with the hit
-fast lane on (the default) and with aiohttp answering every request, so both paths keep every guarantee (issue 17).
+fast lane on (the default) and with aiohttp answering every request, so both paths keep every guarantee (issue 17;
+the fixtures are tests/support/lanes.py).
 The batching tests also get the sample backend on a loopback port, and a client whose bursts reach the proxy at
 once. (Modules with a backend of their own define their own fixture.)"""
 
@@ -8,35 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
-import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import Sidecar
-from proxy.config.settings import Config
 from proxy.devtools.sample_backend import SampleBackend
 from tests.support.batching import Backend
-from tests.support.factories import ProxyFactory
-
-
-@pytest.fixture(params=["fast-lane", "aiohttp-only"])
-def lane(request: pytest.FixtureRequest) -> str:
-    """Which path answers hits: a module that tests one of them pins this fixture."""
-    return str(request.param)
-
-
-@pytest.fixture
-def make_proxy(make_proxy: ProxyFactory, lane: str) -> ProxyFactory:
-    """The root `make_proxy`, with `[server] fast_lane = false` in the aiohttp-only run."""
-    if lane == "fast-lane":
-        return make_proxy
-
-    async def make(rules: str = "", *, config: Config | None = None, **kw: object) -> Sidecar:
-        cfg = config or Config()
-        cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(cfg.server, fast_lane=False))
-        return await make_proxy(rules, config=cfg, **kw)
-
-    return make
+from tests.support.lanes import lane, make_proxy  # noqa: F401 - fixtures, for every module of this folder
 
 
 @pytest.fixture

@@ -31,6 +31,12 @@ from tests.support.redis_tier import RULES, cache_key_of, subscribed
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
 
+
+@pytest.fixture
+def lane() -> str:
+    """Failovers are slow: these run on the fast lane only (the lanes are compared in the other modules)."""
+    return "fast-lane"
+
 SHIPPED_RULES = ROOT / "rules" / "a1betting.toml"
 
 

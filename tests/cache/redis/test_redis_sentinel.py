@@ -22,6 +22,12 @@ from tests.support.upstream import Upstream
 from tests.support.waiting import until
 
 
+@pytest.fixture
+def lane() -> str:
+    """Failovers are slow: these run on the fast lane only (the lanes are compared in the other modules)."""
+    return "fast-lane"
+
+
 def sentinel_config(s: RedisSentinelSet, **fields: object) -> Config:
     base: dict[str, object] = {"probe_min": Duration.of("50ms"), "probe_max": Duration.of("500ms"),
                                "timeout": Duration.of("250ms"), "url": "redis:///2", "service": s.service}
