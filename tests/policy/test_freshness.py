@@ -13,6 +13,7 @@ from proxy.policy.entry import CachedResponse, decode, encode
 from proxy.policy.freshness import (
     State,
     cache_control,
+    hit_unchanged_until,
     private_request_reason,
     rule_ttl,
     state,
@@ -158,3 +159,30 @@ def test_entries_of_the_previous_layout_still_decode() -> None:
     old = msgspec.msgpack.encode([1, [200, [], b"x", 1.0, 2.0, 0.0, 0.0, [], "", [], 0.0]])  # before `date`
     assert decode(old) == msgspec.structs.replace(e, date="")
     assert decode(encode(e)) == e
+
+
+@pytest.mark.parametrize(
+    ("ttl", "age", "until_age"),
+    [
+        (60, 0.25, 1.0),  # Age turns 1 (and the ttl 58) at an age of 1 s
+        (60, 59.5, 60.0),  # the last second: freshness ends with it
+        (60.5, 0.25, 0.5),  # a fractional ttl: its whole seconds turn before Age's
+        (0.8, 0.3, 0.8),  # fresh for less than a second
+        (60, 0.0, 0.0),  # exactly 60 s left: the next instant reads 59
+    ],
+)
+def test_a_hit_reads_the_same_until_its_age_or_ttl_turns_a_second_or_it_goes_stale(
+        ttl: float, age: float, until_age: float) -> None:
+    e = entry(ttl=ttl)
+    now = e.stored_at + age
+    until = hit_unchanged_until(e, now)
+    assert until == pytest.approx(e.stored_at + until_age - 0.001)
+    if until > now:  # just before it: the same Age, ttl and state as at `now`
+        before = until - 1e-6
+        assert (int(before - e.stored_at), int(e.expires_at - before)) == (int(age), int(e.expires_at - now))
+        assert state(e, before) is State.FRESH
+
+
+def test_a_clock_that_went_back_promises_nothing() -> None:
+    e = entry()
+    assert hit_unchanged_until(e, e.stored_at - 5) == e.stored_at - 5
