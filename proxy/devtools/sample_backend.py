@@ -1,4 +1,6 @@
-"""An A1Betting-shaped upstream with the real routes, shapes and quirks, for the demo, the bench and the tests."""
+"""An A1Betting-shaped upstream with the real routes, shapes and quirks, for the demo, the bench and the tests:
+its routes, its state (the players it has cached, the calls it received) and its fault knobs. What it accepts
+and how it rejects the rest is devtools/sample_requests.py; its players and their numbers, sample_data.py."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import asyncio
 import gzip
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -20,12 +21,23 @@ from proxy.devtools.sample_data import (
     BENCHMARK_PLAYERS,
     DEFAULT_STAT_TYPES,
     EnrichedProp,
-    PropFields,
     analyse_prop,
     hitting_stats,
     player_id,
     player_name,
     stat_data,
+)
+from proxy.devtools.sample_requests import (
+    Failed,
+    Item,
+    Rejected,
+    batch_items,
+    decode_body,
+    group_by_player,
+    problem,
+    prop_query,
+    query_bool,
+    query_int,
 )
 
 MAX_BATCH: Final = 50  # batch_prop_analysis_service.py:101 drops the rest silently
@@ -38,39 +50,6 @@ _HEADERS: Final = {  # SecurityMiddleware's; upstream sends no Cache-Control, ET
     "Referrer-Policy": "strict-origin-when-cross-origin",
     "Server": "A1Betting/2.0",
 }
-_MESSAGES: Final = {  # pydantic 2's wording, which FastAPI's 422 bodies carry
-    "missing": "Field required",
-    "json_invalid": "JSON decode error",
-    "float_parsing": "Input should be a valid number, unable to parse string as a number",
-    "int_parsing": "Input should be a valid integer, unable to parse string as an integer",
-    "bool_parsing": "Input should be a valid boolean, unable to interpret input",
-    "list_type": "Input should be a valid list",
-    "dict_type": "Input should be a valid dictionary",
-    "string_type": "Input should be a valid string",
-    "model_attributes_type": "Input should be a valid dictionary or object to extract fields from",
-}
-
-
-class _Rejected(Exception):
-    """FastAPI's 422, raised before the handler body runs, with pydantic-style details."""
-
-    def __init__(self, *problems: dict[str, Any]) -> None:
-        super().__init__(problems)
-        self.problems = list(problems)
-
-
-class _Failed(Exception):
-    """An HTTPException, answered in upstream's custom `{"error", "status_code"}` form."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _problem(kind: str, loc: list[str | int], value: Any) -> dict[str, Any]:
-    return {"type": kind, "loc": loc, "msg": _MESSAGES[kind], "input": value}
-
-
 def _gzipped(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     """The enhanced app's GZipMiddleware (Starlette's, `minimum_size=1000`, level 9): a large body is sent gzipped
     to a client whose Accept-Encoding names gzip, with `Vary: Accept-Encoding`."""
@@ -87,84 +66,6 @@ def _gzipped(request: web.Request, response: web.StreamResponse) -> web.StreamRe
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
-
-
-def _decode_body(raw: bytes) -> Any:
-    """A JSON body, or the 422 FastAPI gives for a missing or malformed one."""
-    if not raw.strip():
-        raise _Rejected(_problem("missing", ["body"], None))
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise _Rejected({**_problem("json_invalid", ["body", 0], {}), "ctx": {"error": str(exc)}}) from exc
-
-
-def _query_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
-    text = query.get(name, str(default)).lower()
-    if text not in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        raise _Rejected(_problem("bool_parsing", ["query", name], query[name]))
-    return text in ("true", "1", "yes", "on")
-
-
-def _query_int(query: Mapping[str, str], name: str, default: int) -> int:
-    try:
-        return int(query.get(name, default))
-    except ValueError as exc:
-        raise _Rejected(_problem("int_parsing", ["query", name], query[name])) from exc
-
-
-def _prop_query(query: Mapping[str, str], names: tuple[str, ...] = ()) -> PropFields:
-    """The prop fields (and `names`) from a query string, every problem reported at once as pydantic does."""
-    required = (*names, "player_name", "stat_type", "line", "team", "matchup")
-    problems = [_problem("missing", ["query", name], None) for name in required if name not in query]
-    try:
-        line = float(query.get("line", 0))
-    except ValueError:
-        problems.append(_problem("float_parsing", ["query", "line"], query["line"]))
-    if problems:
-        raise _Rejected(*problems)
-    return PropFields(query["player_name"], query["stat_type"], line, query["team"], query["matchup"])
-
-
-@dataclass(frozen=True)
-class _Item:
-    prop_id: str | None
-    fields: PropFields
-    priority: Any  # any JSON value: mixed types within one player's group break the sort, as upstream's do
-
-
-def _batch_items(body: Any) -> list[_Item]:
-    """`BatchPropRequest` validation (422), then the route's per-item defaults; a bad `line` is the route's 500."""
-    if not isinstance(body, dict):
-        raise _Rejected(_problem("model_attributes_type", ["body"], body))
-    requests = body.get("requests")
-    if not isinstance(requests, list):
-        raise _Rejected(_problem("list_type" if "requests" in body else "missing", ["body", "requests"], requests))
-    problems = [
-        _problem("dict_type", ["body", "requests", i], r) for i, r in enumerate(requests) if type(r) is not dict
-    ]
-    if problems:
-        raise _Rejected(*problems)
-    return [_item(index, item) for index, item in enumerate(requests)]
-
-
-def _item(index: int, raw: dict[str, Any]) -> _Item:
-    try:
-        line = float(raw.get("line", 0))
-    except (TypeError, ValueError) as exc:
-        raise _Failed(500, f"Batch processing failed: {exc}") from exc
-    prop_id = raw["prop_id"] if "prop_id" in raw else f"batch_{index}"  # the default only when the key is absent
-    text = [str(raw.get(key, "")) for key in ("player_name", "stat_type", "team", "matchup")]
-    fields = PropFields(text[0], text[1], line, text[2], text[3])
-    return _Item(None if prop_id is None else str(prop_id), fields, raw.get("priority", 1))
-
-
-def _group(items: list[_Item]) -> dict[str, list[_Item]]:
-    """Upstream's order: grouped by folded name in first-seen order (:181), each group sorted by priority (:186)."""
-    groups: dict[str, list[_Item]] = {}
-    for item in items:
-        groups.setdefault(item.fields.player_name.lower().strip(), []).append(item)
-    return {key: sorted(group, key=lambda item: item.priority) for key, group in groups.items()}
 
 
 class _Knobs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -242,9 +143,9 @@ class SampleBackend:
                 if delay > 0 and route != "unmatched":
                     await asyncio.sleep(delay)
                 response = await handler(request)
-            except _Rejected as exc:
+            except Rejected as exc:
                 response = _json({"detail": exc.problems}, 422)
-            except _Failed as exc:
+            except Failed as exc:
                 response = _json({"error": exc.message, "status_code": exc.status}, exc.status)
             except web.HTTPException as exc:  # the router's 404 and 405, in FastAPI's default form
                 response = _json({"detail": exc.reason}, exc.status)
@@ -298,14 +199,14 @@ class SampleBackend:
         return _json({"status": "ok"})
 
     async def _prop_analysis(self, request: web.Request) -> web.Response:
-        fields = _prop_query(request.query)
+        fields = prop_query(request.query)
         failed = self._fails(fields.player_name)  # mlb_extras.py:243,247 answer `null` with 200 on any failure
         return _json(None if failed else analyse_prop(request.match_info["prop_id"], fields))
 
     async def _enhanced(self, request: web.Request) -> web.Response:
-        started, fields = time.perf_counter(), _prop_query(request.query, ("prop_id",))
+        started, fields = time.perf_counter(), prop_query(request.query, ("prop_id",))
         if self._fails(fields.player_name):
-            raise _Failed(404, "Enhanced analysis could not be generated")
+            raise Failed(404, "Enhanced analysis could not be generated")
         self._lookup(fields.player_name, [fields.stat_type])
         performance = dict(processing_time=time.perf_counter() - started, optimization_used=True)
         return _json({"analysis": analyse_prop(request.query["prop_id"], fields), "performance": performance})
@@ -313,14 +214,14 @@ class SampleBackend:
     async def _batch(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         if self.fail_batch_status is not None:
-            raise _Failed(self.fail_batch_status, f"Batch processing failed: injected {self.fail_batch_status}")
+            raise Failed(self.fail_batch_status, f"Batch processing failed: injected {self.fail_batch_status}")
         if self.batch_garbage:
             return web.Response(body=b'{"successful": [{"player_info": <html>502', content_type="application/json")
-        body = _decode_body(await request.read())
-        items = _batch_items(body)
+        body = decode_body(await request.read())
+        items = batch_items(body)
         processed = items[:MAX_BATCH]
         try:
-            groups, crash = _group(processed), []
+            groups, crash = group_by_player(processed), []
         except TypeError as exc:  # e.g. priorities 1 and "high" for one player: still a 200
             groups, processed = {}, []
             crash = [{"error": f"Batch processing error: {exc}", "type": "batch_processing_error"}]
@@ -345,7 +246,7 @@ class SampleBackend:
             {"successful": successful, "failed": failed, "performance": performance, "optimization": optimization}
         )
 
-    def _analyse_groups(self, groups: dict[str, list[_Item]]) -> tuple[list[EnrichedProp], list[dict[str, Any]]]:
+    def _analyse_groups(self, groups: dict[str, list[Item]]) -> tuple[list[EnrichedProp], list[dict[str, Any]]]:
         successful: list[EnrichedProp] = []
         failed: list[dict[str, Any]] = []
         broken = {name.lower().strip() for name in self.group_error_players}
@@ -367,9 +268,9 @@ class SampleBackend:
         name = request.match_info["player_name"]
         pid = player_id(name)
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
-        refresh = _query_bool(request.query, "force_refresh", False)
+        refresh = query_bool(request.query, "force_refresh", False)
         if pid is None or self._fails(name):
-            raise _Failed(404, f"Player data not found for {name}")
+            raise Failed(404, f"Player data not found for {name}")
         hit, fetched_at = self._lookup(name, stat_types, refresh)  # a hit reports when it was cached
         season = {stat: stat_data(pid, "season") for stat in stat_types}  # stat_type never reaches the MLB call
         data = dict(player_id=pid, player_info={}, game_logs=stat_data(pid, "gameLog"), season_stats=season)
@@ -382,11 +283,11 @@ class SampleBackend:
     async def _warm_cache(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
-        names = _decode_body(await request.read())
+        names = decode_body(await request.read())
         if not isinstance(names, list):  # the frontend's `{player_names, stat_types}` object lands here
-            raise _Rejected(_problem("list_type", ["body"], names))
-        if problems := [_problem("string_type", ["body", i], n) for i, n in enumerate(names) if type(n) is not str]:
-            raise _Rejected(*problems)
+            raise Rejected(problem("list_type", ["body"], names))
+        if problems := [problem("string_type", ["body", i], n) for i, n in enumerate(names) if type(n) is not str]:
+            raise Rejected(*problems)
         for name in names:
             if not self._fails(name):
                 self._lookup(name, stat_types)
@@ -442,9 +343,9 @@ class SampleBackend:
     async def _benchmark(self, request: web.Request) -> web.Response:
         players = request.query.getall("player_names", None) or list(BENCHMARK_PLAYERS)
         stat_types = request.query.getall("stat_types", None) or list(DEFAULT_STAT_TYPES)
-        iterations = _query_int(request.query, "iterations", 3)
+        iterations = query_int(request.query, "iterations", 3)
         if iterations <= 0:  # upstream divides by len(times)
-            raise _Failed(500, "Benchmark failed: division by zero")
+            raise Failed(500, "Benchmark failed: division by zero")
         times = []
         for _ in range(iterations):
             started = time.perf_counter()
@@ -463,14 +364,14 @@ class SampleBackend:
         name = request.match_info["name"]
         pid = player_id(name)
         if pid is None or self._fails(name):
-            raise _Failed(404, f"Player not found: {name}")
+            raise Failed(404, f"Player not found: {name}")
         return _json({"player_name": player_name(pid), "player_id": pid})
 
     def _known_id(self, request: web.Request) -> int:
         raw = request.match_info["player_id"]
         name = player_name(int(raw)) if raw.isdigit() else None
         if name is None or self._fails(name):
-            raise _Failed(404, f"Player data not found for {raw}")
+            raise Failed(404, f"Player data not found for {raw}")
         return int(raw)
 
     async def _game_logs(self, request: web.Request) -> web.Response:
@@ -480,7 +381,7 @@ class SampleBackend:
     async def _season_stats(self, request: web.Request) -> web.Response:
         pid = self._known_id(request)
         if "stat_type" not in request.query:
-            raise _Rejected(_problem("missing", ["query", "stat_type"], None))
+            raise Rejected(problem("missing", ["query", "stat_type"], None))
         return _json({"player_id": pid, "stat_type": request.query["stat_type"], "stats": hitting_stats(pid, 120)})
 
 
