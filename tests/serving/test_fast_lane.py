@@ -14,22 +14,10 @@ from yarl import URL
 from proxy.config.settings import Config, ListenConfig
 from proxy.devtools.loadgen import replay
 from tests.conftest import ProxyFactory, Upstream
+from tests.support.lanes import PLAYER_RULES as RULES
+from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: these tests are the fast lane's own
 from tests.support.processes import serve
 from tests.support.raw_http import exchange, fast_hits, raw_get, undated
-
-RULES = """
-[[route]]
-name = "player"
-match = "GET /api/player/{id}"
-ttl = "60s"
-"""
-
-
-@pytest.fixture
-def lane() -> str:
-    """These tests are about the fast lane itself: they run with it on (or turn it off themselves)."""
-    return "fast-lane"
-
 
 NOW = 1_000_000.0  # a clock that stands still: Age and the ttl are the same in both answers
 

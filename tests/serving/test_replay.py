@@ -8,29 +8,18 @@ import re
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from proxy.cache.memory import MemoryTier
 from proxy.config.rules import load_rules
 from proxy.config.settings import Config, MemoryConfig
 from proxy.serving.replay import MAX_REPLAYS, Basis, Replays
 from tests.support.factories import ProxyFactory, RedisFactory
+from tests.support.lanes import PLAYER_RULES as RULES
+from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: these tests are the fast lane's own
 from tests.support.raw_http import counter, exchange, fast_hits, raw_get, undated
 from tests.support.redis_tier import with_redis
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
-
-RULES = """
-[[route]]
-name = "player"
-match = "GET /api/player/{id}"
-ttl = "60s"
-"""
-
-
-@pytest.fixture
-def lane() -> str:
-    return "fast-lane"
 
 
 async def _replays(http: aiohttp.ClientSession, admin: str) -> float:

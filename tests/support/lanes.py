@@ -1,7 +1,7 @@
 """Both hit paths for a test module: every test that starts a proxy with `make_proxy` runs twice, with the hit
 fast lane on (the default) and with aiohttp answering every request (`[server] fast_lane = false`), so both keep
 every guarantee (issue 17). A module imports `lane` and `make_proxy` from here (tests/serving's conftest does,
-for the whole folder); a module that tests one path pins `lane` itself."""
+for the whole folder); a module about the fast lane itself, or too slow to run twice, imports `fast_lane_only`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,21 @@ from tests.support.factories import ProxyFactory
 def lane(request: pytest.FixtureRequest) -> str:
     """Which path answers hits."""
     return str(request.param)
+
+
+@pytest.fixture(name="lane")
+def fast_lane_only() -> str:
+    """`lane` pinned to the fast lane, for the module that imports this."""
+    return "fast-lane"
+
+
+# The one ruled route the fast lane's own tests answer.
+PLAYER_RULES = """
+[[route]]
+name = "player"
+match = "GET /api/player/{id}"
+ttl = "60s"
+"""
 
 
 @pytest.fixture

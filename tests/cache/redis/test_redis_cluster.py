@@ -26,16 +26,11 @@ from proxy.errors import ConfigError
 from proxy.policy.entry import CachedResponse
 from tests.support.client import Answer, get, load
 from tests.support.factories import ProxyFactory
+from tests.support.lanes import fast_lane_only  # noqa: F401 - failovers are slow: one lane here
 from tests.support.processes import ROOT, RedisClusterServers, RedisServer, ServeProcess, serve
 from tests.support.redis_tier import RULES, cache_key_of, subscribed
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
-
-
-@pytest.fixture
-def lane() -> str:
-    """Failovers are slow: these run on the fast lane only (the lanes are compared in the other modules)."""
-    return "fast-lane"
 
 SHIPPED_RULES = ROOT / "rules" / "a1betting.toml"
 

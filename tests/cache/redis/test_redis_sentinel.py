@@ -16,16 +16,11 @@ from proxy.config.units import Duration
 from proxy.errors import ConfigError
 from tests.support.client import get, load
 from tests.support.factories import ProxyFactory
+from tests.support.lanes import fast_lane_only  # noqa: F401 - failovers are slow: one lane here
 from tests.support.processes import RedisSentinelSet, RedisServer, redis_command
 from tests.support.redis_tier import RULES, cache_key_of
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
-
-
-@pytest.fixture
-def lane() -> str:
-    """Failovers are slow: these run on the fast lane only (the lanes are compared in the other modules)."""
-    return "fast-lane"
 
 
 def sentinel_config(s: RedisSentinelSet, **fields: object) -> Config:
