@@ -8,11 +8,11 @@ tier's budget, so a prop asked again (by another user, or on a reload) costs a l
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from proxy.cache.reserved import ReservedLRU
 from proxy.config.rules import CompiledRule, field_value
 from proxy.policy.encoding import compressible, gzipped
 from proxy.policy.entry import CachedResponse
@@ -32,40 +32,25 @@ class Echoed:
     body: bytes
     etag: str
     gzip: bytes
-    size: int
 
 
 class Echoes:
-    """The LRU of echoed bodies; `reserve` counts their bytes in the memory tier (negative gives them back)."""
+    """The echoed bodies by entry and echoed values, least recently used first out (cache/reserved.py)."""
 
     def __init__(self, reserve: Callable[[int], None], max_bytes: int, max_items: int = MAX_ECHOES) -> None:
-        self._reserve, self.max_bytes, self.max_items = reserve, max_bytes, max_items
-        self._kept: OrderedDict[tuple[int, tuple[str, ...]], Echoed] = OrderedDict()
-        self.bytes = 0
+        self._kept: ReservedLRU[tuple[int, tuple[str, ...]], Echoed] = ReservedLRU(reserve, max_bytes, max_items)
 
     def get(self, entry: CachedResponse, rule: CompiledRule, inb: Inbound) -> Echoed:
         ids = tuple(str(field_value(f, inb.params, inb.query, inb.headers)) for f in rule.echo)
         slot = (id(entry), ids)
         got = self._kept.get(slot)
         if got is not None and got.entry() is entry:
-            self._kept.move_to_end(slot)
             return got
         body = echo(entry.body, rule, inb)
-        if len(body) + _OVERHEAD > self.max_bytes // 4:  # too large to keep: no gzip copy, which would be per hit
-            return Echoed(weakref.ref(entry), body, derived_etag(body), b"", 0)
+        if len(body) + _OVERHEAD > self._kept.max_bytes // 4:  # too large to keep: no gzip copy, made per hit
+            return Echoed(weakref.ref(entry), body, derived_etag(body), b"")
         # only where the stored body said so at store time (and `Vary: Accept-Encoding` with it)
         packed = gzipped(body, entry.headers) if compressible(entry.body, entry.headers) else b""
-        size = len(body) + len(packed) + _OVERHEAD
-        got = Echoed(weakref.ref(entry), body, derived_etag(body), packed, size)
-        if (old := self._kept.pop(slot, None)) is not None:
-            self._forget(old)
-        self._kept[slot] = got
-        self.bytes += size
-        self._reserve(size)
-        while len(self._kept) > self.max_items or self.bytes > self.max_bytes:
-            self._forget(self._kept.popitem(last=False)[1])
+        got = Echoed(weakref.ref(entry), body, derived_etag(body), packed)
+        self._kept.put(slot, got, len(body) + len(packed) + _OVERHEAD)
         return got
-
-    def _forget(self, gone: Echoed) -> None:
-        self.bytes -= gone.size
-        self._reserve(-gone.size)

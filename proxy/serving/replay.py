@@ -16,10 +16,10 @@ Bounded by count and bytes, which are counted in the memory tier's budget; entri
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
+from proxy.cache.reserved import ReservedLRU
 from proxy.policy.entry import CachedResponse
 
 MAX_REPLAYS: Final = 4096
@@ -44,45 +44,12 @@ class Basis:
         self.status, self.size = status, size  # for the access log: status and body bytes sent
 
 
-class Replays:
-    """The kept answers, least recently replayed first out; their bytes reserved in the memory tier."""
+class Replays(ReservedLRU[bytes, tuple[bytes, Basis]]):
+    """The kept answers by request bytes, least recently replayed first out (cache/reserved.py)."""
 
     def __init__(self, reserve: Callable[[int], None], max_bytes: int) -> None:
-        self._reserve = reserve
-        self.max_bytes = max_bytes
-        self._kept: OrderedDict[bytes, tuple[bytes, Basis]] = OrderedDict()
-        self.bytes = 0
+        super().__init__(reserve, max_bytes, MAX_REPLAYS)
         self.replayed = 0  # answers written again
 
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def get(self, request: bytes) -> tuple[bytes, Basis] | None:
-        kept = self._kept.get(request)
-        if kept is not None:
-            self._kept.move_to_end(request)
-        return kept
-
     def keep(self, request: bytes, answer: bytes, basis: Basis) -> None:
-        size = len(request) + len(answer) + _OVERHEAD
-        if size > self.max_bytes:
-            return
-        self.drop(request)
-        while self._kept and (len(self._kept) >= MAX_REPLAYS or self.bytes + size > self.max_bytes):
-            self.drop(next(iter(self._kept)))
-        self._kept[request] = (answer, basis)
-        self.bytes += size
-        self._reserve(size)
-
-    def drop(self, request: bytes) -> None:
-        kept = self._kept.pop(request, None)
-        if kept is not None:
-            size = len(request) + len(kept[0]) + _OVERHEAD
-            self.bytes -= size
-            self._reserve(-size)
-
-    def clear(self) -> None:
-        """Everything kept was decided under rules that are no longer the ones in force."""
-        self._kept.clear()
-        self._reserve(-self.bytes)
-        self.bytes = 0
+        self.put(request, (answer, basis), len(request) + len(answer) + _OVERHEAD)
