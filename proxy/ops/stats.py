@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -175,8 +175,9 @@ def _read(read: Callable[[], Samples] | None) -> Samples:
     return read() if read is not None else []
 
 
-def _total(view: Metrics, gauge: str) -> int:
-    return int(sum(v for _, v in _read(view.gauges.get(gauge))))
+def _total(registered: Mapping[str, Callable[[], Samples]], name: str) -> int:
+    """A registered gauge or counter, summed over its labels (0 when none is registered)."""
+    return int(sum(v for _, v in _read(registered.get(name))))
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -221,10 +222,9 @@ def route_stats(view: Metrics, route: str) -> RouteStats:
 def fast_lane_stats(view: Metrics) -> FastLaneStats | None:
     if "sidecache_fast_lane_hits" not in view.counters:
         return None
-    lane = int(sum(v for _, v in _read(view.counters.get("sidecache_fast_lane_hits"))))
-    replays = int(sum(v for _, v in _read(view.counters.get("sidecache_fast_lane_replays"))))
+    lane = _total(view.counters, "sidecache_fast_lane_hits")
     hits = sum(n for (_, o), n in view.requests.items() if o == "hit")
-    return FastLaneStats(lane, replays, _ratio(lane, hits))
+    return FastLaneStats(lane, _total(view.counters, "sidecache_fast_lane_replays"), _ratio(lane, hits))
 
 
 def tier_stats(view: Metrics, history: History, now: float) -> dict[str, TierStats]:
@@ -294,8 +294,8 @@ def stats_of(view: Metrics, snaps: list[Snapshot], *, rules: RuleSet, history: H
         upstream_calls=sum(view.upstream.values()),
         upstream_calls_saved=sum(r.upstream_calls_saved for r in routes.values()),
         latency=_pct(_merged(view.latency.values())), upstream_latency=_pct(_merged(view.upstream_latency.values())),
-        tiers=tiers, inflight_fills=_total(view, "sidecache_inflight_fills"),
-        coalesced_waiters=_total(view, "sidecache_coalesced_waiters"), fast_lane=fast_lane_stats(view),
+        tiers=tiers, inflight_fills=_total(view.gauges, "sidecache_inflight_fills"),
+        coalesced_waiters=_total(view.gauges, "sidecache_coalesced_waiters"), fast_lane=fast_lane_stats(view),
         redis=redis, reloads=dict(view.reloads),
         recommendations=recommendations(routes, tiers, rules, requests), routes=routes,
     )
