@@ -44,9 +44,29 @@ DROP: Final[dict[str, frozenset[str]]] = {
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """Copy headers without the hop-by-hop ones, including any the Connection header names."""
-    named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    skip = HOP_BY_HOP | named | {d.lower() for d in drop}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in skip)
+    skip = _skip(drop)
+    if "Connection" in headers:
+        skip = skip | {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in skip])
+
+
+_SKIPS: dict[Iterable[str], frozenset[str]] = {}
+
+
+def _skip(drop: Iterable[str]) -> frozenset[str]:
+    """The hop-by-hop names plus `drop`, lowercased: built once per drop list (there are a handful), not per
+    request."""
+    try:
+        return _SKIPS[drop]
+    except (KeyError, TypeError):  # a drop list not seen yet, or one that cannot be a key (a list)
+        skip = HOP_BY_HOP | {d.lower() for d in drop}
+        if isinstance(drop, (tuple, frozenset)) and len(_SKIPS) < 64:
+            _SKIPS[drop] = skip
+        return skip
+
+
+# What is dropped from a peer whose forwarding headers are not believed: the drop list and those headers.
+_UNTRUSTED_DROP: Final = {purpose: names | frozenset(_FORWARDING) for purpose, names in DROP.items()}
 
 
 class Forwarding:
@@ -83,7 +103,7 @@ def upstream_headers(
 
     `send_host` False: the answer is shared under a key the Host is not part of, so no X-Forwarded-Host."""
     trusted = trust.trusts(peer)
-    out = end_to_end(headers, drop=DROP[purpose] if trusted else DROP[purpose] | set(_FORWARDING))
+    out = end_to_end(headers, drop=DROP[purpose] if trusted else _UNTRUSTED_DROP[purpose])
     out.add("Via", VIA)
     if peer:
         prior = out.get("X-Forwarded-For") if trusted else None
