@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from proxy.telemetry.logs import LEVELS, configure
 BUNDLED: Final = Path(__file__).parent / "defaults"  # the A1Betting rules, used when there is no ./rules
 BENCH_TIME: Final = "4-5 min with wrk installed, longer with the built-in load generator"  # docs/benchmark.md
 BENCH_QUICK_TIME: Final = "about 2 min"
+_GC_YOUNG: Final = 10_000  # allocations between young collections in a serving process (CPython's default: 700)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -204,6 +206,15 @@ def _serve(args: argparse.Namespace) -> int:
                                 args.state_dir))
 
 
+def _tune_gc() -> None:
+    """Fewer collections: a request allocates hundreds of objects, and a full cache holds many long-lived ones
+    that every older-generation collection walks. At CPython's default (a young collection every 700 allocations)
+    the collector took a fifth to a third of a miss's CPU, more as the cache grew (240-300 us per miss, against
+    190 us flat at 10,000). What start-up built (modules, rules, config) is frozen out of every collection."""
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG, 10, 10)
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -220,6 +231,7 @@ async def _run_one(config: Config, rules: RuleSet, token: str | None, index: int
     sidecar = Sidecar(config, rules, admin_token=token, reuse_port=shared_port, serve_admin=index == 0,
                       sources=sources, worker_index=index, state_dir=state_dir)
     await sidecar.start()
+    _tune_gc()
     if index == 0:
         for line in rules_summary(rules):
             (log.warning if line.startswith("warning: ") else log.info)(line.removeprefix("warning: "))
