@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -19,6 +20,10 @@ SETTLE_TURNS: Final = 3
 # A group's items further apart than this (or than linger) came spread over a big burst of many groups, not in
 # one go: a browser's round of 6 arrives within about 1 ms, even on a busy machine, a 1,000-prop burst does not.
 SPREAD: Final = 0.002
+# The batcher's clock. uvloop's loop.time() moves in whole milliseconds, so a sub-millisecond `linger` measured on
+# it lasted until the next tick, up to a millisecond, and a gap within one tick read as none; timers are set from
+# this clock as delays (uvloop runs one under a millisecond on the next loop turn).
+_now: Final = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +102,12 @@ class Batcher(Generic[G, K, T, R]):
         loop = asyncio.get_running_loop()
         batch = self._open.get(group)
         if batch is None:
-            batch = self._open[group] = _Open(loop.time())
+            batch = self._open[group] = _Open(_now())
             batch.timer = loop.call_later(self.linger or self.idle or self.window, self._due, group, batch)
         i = batch.index.get(key)
         shared = i is not None
         if i is None:
-            now = loop.time()
+            now = _now()
             batch.gap = max(batch.gap, now - batch.last) if batch.items else 0.0
             batch.last = now
             i = batch.index[key] = len(batch.items)
@@ -139,7 +144,7 @@ class Batcher(Generic[G, K, T, R]):
         """The timer: flush if the window is over or the group went idle, settle if it lingered, else look again
         when one of them ends."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = _now()
         end = batch.opened + self.window
         if self.idle:
             end = min(end, batch.last + self.idle)
@@ -148,8 +153,8 @@ class Batcher(Generic[G, K, T, R]):
         elif self._lingers(batch) and now >= batch.last + self.linger - 0.0001:
             batch.timer = loop.call_soon(self._settle, group, batch, len(batch.items), SETTLE_TURNS)
         else:
-            batch.timer = loop.call_at(min(end, batch.last + self.linger) if self._lingers(batch) else end,
-                                       self._due, group, batch)
+            at = min(end, batch.last + self.linger) if self._lingers(batch) else end
+            batch.timer = loop.call_later(max(0.0, at - now), self._due, group, batch)
 
     def _lingers(self, batch: _Open[K, T, R]) -> bool:
         """Whether the batch goes once its burst stops: its items came together, never `linger` apart. A group
