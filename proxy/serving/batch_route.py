@@ -268,6 +268,8 @@ class BatchRoute:
     ) -> tuple[UpstreamResponse, int]:
         """What the single endpoint answers for one request, via a batch when it can: (answer, batch size), where
         the size is 0 for an item that went to the single endpoint instead (alone, fallen back, breaker open)."""
+        if not self.batching and not self._probe_due():  # no item is built for a batch that will not be sent
+            return await self.single(raw_path, headers, "breaker-open", bounded=False), 0
         try:
             item = self.spec.item(params, query, headers)
         except Unbatchable:
@@ -309,10 +311,14 @@ class BatchRoute:
     async def _unbatched(self, item: dict[str, Any], raw_path: str, headers: CIMultiDict[str]) -> UpstreamResponse:
         """Breaker open: the request's own call; when a probe is due, its item also goes as a batch of one."""
         assert self.breaker is not None
-        if not self._probing and self.breaker.probe_in() <= 0:
+        if self._probe_due():
             self._probing = True
             self._spawn(self._probe(item, headers))
         return await self.single(raw_path, headers, "breaker-open", bounded=False)
+
+    def _probe_due(self) -> bool:
+        """The breaker is open and its cool-down is over: the next request's item also goes as a probe."""
+        return self.breaker is not None and not self._probing and self.breaker.probe_in() <= 0
 
     async def _probe(self, item: dict[str, Any], headers: CIMultiDict[str]) -> None:
         """Does the batch endpoint answer again? Its verdict alone decides while the breaker is open."""

@@ -204,12 +204,14 @@ class UpstreamClient:
 
         `retry_safe`: the request is a read whatever its method (the proxy's own batch calls), so it may be sent
         again once when a reused connection failed before the answer came."""
-        async with self.open(method, raw_path_qs, headers, body, retry_safe=retry_safe) as resp:
-            try:
-                data = await resp.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise convert(exc, self.url(raw_path_qs)) from exc
-            return UpstreamResponse(resp.status, resp.headers, data)
+        resp = await self._send(method, raw_path_qs, headers, body, retry_safe, "fills")
+        try:
+            data = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise convert(exc, self.url(raw_path_qs)) from exc
+        finally:
+            resp.release()
+        return UpstreamResponse(resp.status, resp.headers, data)
 
     @asynccontextmanager
     async def open(
@@ -217,6 +219,16 @@ class UpstreamClient:
         retry_safe: bool = False, pool: Pool = "fills",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose body the caller streams; errors while connecting are converted."""
+        resp = await self._send(method, raw_path_qs, headers, body, retry_safe, pool)
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    async def _send(self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any, retry_safe: bool,
+                    pool: Pool) -> aiohttp.ClientResponse:
+        """The request sent and its answer's head read (`fetch` without a context manager: a miss pays for each
+        layer); a read is sent again once when a reused connection failed under it."""
         url = self.url(raw_path_qs)
         session = self.sessions[pool]
         again = retry_safe and method not in IDEMPOTENT and isinstance(body, (bytes, type(None)))
@@ -224,10 +236,9 @@ class UpstreamClient:
             attempt = _Attempt()
             token = _ATTEMPT.set(attempt)
             try:
-                resp = await session.request(
+                return await session.request(
                     method, url, headers=headers, data=body, allow_redirects=False, compress=None
                 )
-                break
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
                 # The backend closed a kept-alive connection as this request went out on it: nothing was
                 # answered, and a read may be sent again on a new connection (RFC 9112 9.3.1).
@@ -242,10 +253,6 @@ class UpstreamClient:
                 raise convert(exc, url, attempt) from exc
             finally:
                 _ATTEMPT.reset(token)
-        try:
-            yield resp
-        finally:
-            resp.release()
 
     async def ws_connect(
         self, raw_path_qs: str, headers: CIMultiDict[str], protocols: Iterable[str]
