@@ -28,6 +28,10 @@ class Coalescer(Generic[K, V]):
     def __contains__(self, key: K) -> bool:
         return key in self._inflight
 
+    def task(self, key: K) -> asyncio.Task[V] | None:
+        """The fetch in flight for key, to wait on without running anything (a parked request: serving/parking.py)."""
+        return self._inflight.get(key)
+
     async def run(self, key: K, fetch: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """The fetch's result (or exception) and whether this caller joined a fetch already in flight."""
         task = self._inflight.get(key)

@@ -12,6 +12,7 @@ storable, how a stored one is written back, how a fetch reaches the upstream. Ev
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, assert_never
 
@@ -131,6 +132,14 @@ class Caching:
         if not isinstance(decision, Hit):
             return None
         return _hit(inb, lane, entry, now), held, hit_unchanged_until(entry, now)
+
+    def joinable(self, inb: Inbound, lane: Lane) -> asyncio.Task[Fill] | None:
+        """The fill in flight that `serve` would do nothing but join for this request: memory holds nothing for its
+        key (so no stale copy to answer or revalidate), nothing asks past the cache, and the key's fill has started.
+        The fast lane parks such a request on it (serving/parking.py) instead of handing it to aiohttp to wait."""
+        if inb.forced or lane.revalidate(inb) or self.tiers.local(inb.key) is not None:
+            return None
+        return self.coalescer.task(inb.key)
 
     def refresh(self, inb: Inbound, lane: Lane, stale: CachedResponse) -> None:
         """Refresh a key in the background, once however many requests see it stale (RFC 5861 3)."""

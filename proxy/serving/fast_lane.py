@@ -26,7 +26,9 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.serving.answer import StoredAnswer
+from proxy.serving.fill import Fill
 from proxy.serving.inbound import Inbound
+from proxy.serving.parking import Parked, Parking
 from proxy.serving.replay import Basis, Replays
 
 _WRITE_BACKLOG: Final = 64 * 1024  # a client not reading its answers: aiohttp's writer, which waits, answers it
@@ -44,13 +46,20 @@ class Asked(Protocol):
     """What the fast lane asks of the handler (serving/handler.py `ProxyHandler`)."""
 
     replays: Replays
+    parking: Parking  # targets announced by a request handed to aiohttp, not dispatched yet
 
     def knows(self, target: str) -> bool:
         """The target was seen before (remembered with its rule, or as one no rule matches)."""
         ...
 
-    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | None:
-        """A fresh memory hit, answered and counted, with what it was decided from; None for anything else."""
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | asyncio.Task[Fill] | None:
+        """A fresh memory hit, answered and counted, with what it was decided from; the fill in flight a request
+        would only wait for; None for anything else."""
+        ...
+
+    def follow(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | str | None:
+        """A request parked on `fill`, answered and counted as a collapsed follower; a str: aiohttp's to pass through
+        with that detail; None: aiohttp's to serve."""
         ...
 
     def replayed(self, basis: Basis, started: float) -> bool:
@@ -121,7 +130,8 @@ class FastLane:
     def __init__(self, handler: Asked) -> None:
         self.handler = handler
         self.replays = handler.replays
-        self.served = 0  # hits written by the fast lane, replays included
+        self.served = 0  # hits written by the fast lane, replays and parked followers included
+        self.parked = 0  # requests parked on a fill now (counted with the coalescer's waiters)
 
     def again(self, data: bytes, transport: asyncio.Transport) -> bool:
         """Answer a chunk that is byte for byte a request answered before, with that answer, if the handler finds
@@ -139,9 +149,10 @@ class FastLane:
         return True
 
     def take(self, reader: RequestReader, data: bytes, transport: asyncio.Transport,
-             peer: Callable[[], str | None]) -> bool:
+             peer: Callable[[], str | None], *, announce: bool = True) -> bool | Parked:
         """Answer the request `reader` just read (the whole of `data`), if it is a fresh hit; False leaves it to
-        aiohttp. An answer written in one piece is kept to be written again."""
+        aiohttp; Parked: it waits on a fill or on another request's dispatch (serving/parking.py), to be `resume`d.
+        An answer written in one piece is kept to be written again."""
         parser = reader.parser
         verb = parser.get_method()
         if verb != b"GET" and verb != b"HEAD":
@@ -152,20 +163,54 @@ class FastLane:
             return False
         if version == "1.1" and "host" not in reader.once:
             return False  # an HTTP/1.1 request without a Host is aiohttp's to refuse (400)
+        if transport.get_write_buffer_size() > _WRITE_BACKLOG:
+            return False
         target = url.decode("latin-1")
-        if not self.handler.knows(target) or transport.get_write_buffer_size() > _WRITE_BACKLOG:
-            return False  # a target never seen is a miss: no headers built for it
+        if not self.handler.knows(target):  # a target never seen is a miss: no headers built for it
+            return (self.handler.parking.wait(target) or False) if announce else False
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"
         inb = Inbound.parsed(method, target, headers, time.perf_counter(), peer(), headers.get("Host"))
         found = self.handler.fast(inb)
         if found is None:
             return False
+        if isinstance(found, asyncio.Task):
+            self.parked += 1
+            return Parked(found, inb)
         resp, basis = found
-        pieces = resp.encode(0 if version == "1.0" else 1, True, method == "HEAD")
-        for piece in pieces:
-            transport.write(piece)
+        pieces = _write(resp, reader, transport)
         self.served += 1
         if len(pieces) == 1:  # a large body is its own piece, the stored bytes: never copied to be kept
             self.replays.keep(data, pieces[0], basis)
         return True
+
+    def resume(self, parked: Parked, reader: RequestReader, data: bytes, transport: asyncio.Transport,
+               peer: Callable[[], str | None]) -> bool | Parked | str:
+        """A parked request, once what it waited on is done: a fill's follower answered (never kept to be written
+        again: its Cache-Status is a follower's), an announcement's asked again; False leaves it to aiohttp, a str
+        too, to be passed through with that detail (serving/parking.py `RESEND`)."""
+        if parked.inb is None:
+            return self.take(reader, data, transport, peer, announce=False)
+        self.parked -= 1
+        resp = self.handler.follow(parked.inb, parked.on)
+        if resp is None:
+            return False
+        if isinstance(resp, str):
+            return resp
+        _write(resp, reader, transport)
+        self.served += 1
+        return True
+
+    def dropped(self, parked: Parked) -> None:
+        """A parked request whose client left before what it waited on was done: nothing to write."""
+        if parked.inb is not None:
+            self.parked -= 1
+
+
+def _write(resp: StoredAnswer, reader: RequestReader, transport: asyncio.Transport) -> tuple[bytes, ...]:
+    """Write an answer to the request `reader` read (its parser still holds the method and version)."""
+    pieces = resp.encode(0 if reader.parser.get_http_version() == "1.0" else 1, True,
+                         reader.parser.get_method() == b"HEAD")
+    for piece in pieces:
+        transport.write(piece)
+    return pieces

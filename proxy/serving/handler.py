@@ -31,10 +31,11 @@ from proxy.serving.answer import StoredAnswer
 from proxy.serving.batch_merge import BatchMerge
 from proxy.serving.batch_route import batch_routes
 from proxy.serving.caching import Caching, Lane, error_status
-from proxy.serving.fill import Filler, fill_headers
+from proxy.serving.fill import Fill, Filler, fill_headers
 from proxy.serving.headers import NOBODY, VIA, Forwarding
 from proxy.serving.inbound import Inbound
 from proxy.serving.origin_cache import OriginLane
+from proxy.serving.parking import RESEND, Parking
 from proxy.serving.passthrough import BODY_BYTES
 from proxy.serving.replay import Basis, Replays
 from proxy.serving.ruled import RuledLane
@@ -96,6 +97,7 @@ class ProxyHandler:
         self._target_bytes = 0
         # the fast lane's kept answers (serving/replay.py), a thirty-second of the memory budget at most
         self.replays = Replays(tiers.memory.reserve, tiers.memory.max_bytes // 32)
+        self.parking = Parking()  # the fast lane's announced targets (serving/parking.py)
         self.use_rules(rules)
 
     def use_rules(self, rules: RuleSet) -> None:
@@ -121,8 +123,11 @@ class ProxyHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         inb = Inbound(request, time.perf_counter())
         lane = self._dispatch(inb)
+        self.parking.dispatched(inb.raw_path)  # requests parked on its announcement ask again (serving/parking.py)
         if isinstance(lane, str):
             return await self._pass(inb, request, lane)
+        if (resend := request.get(RESEND)) is not None:  # a parked follower the fill's answer was not for
+            return await self._pass(inb, request, resend)
         if isinstance(lane, BatchMerge):
             return await self._merge(inb, request, lane)
         try:
@@ -136,10 +141,11 @@ class ProxyHandler:
         """The fast lane's first question: a target seen before (anything else is a miss, or not cached)."""
         return target in self._targets
 
-    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | None:
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | asyncio.Task[Fill] | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
-        before, answered and counted as the slow path would, with what it was decided from (a replay's basis);
-        None for anything else, which goes to aiohttp."""
+        before, answered and counted as the slow path would, with what it was decided from (a replay's basis); the
+        fill in flight that a ruled request would only wait for (the lane parks it: serving/parking.py); None for
+        anything else, which goes to aiohttp."""
         lane: Lane
         if self._remembered(inb):
             lane = self.ruled
@@ -150,12 +156,29 @@ class ProxyHandler:
             return None
         found = self.caching.fresh(inb, lane)
         if found is None:
-            return None
+            return self.caching.joinable(inb, lane) if lane is self.ruled else None
         resp, held, until = found
         assert isinstance(resp, StoredAnswer)  # a hit is always written in one piece
         second = 0 if held[-1][1].date else int(time.time())  # the Date is ours: it changes with the second
         return resp, Basis(held, until, self.tiers.degraded, second, inb.method, inb.raw_path, inb.route,
                            resp.cache_status, resp.status, body_bytes(inb.method, resp))
+
+    def follow(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | str | None:
+        """A request the fast lane parked on a fill (`fast`), answered as a collapsed follower of the slow path is,
+        and counted: the stored copy, or the shared upstream failure. A str when it must go upstream on its own
+        (the answer was personal, or `Vary: *`): aiohttp then passes it through with that detail, as the slow path
+        resends its followers (`RESEND`). None: aiohttp serves it from the start (the answer was another Vary
+        variant's, or the fill was cut short)."""
+        if fill.cancelled():
+            return None
+        upstream_s = time.perf_counter() - inb.started
+        if (exc := fill.exception()) is not None:
+            return self._error(inb, exc) if isinstance(exc, UpstreamError) else None
+        done = fill.result()
+        if not done.serves(inb.headers) and done.vary:
+            return None  # another Vary variant's answer: the slow path fetches this one's, once per variant
+        got = self.ruled.follow(inb, done, None, upstream_s)
+        return got if isinstance(got, (StoredAnswer, str)) else None
 
     def replayed(self, basis: Basis, started: float) -> bool:
         """Whether a kept fast-lane answer (serving/replay.py) is still the answer: the same entries in memory,
@@ -294,17 +317,19 @@ class ProxyHandler:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _error(self, inb: Inbound, exc: UpstreamError) -> web.StreamResponse:
+    def _error(self, inb: Inbound, exc: UpstreamError) -> StoredAnswer:
         status = error_status(exc)
         kind, message = _ERRORS[status]  # the kind only: the backend's address and aiohttp's words go to the log
         self.log_throttle.warning((inb.route, kind), "route %s: %s", inb.route, exc)
         if status == 503:
             self.metrics.pool_timeout(inb.route)
         body = msgspec.json.encode({"error": kind, "message": message, "status": status})
-        cs = CacheStatus(fwd="miss", detail=(kind.replace("_", "-"),))
-        resp = web.Response(status=status, body=body, content_type="application/json",
-                            headers={"Cache-Status": str(cs), "Via": VIA, **_RETRY_AFTER.get(status, {})})
-        return self._done(inb, resp, cs, "error", None)
+        cs = str(CacheStatus(fwd="miss", detail=(kind.replace("_", "-"),)))
+        headers = [("Content-Type", "application/json"), ("Cache-Status", cs), ("Via", VIA),
+                   *_RETRY_AFTER.get(status, ())]
+        resp = StoredAnswer(status, headers, body, cs)  # in one piece: a parked follower gets it from the fast lane
+        self._done(inb, resp, cs, "error", None)
+        return resp
 
 
 _ERRORS: Final = {
@@ -312,7 +337,7 @@ _ERRORS: Final = {
     503: ("upstream_busy", "every connection to the upstream is in use; try again shortly"),
     504: ("upstream_timeout", "the upstream did not answer in time"),
 }
-_RETRY_AFTER: Final = {503: {"Retry-After": "1"}}
+_RETRY_AFTER: Final = {503: (("Retry-After", "1"),)}
 
 
 def body_bytes(method: str, resp: web.StreamResponse) -> int:

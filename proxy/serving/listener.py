@@ -24,13 +24,16 @@ from typing import Any, Final, cast
 import httptools
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config.settings import Config
 from proxy.serving.fast_lane import MAX_FIELD, MAX_HEADERS, MAX_LINE, FastLane, RequestReader
+from proxy.serving.parking import RESEND, Parked
 from proxy.telemetry.log_throttle import LogThrottle
 
 log = logging.getLogger("sidecache")
@@ -90,6 +93,13 @@ class ProxyServer(web.Server):
     def __call__(self) -> ClientConnection:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
 
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+                      writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
+        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        if isinstance(protocol, ClientConnection) and protocol._resend is not None:
+            request[RESEND], protocol._resend = protocol._resend, None  # handed over by the fast lane, and why
+        return request
+
 
 class ClientConnection(RequestHandler):
     """One client connection: aiohttp's RequestHandler plus a header timer, the connection bound and a look at
@@ -104,6 +114,10 @@ class ClientConnection(RequestHandler):
         self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
         self._reader: RequestReader | None = RequestReader() if server.fast_lane is not None else None
         self._peer_address: object = _UNREAD
+        self._parked: Parked | None = None  # the fast lane parked this connection's request (serving/parking.py)
+        self._parked_data = b""  # that request, as it came
+        self._held: list[bytes] = []  # what came behind it meanwhile, read once it is answered or handed over
+        self._resend: str | None = None  # the next request aiohttp reads was a parked follower to pass through
 
     # -- the bound
 
@@ -133,8 +147,14 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._accepted or self._discarding:
             return
+        if self._parked is not None:
+            self._held.append(data)
+            return
         if self._reader is not None and self._fast(data):
             return
+        self._to_aiohttp(data)
+
+    def _to_aiohttp(self, data: bytes) -> None:
         before = self._request_count
         idle = self._waiter is not None and not self._waiter.done()  # between requests
         super().data_received(data)
@@ -167,10 +187,54 @@ class ClientConnection(RequestHandler):
             return False
         if not whole or not self._idle():
             return False
-        if not lane.take(reader, data, cast(asyncio.Transport, self.transport), self._peer):
+        got = lane.take(reader, data, cast(asyncio.Transport, self.transport), self._peer)
+        if got is False:
             return False
-        self._answered()
+        if got is True:
+            self._answered()
+        else:
+            self._park(got, data)
         return True
+
+    def _park(self, parked: Parked, data: bytes) -> None:
+        """Hold the request until what it waits on is done: its headers came (no header timer), and it is not idle
+        (no keep-alive close); aiohttp, which has nothing of this connection's in hand, is not told of it."""
+        self._parked, self._parked_data = parked, data
+        self._disarm()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        parked.on.add_done_callback(self._woken)
+
+    def _woken(self, _: object) -> None:
+        """What the parked request waited on is done: answer it, park it again, or hand it to aiohttp as it came;
+        then read what came behind it, in order."""
+        parked, data = self._parked, self._parked_data
+        lane, reader = self._server.fast_lane, self._reader
+        assert parked is not None and lane is not None and reader is not None
+        self._parked, self._parked_data = None, b""
+        transport = self.transport
+        if not self._accepted or transport is None:
+            lane.dropped(parked)
+            return
+        if self._idle():
+            got = lane.resume(parked, reader, data, transport, self._peer)
+        else:  # closing (a shutdown): aiohttp answers or drops it
+            lane.dropped(parked)
+            got = False
+        if got is True:
+            self._answered()
+        elif got is False:
+            self._to_aiohttp(data)
+        elif isinstance(got, str):  # to be passed through on its own (the request factory marks it)
+            self._resend = got
+            self._to_aiohttp(data)
+        else:
+            self._park(got, data)
+            return
+        held, self._held = self._held, []
+        for chunk in held:
+            self.data_received(chunk)
 
     def _idle(self) -> bool:
         """aiohttp has nothing of this connection's in hand, so an answer written now keeps the order.

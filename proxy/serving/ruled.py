@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from proxy.policy.cache_status import CacheStatus
 from proxy.policy.decision import Fetch, Revalidate
@@ -20,7 +20,7 @@ from proxy.policy.freshness import client_wants_revalidation, rule_ttl, stored_h
 from proxy.policy.keys import tags_for, variant_key
 from proxy.policy.origin_policy import vary_names
 from proxy.policy.validators import derived_etag, keep_for
-from proxy.serving.answer import echo, etag_of, from_entry
+from proxy.serving.answer import StoredAnswer, echo, etag_of, from_entry
 from proxy.serving.caching import Caching, Done, Resend, flight_of
 from proxy.serving.echoes import Echoes
 from proxy.serving.fill import Fill, Judge, Terms
@@ -115,23 +115,19 @@ class RuledLane:
             fill, joined = await caching.coalescer.run(variant_key(flight, vary, inb.headers), once)
             joined = joined or fill.collapsed
         upstream_s = time.perf_counter() - t0
-        if joined and not fill.serves(inb.headers):  # `Vary: *`, or another process's answer for another variant
-            return await self.resend(inb, request, f"uncacheable-{fill.reason or 'vary'}")
+        if joined:
+            got = self.follow(inb, fill, stale, upstream_s)
+            return await self.resend(inb, request, got) if isinstance(got, str) else got
         if fill.status >= 500 and not fill.stored:
             resp = caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
             if resp is not None:
                 return resp
-        if joined and fill.entry is None:
-            if fill.personal:  # hit-for-miss: another client's cookie or private answer never reaches this one
-                return await self.resend(inb, request, f"uncacheable-{fill.reason or 'personal'}")
-        status = _fill_status(fill, stale, joined)
+        status = _fill_status(fill, stale, False)
         if fill.overflow is not None:  # too large to keep: streamed to this client, never held whole
             text = self.degraded(status)
             resp = await stream_overflow(request, fill.overflow, fill.headers, text)
             return self.done(inb, resp, text, status.outcome, upstream_s)
-        if joined and fill.entry is not None:  # the stored copy: no other client's cookie, and an ETag
-            return self.answer(inb, fill.entry, status, None, upstream_s=upstream_s)
-        headers = fill.headers.copy() if not joined else _shared(fill)
+        headers = fill.headers.copy()  # the leader's own answer, whole: its cookie is its own
         body = echo(fill.body, rule, inb) if rule.echo else fill.body
         if fill.entry is not None and (etag := derived_etag(body) if rule.echo else etag_of(fill.entry)):
             headers["ETag"] = etag
@@ -141,6 +137,32 @@ class RuledLane:
         resp = web.Response(status=fill.status, headers=headers, body=body)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
+    def follow(self, inb: Inbound, fill: Fill, stale: CachedResponse | None,
+               upstream_s: float) -> web.StreamResponse | str:
+        """A collapsed follower's answer from the fill it joined, with no await: what a slow-path follower and a
+        request parked in the fast lane (serving/parking.py) both get. The stored copy (no other client's cookie,
+        an ETag); the stale copy for an origin error within stale-if-error; a not-stored answer without anything
+        that was the leader's own. A str when it must go upstream on its own instead (the resend's detail): the
+        answer was another Vary variant's, `Vary: *`, or personal (hit-for-miss: another client's cookie or
+        private answer never reaches this one)."""
+        if not fill.serves(inb.headers):
+            return f"uncacheable-{fill.reason or 'vary'}"
+        if fill.status >= 500 and not fill.stored:
+            resp = self.caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
+            if resp is not None:
+                return resp
+        if fill.entry is None and fill.personal:  # an overflow, too, is personal: the leader's alone to stream
+            return f"uncacheable-{fill.reason or 'personal'}"
+        status = _fill_status(fill, stale, True)
+        if fill.entry is not None:
+            return self.answer(inb, fill.entry, status, None, upstream_s=upstream_s)
+        rule = inb.rule
+        assert rule is not None
+        text = self.degraded(status)
+        headers = [*stored_headers(fill.headers.items()), ("Cache-Status", text), ("Via", VIA)]
+        body = echo(fill.body, rule, inb) if rule.echo else fill.body
+        resp = StoredAnswer(fill.status, headers, body, text)
+        return self.done(inb, resp, text, status.outcome, upstream_s)
 
 def _fill_status(fill: Fill, stale: CachedResponse | None, joined: bool) -> CacheStatus:
     detail = fill.reason or ("batched" if fill.batch_size else "batch-fallback" if fill.batch_size == 0
@@ -150,7 +172,3 @@ def _fill_status(fill: Fill, stale: CachedResponse | None, joined: bool) -> Cach
                        fwd_status=304 if fill.revalidated else fill.status, collapsed=joined,
                        stored=fill.stored and not joined, detail=(detail,) if detail else (), extra=extra)
 
-
-def _shared(fill: Fill) -> CIMultiDict[str]:
-    """A fill that was not stored, as a waiter gets it: without anything that was the leader's own."""
-    return CIMultiDict(stored_headers(fill.headers.items()))

@@ -1,0 +1,210 @@
+"""Collapsed followers parked in the fast lane (serving/parking.py), through real sockets: one upstream call, the
+same bytes a slow-path follower gets, counted like any follower, and nothing personal or out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from proxy.config.settings import Config, UpstreamConfig
+from proxy.config.units import Duration
+from tests.conftest import ProxyFactory, Upstream
+from tests.support.lanes import PLAYER_RULES as RULES
+from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: parking is the fast lane's own
+from tests.support.raw_http import exchange, fast_hits, raw_get, undated
+
+NOW = 1_000_000.0  # a clock that stands still: two followers' answers differ in nothing but their Date
+
+
+class Client:
+    """One raw keep-alive connection: requests written as the test says, answers read whole, in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> Client:
+        u = URL(url)
+        return cls(*await asyncio.open_connection(u.host, u.port))
+
+    async def send(self, *chunks: bytes) -> None:
+        for i, chunk in enumerate(chunks):
+            if i:
+                await asyncio.sleep(0.05)  # a separate read on the proxy's side: aiohttp's, not the fast lane's
+            self.writer.write(chunk)
+            await self.writer.drain()
+
+    async def answer(self) -> bytes:
+        top = await self.reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: (\d+)", top)
+        return top + (await self.reader.readexactly(int(length.group(1))) if length else b"")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def header(answer: bytes, name: str) -> str | None:
+    found = re.search(rf"(?i)\r\n{re.escape(name)}: ([^\r]*)".encode(), answer)
+    return found.group(1).decode() if found else None
+
+
+def body_of(answer: bytes) -> bytes:
+    return answer.split(b"\r\n\r\n", 1)[1]
+
+
+async def gauge(http: aiohttp.ClientSession, admin: str, name: str) -> float:
+    async with http.get(f"{admin}/metrics") as resp:
+        text = await resp.text()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found is not None, name
+    return float(found.group(1))
+
+
+async def followers(url: str, path: str, n: int, *, split: bool = False) -> tuple[bytes, list[bytes]]:
+    """The leader's answer and `n` followers' for `path`: the followers are sent once the leader's fill is in
+    flight, whole (the fast lane parks them) or split across two writes (aiohttp's path waits for the fill)."""
+    leader = await Client.open(url)
+    clients = [await Client.open(url) for _ in range(n)]
+    request = raw_get(path)
+    try:
+        await leader.send(request)
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*(c.send(*((request[:10], request[10:]) if split else (request,))) for c in clients))
+        first, rest = await asyncio.gather(leader.answer(), asyncio.gather(*(c.answer() for c in clients)))
+        return first, list(rest)
+    finally:
+        for c in (leader, *clients):
+            c.close()
+
+
+async def test_followers_parked_on_a_fill_get_a_slow_path_followers_bytes_from_one_upstream_call(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    for path in ("/api/player/1", "/api/player/2"):
+        upstream.reply(path, body=b'{"player": 1}', headers={"X-Origin": "yes"}, delay=0.3)
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    before = await fast_hits(http, proxy.admin_url)
+    leader, parked = await followers(proxy.proxy_url, "/api/player/1", 8)
+    assert await fast_hits(http, proxy.admin_url) == before + 8  # every follower answered by the fast lane
+    _, waited = await followers(proxy.proxy_url, "/api/player/2", 8, split=True)
+    assert await fast_hits(http, proxy.admin_url) == before + 8  # none of these: aiohttp's followers
+    assert upstream.hits["/api/player/1"] == 1 and upstream.hits["/api/player/2"] == 1
+    assert status_of(leader) == 200 and body_of(leader) == b'{"player": 1}'
+    assert "collapsed" not in (header(leader, "Cache-Status") or "")
+    for answer in parked + waited:
+        assert status_of(answer) == 200 and body_of(answer) == b'{"player": 1}'
+        assert "collapsed" in (header(answer, "Cache-Status") or "")
+    assert {undated(a) for a in parked} == {undated(a) for a in waited} and len({undated(a) for a in parked}) == 1
+    async with http.get(f"{proxy.admin_url}/stats") as resp:
+        route = (await resp.json())["routes"]["player"]
+    assert route["requests"] == 18  # the parked followers are counted like any request
+
+
+async def test_identical_requests_arriving_at_once_make_one_upstream_call(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """All sent before any is dispatched: the first one's target is announced, the others wait for its dispatch,
+    then for its fill, and are answered by the fast lane."""
+    upstream.reply("/api/player/3", body=b'{"player": 3}', delay=0.2)
+    proxy = await make_proxy(RULES)
+    before = await fast_hits(http, proxy.admin_url)
+    got = await asyncio.gather(*(exchange(proxy.proxy_url, raw_get("/api/player/3")) for _ in range(30)))
+    assert upstream.hits["/api/player/3"] == 1
+    assert all(status_of(a) == 200 and body_of(a) == b'{"player": 3}' for a in got)
+    assert sum("collapsed" in (header(a, "Cache-Status") or "") for a in got) == 29
+    assert await fast_hits(http, proxy.admin_url) > before  # some parked (how many came first is the loop's)
+
+
+async def test_parked_followers_count_as_coalesced_waiters_and_a_client_leaving_does_not_touch_the_others(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/4", body=b'{"player": 4}', delay=0.5)
+    proxy = await make_proxy(RULES)
+    before = await fast_hits(http, proxy.admin_url)
+    request = raw_get("/api/player/4")
+    leader = await Client.open(proxy.proxy_url)
+    clients = [await Client.open(proxy.proxy_url) for _ in range(6)]
+    try:
+        await leader.send(request)
+        await asyncio.sleep(0.05)
+        for c in clients:
+            await c.send(request)
+        await asyncio.sleep(0.1)
+        assert await gauge(http, proxy.admin_url, "sidecache_coalesced_waiters") == 6
+        for c in clients[:3]:  # these leave while parked
+            c.close()
+        got = await asyncio.gather(leader.answer(), *(c.answer() for c in clients[3:]))
+        assert [status_of(a) for a in got] == [200] * 4 and {body_of(a) for a in got} == {b'{"player": 4}'}
+        assert await gauge(http, proxy.admin_url, "sidecache_coalesced_waiters") == 0
+        assert await fast_hits(http, proxy.admin_url) == before + 3
+        again = await exchange(proxy.proxy_url, request)
+        assert (header(again, "Cache-Status") or "").startswith("sidecache; hit")
+    finally:
+        for c in (leader, *clients):
+            c.close()
+    assert upstream.hits["/api/player/4"] == 1
+
+
+async def test_what_a_client_sends_behind_a_parked_request_is_answered_after_it_in_order(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/5", body=b'{"player": 5}', delay=0.3)
+    upstream.reply("/api/player/6", body=b'{"player": 6}')
+    upstream.reply("/api/player/7", body=b'{"player": 7}')
+    proxy = await make_proxy(RULES)
+    await exchange(proxy.proxy_url, raw_get("/api/player/6"))  # a hit from now on
+    before = await fast_hits(http, proxy.admin_url)
+    leader, follower = await Client.open(proxy.proxy_url), await Client.open(proxy.proxy_url)
+    try:
+        await leader.send(raw_get("/api/player/5"))
+        await asyncio.sleep(0.05)
+        # parked, then a hit, a miss and a split request behind it, each in its own write
+        await follower.send(raw_get("/api/player/5"), raw_get("/api/player/6"), raw_get("/api/player/7"),
+                            raw_get("/api/player/6")[:8], raw_get("/api/player/6")[8:])
+        got = [await follower.answer() for _ in range(4)]
+        assert [body_of(a) for a in got] == [b'{"player": 5}', b'{"player": 6}', b'{"player": 7}', b'{"player": 6}']
+        assert status_of(await leader.answer()) == 200
+        assert await fast_hits(http, proxy.admin_url) == before + 2  # the parked one and the whole hit behind it
+    finally:
+        leader.close()
+        follower.close()
+    assert upstream.hits["/api/player/5"] == 1 and upstream.hits["/api/player/7"] == 1
+
+
+async def test_a_failed_fill_is_shared_with_parked_followers_as_json_without_another_call(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/8", status=503, body=b"down", delay=0.3)  # an origin error: never stored
+    upstream.reply("/api/player/9", body=b"{}", delay=1.0)  # longer than the read timeout: the proxy's own 504
+    proxy = await make_proxy(RULES, config=Config(upstream=UpstreamConfig(read_timeout=Duration.of("400ms"))))
+    before = await fast_hits(http, proxy.admin_url)
+    leader, parked = await followers(proxy.proxy_url, "/api/player/8", 5)
+    assert [status_of(a) for a in (leader, *parked)] == [503] * 6 and {body_of(a) for a in parked} == {b"down"}
+    assert upstream.hits["/api/player/8"] == 1
+    leader, parked = await followers(proxy.proxy_url, "/api/player/9", 5)
+    for answer in (leader, *parked):
+        assert status_of(answer) == 504 and header(answer, "Content-Type") == "application/json"
+        assert msgspec.json.decode(body_of(answer))["error"] == "upstream_timeout"
+    assert upstream.hits["/api/player/9"] == 1
+    assert await fast_hits(http, proxy.admin_url) == before + 10  # every follower answered from the fast lane
+    assert (await exchange(proxy.proxy_url, raw_get("/api/player/8"))).startswith(b"HTTP/1.1 503")
+    assert upstream.hits["/api/player/8"] == 2  # nothing was stored: the next request asks again
+
+
+async def test_a_personal_answer_never_reaches_a_parked_follower(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A fill answered with a cookie is the leader's alone: each parked follower is sent upstream on its own,
+    passed through as a slow-path follower would be."""
+    upstream.reply("/api/player/10", body=b"{}", headers={"Set-Cookie": "session=LEADER"}, delay=0.3)
+    proxy = await make_proxy(RULES)
+    before = await fast_hits(http, proxy.admin_url)
+    leader, parked = await followers(proxy.proxy_url, "/api/player/10", 4)
+    assert header(leader, "Set-Cookie") == "session=LEADER"
+    for answer in parked:
+        assert status_of(answer) == 200
+        assert "uncacheable-" in (header(answer, "Cache-Status") or "") and "fwd=bypass" in answer.decode()
+    assert upstream.hits["/api/player/10"] == 5
+    assert await fast_hits(http, proxy.admin_url) == before  # parked, then handed to aiohttp, which passed them
