@@ -226,6 +226,7 @@ class Sidecar:
         if (fast := server.fast_lane) is not None:
             m.counters["sidecache_fast_lane_hits"] = lambda: [({}, float(fast.served))]
             m.counters["sidecache_fast_lane_replays"] = lambda: [({}, float(fast.replays.replayed))]
+            m.counters["sidecache_fast_lane_followers"] = lambda: [({}, float(fast.followed))]
             assert self.handler is not None
             coalescer = self.handler.coalescer  # requests parked on a fill wait for it as the slow path's waiters do
             m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(coalescer.waiters + fast.parked))]

@@ -130,7 +130,8 @@ class FastLane:
     def __init__(self, handler: Asked) -> None:
         self.handler = handler
         self.replays = handler.replays
-        self.served = 0  # hits written by the fast lane, replays and parked followers included
+        self.served = 0  # hits written by the fast lane, replays included
+        self.followed = 0  # collapsed followers parked on a fill and answered here (serving/parking.py)
         self.parked = 0  # requests parked on a fill now (counted with the coalescer's waiters)
 
     def again(self, data: bytes, transport: asyncio.Transport) -> bool:
@@ -198,7 +199,7 @@ class FastLane:
         if isinstance(resp, str):
             return resp
         _write(resp, reader, transport)
-        self.served += 1
+        self.followed += 1
         return True
 
     def dropped(self, parked: Parked) -> None:

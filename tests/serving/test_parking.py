@@ -15,7 +15,7 @@ from proxy.config.units import Duration
 from tests.conftest import ProxyFactory, Upstream
 from tests.support.lanes import PLAYER_RULES as RULES
 from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: parking is the fast lane's own
-from tests.support.raw_http import exchange, fast_hits, raw_get, undated
+from tests.support.raw_http import counter, exchange, fast_hits, raw_get, undated
 
 NOW = 1_000_000.0  # a clock that stands still: two followers' answers differ in nothing but their Date
 
@@ -68,6 +68,11 @@ async def gauge(http: aiohttp.ClientSession, admin: str, name: str) -> float:
     return float(found.group(1))
 
 
+async def parked(http: aiohttp.ClientSession, admin: str) -> float:
+    """Collapsed followers the fast lane answered so far."""
+    return await counter(http, admin, "sidecache_fast_lane_followers")
+
+
 async def followers(url: str, path: str, n: int, *, split: bool = False) -> tuple[bytes, list[bytes]]:
     """The leader's answer and `n` followers' for `path`: the followers are sent once the leader's fill is in
     flight, whole (the fast lane parks them) or split across two writes (aiohttp's path waits for the fill)."""
@@ -90,21 +95,24 @@ async def test_followers_parked_on_a_fill_get_a_slow_path_followers_bytes_from_o
     for path in ("/api/player/1", "/api/player/2"):
         upstream.reply(path, body=b'{"player": 1}', headers={"X-Origin": "yes"}, delay=0.3)
     proxy = await make_proxy(RULES, clock=lambda: NOW)
-    before = await fast_hits(http, proxy.admin_url)
-    leader, parked = await followers(proxy.proxy_url, "/api/player/1", 8)
-    assert await fast_hits(http, proxy.admin_url) == before + 8  # every follower answered by the fast lane
+    before = await parked(http, proxy.admin_url)
+    leader, held = await followers(proxy.proxy_url, "/api/player/1", 8)
+    assert await parked(http, proxy.admin_url) == before + 8  # every follower answered by the fast lane
     _, waited = await followers(proxy.proxy_url, "/api/player/2", 8, split=True)
-    assert await fast_hits(http, proxy.admin_url) == before + 8  # none of these: aiohttp's followers
+    assert await parked(http, proxy.admin_url) == before + 8  # none of these: aiohttp's followers
+    assert await fast_hits(http, proxy.admin_url) == 0  # followers are not hits
     assert upstream.hits["/api/player/1"] == 1 and upstream.hits["/api/player/2"] == 1
     assert status_of(leader) == 200 and body_of(leader) == b'{"player": 1}'
     assert "collapsed" not in (header(leader, "Cache-Status") or "")
-    for answer in parked + waited:
+    for answer in held + waited:
         assert status_of(answer) == 200 and body_of(answer) == b'{"player": 1}'
         assert "collapsed" in (header(answer, "Cache-Status") or "")
-    assert {undated(a) for a in parked} == {undated(a) for a in waited} and len({undated(a) for a in parked}) == 1
+    assert {undated(a) for a in held} == {undated(a) for a in waited} and len({undated(a) for a in held}) == 1
     async with http.get(f"{proxy.admin_url}/stats") as resp:
-        route = (await resp.json())["routes"]["player"]
-    assert route["requests"] == 18  # the parked followers are counted like any request
+        stats = await resp.json()
+    assert stats["routes"]["player"]["requests"] == 18  # the parked followers are counted like any request
+    assert stats["fast_lane"]["followers"] == 8
+
 
 
 async def test_identical_requests_arriving_at_once_make_one_upstream_call(
@@ -113,19 +121,19 @@ async def test_identical_requests_arriving_at_once_make_one_upstream_call(
     then for its fill, and are answered by the fast lane."""
     upstream.reply("/api/player/3", body=b'{"player": 3}', delay=0.2)
     proxy = await make_proxy(RULES)
-    before = await fast_hits(http, proxy.admin_url)
+    before = await parked(http, proxy.admin_url)
     got = await asyncio.gather(*(exchange(proxy.proxy_url, raw_get("/api/player/3")) for _ in range(30)))
     assert upstream.hits["/api/player/3"] == 1
     assert all(status_of(a) == 200 and body_of(a) == b'{"player": 3}' for a in got)
     assert sum("collapsed" in (header(a, "Cache-Status") or "") for a in got) == 29
-    assert await fast_hits(http, proxy.admin_url) > before  # some parked (how many came first is the loop's)
+    assert await parked(http, proxy.admin_url) > before  # some parked (how many came first is the loop's)
 
 
 async def test_parked_followers_count_as_coalesced_waiters_and_a_client_leaving_does_not_touch_the_others(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.reply("/api/player/4", body=b'{"player": 4}', delay=0.5)
     proxy = await make_proxy(RULES)
-    before = await fast_hits(http, proxy.admin_url)
+    before = await parked(http, proxy.admin_url)
     request = raw_get("/api/player/4")
     leader = await Client.open(proxy.proxy_url)
     clients = [await Client.open(proxy.proxy_url) for _ in range(6)]
@@ -141,7 +149,7 @@ async def test_parked_followers_count_as_coalesced_waiters_and_a_client_leaving_
         got = await asyncio.gather(leader.answer(), *(c.answer() for c in clients[3:]))
         assert [status_of(a) for a in got] == [200] * 4 and {body_of(a) for a in got} == {b'{"player": 4}'}
         assert await gauge(http, proxy.admin_url, "sidecache_coalesced_waiters") == 0
-        assert await fast_hits(http, proxy.admin_url) == before + 3
+        assert await parked(http, proxy.admin_url) == before + 3
         again = await exchange(proxy.proxy_url, request)
         assert (header(again, "Cache-Status") or "").startswith("sidecache; hit")
     finally:
@@ -157,7 +165,7 @@ async def test_what_a_client_sends_behind_a_parked_request_is_answered_after_it_
     upstream.reply("/api/player/7", body=b'{"player": 7}')
     proxy = await make_proxy(RULES)
     await exchange(proxy.proxy_url, raw_get("/api/player/6"))  # a hit from now on
-    before = await fast_hits(http, proxy.admin_url)
+    before, hits = await parked(http, proxy.admin_url), await fast_hits(http, proxy.admin_url)
     leader, follower = await Client.open(proxy.proxy_url), await Client.open(proxy.proxy_url)
     try:
         await leader.send(raw_get("/api/player/5"))
@@ -168,7 +176,8 @@ async def test_what_a_client_sends_behind_a_parked_request_is_answered_after_it_
         got = [await follower.answer() for _ in range(4)]
         assert [body_of(a) for a in got] == [b'{"player": 5}', b'{"player": 6}', b'{"player": 7}', b'{"player": 6}']
         assert status_of(await leader.answer()) == 200
-        assert await fast_hits(http, proxy.admin_url) == before + 2  # the parked one and the whole hit behind it
+        assert await parked(http, proxy.admin_url) == before + 1
+        assert await fast_hits(http, proxy.admin_url) == hits + 1  # the whole hit behind it; the split one aiohttp's
     finally:
         leader.close()
         follower.close()
@@ -180,16 +189,16 @@ async def test_a_failed_fill_is_shared_with_parked_followers_as_json_without_ano
     upstream.reply("/api/player/8", status=503, body=b"down", delay=0.3)  # an origin error: never stored
     upstream.reply("/api/player/9", body=b"{}", delay=1.0)  # longer than the read timeout: the proxy's own 504
     proxy = await make_proxy(RULES, config=Config(upstream=UpstreamConfig(read_timeout=Duration.of("400ms"))))
-    before = await fast_hits(http, proxy.admin_url)
-    leader, parked = await followers(proxy.proxy_url, "/api/player/8", 5)
-    assert [status_of(a) for a in (leader, *parked)] == [503] * 6 and {body_of(a) for a in parked} == {b"down"}
+    before = await parked(http, proxy.admin_url)
+    leader, held = await followers(proxy.proxy_url, "/api/player/8", 5)
+    assert [status_of(a) for a in (leader, *held)] == [503] * 6 and {body_of(a) for a in held} == {b"down"}
     assert upstream.hits["/api/player/8"] == 1
-    leader, parked = await followers(proxy.proxy_url, "/api/player/9", 5)
-    for answer in (leader, *parked):
+    leader, held = await followers(proxy.proxy_url, "/api/player/9", 5)
+    for answer in (leader, *held):
         assert status_of(answer) == 504 and header(answer, "Content-Type") == "application/json"
         assert msgspec.json.decode(body_of(answer))["error"] == "upstream_timeout"
     assert upstream.hits["/api/player/9"] == 1
-    assert await fast_hits(http, proxy.admin_url) == before + 10  # every follower answered from the fast lane
+    assert await parked(http, proxy.admin_url) == before + 10  # every follower answered from the fast lane
     assert (await exchange(proxy.proxy_url, raw_get("/api/player/8"))).startswith(b"HTTP/1.1 503")
     assert upstream.hits["/api/player/8"] == 2  # nothing was stored: the next request asks again
 
@@ -200,11 +209,11 @@ async def test_a_personal_answer_never_reaches_a_parked_follower(
     passed through as a slow-path follower would be."""
     upstream.reply("/api/player/10", body=b"{}", headers={"Set-Cookie": "session=LEADER"}, delay=0.3)
     proxy = await make_proxy(RULES)
-    before = await fast_hits(http, proxy.admin_url)
-    leader, parked = await followers(proxy.proxy_url, "/api/player/10", 4)
+    before = await parked(http, proxy.admin_url)
+    leader, held = await followers(proxy.proxy_url, "/api/player/10", 4)
     assert header(leader, "Set-Cookie") == "session=LEADER"
-    for answer in parked:
+    for answer in held:
         assert status_of(answer) == 200
         assert "uncacheable-" in (header(answer, "Cache-Status") or "") and "fwd=bypass" in answer.decode()
     assert upstream.hits["/api/player/10"] == 5
-    assert await fast_hits(http, proxy.admin_url) == before  # parked, then handed to aiohttp, which passed them
+    assert await parked(http, proxy.admin_url) == before  # parked, then handed to aiohttp, which passed them
