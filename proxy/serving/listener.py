@@ -40,6 +40,7 @@ log = logging.getLogger("sidecache")
 
 _RESERVED_FDS: Final = 64  # descriptors kept for the admin listener, logs, config files and Redis's subscriber
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HOLD: Final = 64 * 1024  # bytes held behind a parked request (serving/parking.py) before reading pauses
 _LINGER: Final = 2.0  # seconds a connection answered 408 stays open, half-closed, so the answer is read
 _REASONS: Final = {400: "bad_request", 408: "request_timeout", 500: "internal_error",
                    505: "http_version_not_supported"}
@@ -117,6 +118,8 @@ class ClientConnection(RequestHandler):
         self._parked: Parked | None = None  # the fast lane parked this connection's request (serving/parking.py)
         self._parked_data = b""  # that request, as it came
         self._held: list[bytes] = []  # what came behind it meanwhile, read once it is answered or handed over
+        self._held_bytes = 0
+        self._holding = False  # reading paused: more than _HOLD bytes came behind a parked request
         self._resend: str | None = None  # the next request aiohttp reads was a parked follower to pass through
 
     # -- the bound
@@ -149,6 +152,10 @@ class ClientConnection(RequestHandler):
             return
         if self._parked is not None:
             self._held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > _HOLD and not self._holding and self.transport is not None:
+                self._holding = True  # as aiohttp's own queue does when full: the client waits, memory does not grow
+                self.transport.pause_reading()
             return
         if self._reader is not None and self._fast(data):
             return
@@ -232,7 +239,10 @@ class ClientConnection(RequestHandler):
         else:
             self._park(got, data)
             return
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
+        if self._holding:
+            self._holding = False
+            transport.resume_reading()  # before the held bytes are read: aiohttp may pause it again itself
         for chunk in held:
             self.data_received(chunk)
 

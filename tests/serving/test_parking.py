@@ -217,3 +217,29 @@ async def test_a_personal_answer_never_reaches_a_parked_follower(
         assert "uncacheable-" in (header(answer, "Cache-Status") or "") and "fwd=bypass" in answer.decode()
     assert upstream.hits["/api/player/10"] == 5
     assert await parked(http, proxy.admin_url) == before  # parked, then handed to aiohttp, which passed them
+
+
+async def test_a_client_writing_much_behind_a_parked_request_is_read_in_order_once_it_is_answered(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Past 64 KiB held behind a parked request the connection stops being read (as aiohttp's own queue does);
+    nothing is lost: once the parked request is answered, what waited is read and answered in order."""
+    upstream.reply("/api/player/11", body=b'{"player": 11}', delay=0.3)
+    upstream.reply("/api/player/12", body=b'{"player": 12}')
+    proxy = await make_proxy(RULES)
+    await exchange(proxy.proxy_url, raw_get("/api/player/12"))
+    leader, follower = await Client.open(proxy.proxy_url), await Client.open(proxy.proxy_url)
+    behind = [raw_get("/api/player/12", f"X-Pad: {'x' * 7000}") for _ in range(20)]  # 140 KB
+    try:
+        await leader.send(raw_get("/api/player/11"))
+        await asyncio.sleep(0.05)
+        follower.writer.write(raw_get("/api/player/11"))
+        await asyncio.sleep(0.02)
+        for request in behind:
+            follower.writer.write(request)
+        got = [await asyncio.wait_for(follower.answer(), 5) for _ in range(21)]
+        assert [body_of(a) for a in got] == [b'{"player": 11}'] + [b'{"player": 12}'] * 20
+        assert status_of(await leader.answer()) == 200
+    finally:
+        leader.close()
+        follower.close()
+    assert upstream.hits["/api/player/11"] == 1 and upstream.hits["/api/player/12"] == 1
