@@ -9,7 +9,11 @@ metrics and access log). Anything else, a miss included, goes to aiohttp as it c
 the only ones; the next request on the connection gets its own chance, so no connection is pinned to either path.
 
     chunk ─> httptools (always) ─ one plain GET/HEAD, aiohttp idle? ─> ProxyHandler.fast ─ hit ─> transport.write
+                                         │                                 └ fill in flight ─> parked (parking.py)
                                          └ no ───────────────────────────────┴ None ─> aiohttp (data_received)
+
+A request that would only wait for a fill in flight, or for the dispatch of an identical first request that
+aiohttp has, is parked on it and answered as a collapsed follower (`resume`, `ProxyHandler.follow`).
 
 Before any of that, a chunk that is byte for byte a request answered here before, at a request boundary, is
 answered with that same answer if nothing it was decided from changed (serving/replay.py), without being read.

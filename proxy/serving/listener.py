@@ -11,6 +11,9 @@ all in this one module, which the tests drive through real sockets.
       │
       └─> header timer ──(request headers complete)──> examine: version, target, Expect ──> handler
               └─(header_timeout)──> 408 JSON (bytes came) or close (silence)
+
+With the fast lane on, a chunk is offered to it first (`_fast`); a request it parks (serving/parking.py) is held
+here, with whatever the client sends behind it, until it is answered or handed to aiohttp as it came (`_woken`).
 """
 
 from __future__ import annotations
