@@ -243,3 +243,38 @@ async def test_a_client_writing_much_behind_a_parked_request_is_read_in_order_on
         leader.close()
         follower.close()
     assert upstream.hits["/api/player/11"] == 1 and upstream.hits["/api/player/12"] == 1
+
+
+async def test_head_and_http_1_0_followers_get_what_the_slow_path_gives_them(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    for path in ("/api/player/13", "/api/player/14"):
+        upstream.reply(path, body=b'{"player": 13}', delay=0.3)
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    asks = [raw_get("/api/player/{}", method="HEAD"),
+            raw_get("/api/player/{}", "Connection: keep-alive").replace(b"HTTP/1.1", b"HTTP/1.0")]
+
+    async def round_(path: str, split: bool) -> list[bytes]:
+        leader = await Client.open(proxy.proxy_url)
+        clients = [await Client.open(proxy.proxy_url) for _ in asks]
+        try:
+            await leader.send(raw_get(path))
+            await asyncio.sleep(0.05)
+            for c, ask in zip(clients, asks, strict=True):
+                request = ask.replace(b"{}", path.rsplit("/", 1)[1].encode())
+                await c.send(*((request[:10], request[10:]) if split else (request,)))
+            head = await clients[0].reader.readuntil(b"\r\n\r\n")  # a HEAD's answer has no body to read
+            got = [head, await clients[1].answer()]
+            await leader.answer()
+            return got
+        finally:
+            for c in (leader, *clients):
+                c.close()
+
+    before = await parked(http, proxy.admin_url)
+    fast = await round_("/api/player/13", split=False)
+    assert await parked(http, proxy.admin_url) == before + 2
+    slow = await round_("/api/player/14", split=True)
+    assert fast[0].startswith(b"HTTP/1.1 200") and b"Content-Length: 14\r\n" in fast[0]
+    assert fast[1].startswith(b"HTTP/1.0 200") and b"Connection: keep-alive\r\n" in fast[1]
+    assert [undated(a) for a in fast] == [undated(a) for a in slow]
+    assert upstream.hits["/api/player/13"] == 1 and upstream.hits["/api/player/14"] == 1
