@@ -74,7 +74,7 @@ class Asked(Protocol):
 class RequestReader:
     """One connection's httptools parser and what it read of the last request (its callbacks)."""
 
-    __slots__ = ("parser", "url", "headers", "open", "completed", "plain", "connection", "once")
+    __slots__ = ("parser", "url", "headers", "open", "completed", "plain", "connection", "once", "announced")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -85,6 +85,7 @@ class RequestReader:
         self.plain = True  # no header of the current request asks for something the fast lane does not do
         self.connection = b""  # its Connection header, lowercased
         self.once: set[str] = set()  # the singleton headers it carried
+        self.announced: str | None = None  # the target this connection last announced (serving/parking.py)
 
     def on_message_begin(self) -> None:
         self.open, self.url, self.headers, self.plain, self.connection = True, b"", [], True, b""
@@ -172,7 +173,13 @@ class FastLane:
             return False
         target = url.decode("latin-1")
         if not self.handler.knows(target):  # a target never seen is a miss: no headers built for it
-            return (self.handler.parking.wait(target) or False) if announce else False
+            if not announce:
+                return False
+            waiting = self.handler.parking.wait(target)
+            if waiting is None:
+                reader.announced = target  # handed to aiohttp, announced
+                return False
+            return waiting
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"
         inb = Inbound.parsed(method, target, headers, time.perf_counter(), peer(), headers.get("Host"))
@@ -205,6 +212,13 @@ class FastLane:
         _write(resp, reader, transport)
         self.followed += 1
         return True
+
+    def release(self, reader: RequestReader) -> None:
+        """The connection's request ended without reaching the handler (aiohttp refused it, the client left): what
+        waits on its announcement asks again now, not after `parking`'s timeout. Once dispatched, a no-op."""
+        if reader.announced is not None:
+            self.handler.parking.dispatched(reader.announced)
+            reader.announced = None
 
     def dropped(self, parked: Parked) -> None:
         """A parked request whose client left before what it waited on was done: nothing to write."""

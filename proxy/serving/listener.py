@@ -146,6 +146,8 @@ class ClientConnection(RequestHandler):
         self._accepted = False
         self._server.open -= 1
         self._disarm()
+        if self._reader is not None and self._server.fast_lane is not None:
+            self._server.fast_lane.release(self._reader)
         super().connection_lost(exc)
 
     # -- the header timer
@@ -346,6 +348,8 @@ class ClientConnection(RequestHandler):
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         kind = _REASONS.get(status, "bad_request")
+        if self._reader is not None and self._server.fast_lane is not None:
+            self._server.fast_lane.release(self._reader)  # a request aiohttp refused is never dispatched
         if status == 500:
             self._server.log_throttle.warning(("listener", kind), "unhandled error answering %s %s: %r",
                                               request.method, request.path, exc)

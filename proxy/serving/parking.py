@@ -11,13 +11,13 @@ A request can wait on one of two things:
   for the slow path to fetch its own variant's, once per variant;
 - before that, the first request for a target not seen yet, which the fast lane handed to aiohttp and
   *announced*: once the handler has dispatched it (the target remembered, its fill started), the requests for
-  the same target that arrived meanwhile ask again. An announcement that is never dispatched (its connection
-  closed first) is let go after a second.
+  the same target that arrived meanwhile ask again. An announcement that is never dispatched is let go when its
+  request ends otherwise (aiohttp refused it, its client left), and after a quarter of a second at the latest.
 
     take ─ known, nothing in memory, fill in flight ─> park on the fill ─ done ─> follow ─ answer ─> write
          │                                                  personal, Vary: * ┼> aiohttp: RESEND
          │                                                  another variant's ┴> aiohttp
-         └ not seen yet: announced by another ────> park on it ─ dispatched (or a second) ─> take again, once
+         └ not seen yet: announced by another ────> park on it ─ dispatched (or released) ─> take again, once
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from proxy.serving.inbound import Inbound
 
 # On a request the fast lane handed to aiohttp: pass it through, with this Cache-Status detail.
 RESEND: Final = web.RequestKey("resend", str)
-_STUCK: Final = 1.0  # seconds an announcement may wait for its dispatch before its waiters are let go
+# Seconds an announcement may wait for its dispatch before its waiters are let go: a dispatch takes a few loop
+# turns; one that never comes (aiohttp refused the request, its client left) is released by the listener at once,
+# and this bounds what nothing told it of.
+_STUCK: Final = 0.25
 
 
 class Parked:

@@ -12,6 +12,7 @@ from yarl import URL
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
+from proxy.serving.parking import Parking
 from tests.conftest import ProxyFactory, Upstream
 from tests.support.lanes import PLAYER_RULES as RULES
 from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: parking is the fast lane's own
@@ -278,3 +279,17 @@ async def test_head_and_http_1_0_followers_get_what_the_slow_path_gives_them(
     assert fast[1].startswith(b"HTTP/1.0 200") and b"Connection: keep-alive\r\n" in fast[1]
     assert [undated(a) for a in fast] == [undated(a) for a in slow]
     assert upstream.hits["/api/player/13"] == 1 and upstream.hits["/api/player/14"] == 1
+
+
+async def test_an_announcement_never_dispatched_lets_its_waiters_go() -> None:
+    """The first request for a target was handed to aiohttp and never reached the handler, and nothing said so:
+    the requests waiting on its announcement ask again within a quarter of a second, not never."""
+    parking = Parking()
+    assert parking.wait("/api/player/15") is None  # announced by the first request
+    waiter = parking.wait("/api/player/15")
+    assert waiter is not None and not waiter.on.done()
+    await asyncio.wait_for(waiter.on, 1.0)
+    assert len(parking) == 0
+    assert parking.wait("/api/player/15") is None  # announced afresh by the next first request
+    parking.dispatched("/api/player/15")
+    assert len(parking) == 0
