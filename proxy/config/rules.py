@@ -36,7 +36,7 @@ class Batch(_Strict, frozen=True):
     idle: Duration = Duration.of("0s")  # "0s": off; else also send once no item has joined for this long
     # "0s": off; else send as soon as the burst stopped: no new item for this long (and a few loop turns), and
     # send a lone item on its own to the single endpoint.
-    linger: Duration = Duration.of("0.5ms")
+    linger: Duration = Duration.of("0.25ms")
     max_items: Annotated[int, Meta(ge=1, le=1000)] = 50
     max_calls: Annotated[int, Meta(ge=1, le=10000)] = 16  # this route's batch calls in flight at once
     trip_after: Annotated[int, Meta(ge=0)] = 3  # bad batch calls in a row that stop batching; 0: never
