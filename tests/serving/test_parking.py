@@ -4,6 +4,7 @@ same bytes a slow-path follower gets, counted like any follower, and nothing per
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 
 import aiohttp
@@ -293,3 +294,45 @@ async def test_an_announcement_never_dispatched_lets_its_waiters_go() -> None:
     assert parking.wait("/api/player/15") is None  # announced afresh by the next first request
     parking.dispatched("/api/player/15")
     assert len(parking) == 0
+
+
+async def test_many_clients_mixing_hits_followers_pipelining_and_leaving_each_get_their_own_answers_in_order(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """40 connections, each sending 15 requests over 12 slow keys in its own random order and rhythm (whole
+    writes, split writes, several requests in one write), a few leaving halfway: every answer that is read is
+    its own request's, in order, and every key is fetched once."""
+    rng = random.Random(7)
+    for k in range(12):
+        upstream.reply(f"/api/player/{100 + k}", body=b'{"player": %d}' % (100 + k), delay=0.05 + 0.02 * (k % 4))
+    proxy = await make_proxy(RULES)
+
+    async def client(n: int) -> None:
+        c = await Client.open(proxy.proxy_url)
+        try:
+            keys = [rng.randrange(12) for _ in range(15)]
+            leave = 7 if n % 8 == 0 else None
+            i = 0
+            while i < len(keys):
+                if i == leave:
+                    await c.send(raw_get(f"/api/player/{100 + keys[i]}"))
+                    return  # closes with its answer unread, the request perhaps parked
+                style = rng.choice(("whole", "whole", "split", "pair"))
+                batch = keys[i:i + 2] if style == "pair" else keys[i:i + 1]
+                data = b"".join(raw_get(f"/api/player/{100 + k}") for k in batch)
+                if style == "split":
+                    await c.send(data[:7], data[7:])
+                else:
+                    await c.send(data)
+                for k in batch:
+                    answer = await asyncio.wait_for(c.answer(), 10)
+                    assert status_of(answer) == 200 and body_of(answer) == b'{"player": %d}' % (100 + k)
+                i += len(batch)
+                await asyncio.sleep(rng.choice((0, 0, 0.001, 0.01)))
+        finally:
+            c.close()
+
+    await asyncio.gather(*(client(n) for n in range(40)))
+    assert all(upstream.hits[f"/api/player/{100 + k}"] == 1 for k in range(12))
+    assert await parked(http, proxy.admin_url) > 0  # the fast lane held some of them
+    await asyncio.sleep(0.3)  # every fill done: what the leavers left parked is let go
+    assert await gauge(http, proxy.admin_url, "sidecache_coalesced_waiters") == 0
