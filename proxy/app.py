@@ -227,9 +227,11 @@ class Sidecar:
             m.counters["sidecache_fast_lane_hits"] = lambda: [({}, float(fast.served))]
             m.counters["sidecache_fast_lane_replays"] = lambda: [({}, float(fast.replays.replayed))]
             m.counters["sidecache_fast_lane_followers"] = lambda: [({}, float(fast.followed))]
-            assert self.handler is not None
-            coalescer = self.handler.coalescer  # requests parked on a fill wait for it as the slow path's waiters do
-            m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(coalescer.waiters + fast.parked))]
+
+    def _parked(self) -> int:
+        """Requests the fast lane holds on a fill (serving/parking.py): waiters like the slow path's."""
+        fast = self.server.fast_lane if self.server is not None else None
+        return fast.parked if fast is not None else 0
 
     def _register_gauges(self) -> None:
         m, mem = self.metrics, self.memory
@@ -242,7 +244,7 @@ class Sidecar:
         upstream = handler.upstream
         m.counters["sidecache_upstream_retries"] = lambda: [({}, float(upstream.retries))]
         m.gauges["sidecache_inflight_fills"] = lambda: [({}, float(len(handler.coalescer)))]
-        m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters))]
+        m.gauges["sidecache_coalesced_waiters"] = lambda: [({}, float(handler.coalescer.waiters + self._parked()))]
         m.gauges["sidecache_cache_max_entries"] = lambda: [({"tier": "memory"}, float(mem.max_entries))]
         m.gauges["sidecache_cache_max_bytes"] = lambda: [({"tier": "memory"}, float(mem.max_bytes))]
         # Read at scrape time from the batch routes in force, so a reload's new routes show up by themselves.

@@ -190,7 +190,7 @@ class FastLane:
             self.parked += 1
             return Parked(found, inb)
         resp, basis = found
-        pieces = _write(resp, reader, transport)
+        pieces = _write(resp, transport, version, method == "HEAD")
         self.served += 1
         if len(pieces) == 1:  # a large body is its own piece, the stored bytes: never copied to be kept
             self.replays.keep(data, pieces[0], basis)
@@ -209,7 +209,8 @@ class FastLane:
             return False
         if isinstance(resp, str):
             return resp
-        _write(resp, reader, transport)
+        parser = reader.parser  # it still holds the parked request's method and version
+        _write(resp, transport, parser.get_http_version(), parser.get_method() == b"HEAD")
         self.followed += 1
         return True
 
@@ -226,10 +227,9 @@ class FastLane:
             self.parked -= 1
 
 
-def _write(resp: StoredAnswer, reader: RequestReader, transport: asyncio.Transport) -> tuple[bytes, ...]:
-    """Write an answer to the request `reader` read (its parser still holds the method and version)."""
-    pieces = resp.encode(0 if reader.parser.get_http_version() == "1.0" else 1, True,
-                         reader.parser.get_method() == b"HEAD")
+def _write(resp: StoredAnswer, transport: asyncio.Transport, version: str, head: bool) -> tuple[bytes, ...]:
+    """Write an answer to an HTTP/`version` request the client keeps the connection open after."""
+    pieces = resp.encode(0 if version == "1.0" else 1, True, head)
     for piece in pieces:
         transport.write(piece)
     return pieces

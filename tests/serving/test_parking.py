@@ -160,6 +160,28 @@ async def test_parked_followers_count_as_coalesced_waiters_and_a_client_leaving_
     assert upstream.hits["/api/player/4"] == 1
 
 
+async def behind_a_parked_request(url: str, path: str, behind: list[bytes], answers: int,
+                                  pause: float) -> tuple[bytes, list[bytes]]:
+    """A leader's request for `path`; once its fill is in flight, the same request on a second connection (parked),
+    then `behind` on that connection, each its own write, `pause` apart: the leader's answer and the follower's
+    first `answers` answers."""
+    leader, follower = await Client.open(url), await Client.open(url)
+    try:
+        await leader.send(raw_get(path))
+        await asyncio.sleep(0.05)
+        await follower.send(raw_get(path))
+        await asyncio.sleep(0.02)
+        for i, chunk in enumerate(behind):
+            if i and pause:
+                await asyncio.sleep(pause)
+            follower.writer.write(chunk)
+        got = [await asyncio.wait_for(follower.answer(), 5) for _ in range(answers)]
+        return await leader.answer(), got
+    finally:
+        leader.close()
+        follower.close()
+
+
 async def test_what_a_client_sends_behind_a_parked_request_is_answered_after_it_in_order(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.reply("/api/player/5", body=b'{"player": 5}', delay=0.3)
@@ -168,21 +190,14 @@ async def test_what_a_client_sends_behind_a_parked_request_is_answered_after_it_
     proxy = await make_proxy(RULES)
     await exchange(proxy.proxy_url, raw_get("/api/player/6"))  # a hit from now on
     before, hits = await parked(http, proxy.admin_url), await fast_hits(http, proxy.admin_url)
-    leader, follower = await Client.open(proxy.proxy_url), await Client.open(proxy.proxy_url)
-    try:
-        await leader.send(raw_get("/api/player/5"))
-        await asyncio.sleep(0.05)
-        # parked, then a hit, a miss and a split request behind it, each in its own write
-        await follower.send(raw_get("/api/player/5"), raw_get("/api/player/6"), raw_get("/api/player/7"),
-                            raw_get("/api/player/6")[:8], raw_get("/api/player/6")[8:])
-        got = [await follower.answer() for _ in range(4)]
-        assert [body_of(a) for a in got] == [b'{"player": 5}', b'{"player": 6}', b'{"player": 7}', b'{"player": 6}']
-        assert status_of(await leader.answer()) == 200
-        assert await parked(http, proxy.admin_url) == before + 1
-        assert await fast_hits(http, proxy.admin_url) == hits + 1  # the whole hit behind it; the split one aiohttp's
-    finally:
-        leader.close()
-        follower.close()
+    # parked, then a hit, a miss and a split request behind it, each in its own write
+    behind = [raw_get("/api/player/6"), raw_get("/api/player/7"), raw_get("/api/player/6")[:8],
+              raw_get("/api/player/6")[8:]]
+    leader, got = await behind_a_parked_request(proxy.proxy_url, "/api/player/5", behind, 4, 0.05)
+    assert [body_of(a) for a in got] == [b'{"player": 5}', b'{"player": 6}', b'{"player": 7}', b'{"player": 6}']
+    assert status_of(leader) == 200
+    assert await parked(http, proxy.admin_url) == before + 1
+    assert await fast_hits(http, proxy.admin_url) == hits + 1  # the whole hit behind it; the split one aiohttp's
     assert upstream.hits["/api/player/5"] == 1 and upstream.hits["/api/player/7"] == 1
 
 
@@ -229,21 +244,10 @@ async def test_a_client_writing_much_behind_a_parked_request_is_read_in_order_on
     upstream.reply("/api/player/12", body=b'{"player": 12}')
     proxy = await make_proxy(RULES)
     await exchange(proxy.proxy_url, raw_get("/api/player/12"))
-    leader, follower = await Client.open(proxy.proxy_url), await Client.open(proxy.proxy_url)
     behind = [raw_get("/api/player/12", f"X-Pad: {'x' * 7000}") for _ in range(20)]  # 140 KB
-    try:
-        await leader.send(raw_get("/api/player/11"))
-        await asyncio.sleep(0.05)
-        follower.writer.write(raw_get("/api/player/11"))
-        await asyncio.sleep(0.02)
-        for request in behind:
-            follower.writer.write(request)
-        got = [await asyncio.wait_for(follower.answer(), 5) for _ in range(21)]
-        assert [body_of(a) for a in got] == [b'{"player": 11}'] + [b'{"player": 12}'] * 20
-        assert status_of(await leader.answer()) == 200
-    finally:
-        leader.close()
-        follower.close()
+    leader, got = await behind_a_parked_request(proxy.proxy_url, "/api/player/11", behind, 21, 0)
+    assert [body_of(a) for a in got] == [b'{"player": 11}'] + [b'{"player": 12}'] * 20
+    assert status_of(leader) == 200
     assert upstream.hits["/api/player/11"] == 1 and upstream.hits["/api/player/12"] == 1
 
 
