@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.errors import UpstreamError
 from proxy.serving.headers import NOBODY, VIA, Forwarding, end_to_end, upstream_headers
 from proxy.serving.upstream import IDEMPOTENT, Overflow, Pool, UpstreamClient
 
@@ -103,22 +104,22 @@ async def forward(
 async def stream_overflow(request: web.BaseRequest, overflow: Overflow, headers: CIMultiDict[str],
                           cache_status: str) -> web.StreamResponse:
     """An answer too large to keep, streamed to the client whose fill fetched it, never held whole."""
-    up = overflow.take()
+    rest = overflow.take()
     try:
-        resp = web.StreamResponse(status=overflow.status, reason=up.reason, headers=headers.copy())
-        if up.content_length is not None:
-            resp.content_length = up.content_length
+        resp = web.StreamResponse(status=overflow.status, reason=overflow.reason, headers=headers.copy())
+        if overflow.content_length is not None:
+            resp.content_length = overflow.content_length
         resp.headers["Cache-Status"] = cache_status
         resp.headers.add("Via", VIA)
         await resp.prepare(request)
         body = request.method != "HEAD"
         if overflow.prefix and body:
             await resp.write(overflow.prefix)
-        async for chunk in up.content.iter_chunked(CHUNK):
+        async for chunk in rest:
             if body:
                 await resp.write(chunk)
         await resp.write_eof()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except UpstreamError as exc:
         raise ConnectionResetError(f"upstream failed mid-body: {exc}") from exc  # headers are gone already
     finally:
         await overflow.close()

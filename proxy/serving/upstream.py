@@ -1,9 +1,12 @@
 """The one client the proxy uses to reach the backend; aiohttp's exceptions become UpstreamError here.
 
-Two pools, each a ClientSession with its own connector: `fills` for what may be stored (ruled fills, batch calls,
-origin-cached GETs) and `streams` for what lives as long as its client (WebSockets, streamed pass-through), so
-long-lived connections never take the slots that fills need. Waiting for a free connection is bounded: past
-`pool_timeout` the request fails as UpstreamBusy (503), never hangs until the client gives up.
+Three pools. Ruled fills, batch calls and a client's merged batch call, which send bytes in hand and read the answer
+whole (or stream one too large to keep), go through serving/backend_pool.py: one write per request, answers parsed
+by httptools. What streams a client's own request or its answer goes through aiohttp, on a ClientSession with its
+own connector: `fills` for what may be stored (origin-cached GETs) and `streams` for what lives as long as its
+client (WebSockets, streamed pass-through), so long-lived connections never take the slots that fills need. Each
+pool holds at most `max_connections` (`max_passthrough_connections` for streams). Waiting for a free connection is
+bounded: past `pool_timeout` the request fails as UpstreamBusy (503), never hangs until the client gives up.
 
 Keep-alive: pooled connections are dropped after `keepalive_timeout`, below the backend's own idle timeout. A
 request can still cross the backend's close of an idle connection on the wire; aiohttp then retries the
@@ -17,7 +20,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -33,6 +36,7 @@ from yarl import URL
 
 from proxy.config.settings import UpstreamConfig
 from proxy.errors import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from proxy.serving.backend_pool import Answer, BackendPool, request_bytes
 from proxy.telemetry.metrics import Metrics
 
 _UNCLAIMED: Final = 5.0  # seconds an Overflow waits for its client before closing itself
@@ -56,21 +60,20 @@ class Overflow:
 
     Whoever takes it streams and closes it; one that nobody takes (its client left) closes itself shortly."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, prefix: bytes, stack: AsyncExitStack) -> None:
-        self.resp, self.prefix, self._stack = resp, prefix, stack
-        self.status, self.headers = resp.status, resp.headers
-        self._timer = asyncio.get_running_loop().call_later(_UNCLAIMED, self._abandon)
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        self.status, self.reason, self.headers = answer.status, answer.reason, answer.headers
+        self.prefix, self.content_length = answer.body, answer.content_length
+        self._timer = asyncio.get_running_loop().call_later(_UNCLAIMED, answer.close)
 
-    def take(self) -> aiohttp.ClientResponse:
+    def take(self) -> AsyncIterator[bytes]:
+        """The rest of the body, as it arrives (UpstreamError if the backend cuts it short)."""
         self._timer.cancel()
-        return self.resp
+        return self._answer.rest()
 
     async def close(self) -> None:
         self._timer.cancel()
-        await self._stack.aclose()
-
-    def _abandon(self) -> None:
-        self.resp.close()  # nobody streams it: drop the connection rather than hold it
+        self._answer.close()
 
 
 @dataclass
@@ -121,7 +124,14 @@ class UpstreamClient:
         self.metrics = metrics
         self.base = URL(config.url)
         self._root = str(self.base.origin()) + self.base.raw_path.rstrip("/")
-        self.retries = 0  # batch calls sent again after a reused connection failed under them
+        self._retries = 0  # batch calls sent again after a reused connection failed under them
+        url = self.base
+        self._host = url.host_port_subcomponent or ""
+        self._path = url.raw_path.rstrip("/")
+        self.fills = BackendPool(url.host or "127.0.0.1", url.port or 80, limit=config.max_connections,
+                                 connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+                                 keepalive_timeout=config.keepalive_timeout, pool_timeout=config.pool_timeout,
+                                 tls=url.scheme == "https")
         self.sessions: dict[Pool, aiohttp.ClientSession] = {
             "fills": self._session(config.max_connections),
             "streams": self._session(config.max_passthrough_connections),
@@ -141,7 +151,13 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
         )
 
+    @property
+    def retries(self) -> int:
+        """Reads sent again after a reused connection failed under them, both clients together."""
+        return self._retries + self.fills.retries
+
     async def close(self) -> None:
+        self.fills.close()
         for session in self.sessions.values():
             await session.close()
 
@@ -171,28 +187,13 @@ class UpstreamClient:
         """`call` for an answer that may be too large to keep: read whole up to `limit` bytes, else handed over
         open (Overflow) for its client to stream, so no fill ever buffers more than the cache could keep."""
         t0 = time.perf_counter()
-        stack = AsyncExitStack()
         try:
-            resp = await stack.enter_async_context(self.open(method, raw_path_qs, headers))
-            length = resp.content_length
-            if length is not None and length > limit:
-                out: UpstreamResponse | Overflow = Overflow(resp, b"", stack)
-            else:
-                try:
-                    body = await resp.read() if length is not None else await _read_upto(resp, limit + 1)
-                    if len(body) > limit:
-                        out = Overflow(resp, body, stack)
-                    else:
-                        out = UpstreamResponse(resp.status, resp.headers, body)
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise convert(exc, self.url(raw_path_qs)) from exc
-        except BaseException as exc:
-            await stack.aclose()
-            if isinstance(exc, UpstreamError) and self.metrics is not None:
+            got = await self._exchange(method, raw_path_qs, headers, None, limit, False)
+        except UpstreamError as exc:
+            if self.metrics is not None:
                 self.metrics.upstream_error(route, type(exc).__name__)
             raise
-        if isinstance(out, UpstreamResponse):
-            await stack.aclose()
+        out = UpstreamResponse(got.status, got.headers, got.body) if got.complete else Overflow(got)
         if self.metrics is not None:
             self.metrics.upstream_call(route, out.status, time.perf_counter() - t0)
         return out
@@ -204,6 +205,9 @@ class UpstreamClient:
 
         `retry_safe`: the request is a read whatever its method (the proxy's own batch calls), so it may be sent
         again once when a reused connection failed before the answer came."""
+        if body is None or isinstance(body, bytes):
+            got = await self._exchange(method, raw_path_qs, headers, body, None, retry_safe)
+            return UpstreamResponse(got.status, got.headers, got.body)
         resp = await self._send(method, raw_path_qs, headers, body, retry_safe, "fills")
         try:
             data = await resp.read()
@@ -212,6 +216,13 @@ class UpstreamClient:
         finally:
             resp.release()
         return UpstreamResponse(resp.status, resp.headers, data)
+
+    async def _exchange(self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: bytes | None,
+                        limit: int | None, retry_safe: bool) -> Answer:
+        """One exchange on the fills' own pool (serving/backend_pool.py). A read (an idempotent method, or a
+        `retry_safe` batch call) is sent again once when a reused connection closed under it."""
+        data = request_bytes(method, self._path + raw_path_qs, self._host, headers, body)
+        return await self.fills.exchange(data, limit=limit, again=method in IDEMPOTENT or retry_safe)
 
     @asynccontextmanager
     async def open(
@@ -245,7 +256,7 @@ class UpstreamClient:
                 if not (again and attempt.reused) or isinstance(exc, aiohttp.ClientConnectorError):
                     raise convert(exc, url, attempt) from exc
                 again = False
-                self.retries += 1
+                self._retries += 1
                 # One turn of the loop first: closes that came in with this one are seen, so the pool hands out a
                 # live or a new connection rather than another one the backend has just closed.
                 await asyncio.sleep(0)
@@ -268,15 +279,6 @@ class UpstreamClient:
             raise convert(exc, url, attempt) from exc
         finally:
             _ATTEMPT.reset(token)
-
-
-async def _read_upto(resp: aiohttp.ClientResponse, n: int) -> bytes:
-    """Up to n bytes of the body: fewer only at its end."""
-    chunks, size = [], 0
-    while size < n and (chunk := await resp.content.read(n - size)):
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def convert(exc: BaseException, url: URL, attempt: _Attempt | None = None) -> UpstreamError:
