@@ -227,6 +227,7 @@ class Sidecar:
             m.counters["sidecache_fast_lane_hits"] = lambda: [({}, float(fast.served))]
             m.counters["sidecache_fast_lane_replays"] = lambda: [({}, float(fast.replays.replayed))]
             m.counters["sidecache_fast_lane_followers"] = lambda: [({}, float(fast.followed))]
+            m.counters["sidecache_fast_lane_misses"] = lambda: [({}, float(fast.misses))]
 
     def _parked(self) -> int:
         """Requests the fast lane holds on a fill (serving/parking.py): waiters like the slow path's."""

@@ -93,6 +93,7 @@ class FastLaneStats(msgspec.Struct, frozen=True):
     replays: int  # of those, answers written again for the very same request bytes (serving/replay.py)
     share_of_hits: float  # of every answer counted as a hit
     followers: int = 0  # collapsed followers parked on a fill and answered by the lane (serving/parking.py)
+    misses: int = 0  # cold misses whose fill the lane started itself and answered (memory tier alone)
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
@@ -226,7 +227,8 @@ def fast_lane_stats(view: Metrics) -> FastLaneStats | None:
     lane = _total(view.counters, "sidecache_fast_lane_hits")
     hits = sum(n for (_, o), n in view.requests.items() if o == "hit")
     return FastLaneStats(lane, _total(view.counters, "sidecache_fast_lane_replays"), _ratio(lane, hits),
-                         _total(view.counters, "sidecache_fast_lane_followers"))
+                         _total(view.counters, "sidecache_fast_lane_followers"),
+                         _total(view.counters, "sidecache_fast_lane_misses"))
 
 
 def tier_stats(view: Metrics, history: History, now: float) -> dict[str, TierStats]:

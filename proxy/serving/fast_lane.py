@@ -52,13 +52,23 @@ class Asked(Protocol):
     replays: Replays
     parking: Parking  # targets announced by a request handed to aiohttp, not dispatched yet
 
+    @property
+    def leads(self) -> bool:
+        """A target not seen yet may be dispatched and fetched here (`fast`), not only by aiohttp."""
+        ...
+
     def knows(self, target: str) -> bool:
         """The target was seen before (remembered with its rule, or as one no rule matches)."""
         ...
 
-    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | asyncio.Task[Fill] | None:
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | Parked | None:
         """A fresh memory hit, answered and counted, with what it was decided from; the fill in flight a request
-        would only wait for; None for anything else."""
+        would only wait for, or one started for it; None for anything else."""
+        ...
+
+    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | None:
+        """A request whose own fill (`fast`) is done, answered and counted as the slow path's leader; a Fill: its
+        answer, too large to keep, for aiohttp to stream; None: aiohttp's to serve."""
         ...
 
     def follow(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | str | None:
@@ -137,7 +147,8 @@ class FastLane:
         self.replays = handler.replays
         self.served = 0  # hits written by the fast lane, replays included
         self.followed = 0  # collapsed followers parked on a fill and answered here (serving/parking.py)
-        self.parked = 0  # requests parked on a fill now (counted with the coalescer's waiters)
+        self.misses = 0  # requests whose fill the lane started itself and answered here (serving/parking.py)
+        self.parked = 0  # followers parked on a fill now (counted with the coalescer's waiters)
 
     def again(self, data: bytes, transport: asyncio.Transport) -> bool:
         """Answer a chunk that is byte for byte a request answered before, with that answer, if the handler finds
@@ -172,23 +183,19 @@ class FastLane:
         if transport.get_write_buffer_size() > _WRITE_BACKLOG:
             return False
         target = url.decode("latin-1")
-        if not self.handler.knows(target):  # a target never seen is a miss: no headers built for it
-            if not announce:
-                return False
-            waiting = self.handler.parking.wait(target)
-            if waiting is None:
-                reader.announced = target  # handed to aiohttp, announced
-                return False
-            return waiting
+        handler = self.handler
+        known = handler.knows(target)
+        if not known and not (handler.leads and "host" in reader.once):  # a miss: no headers built for it
+            return self._announce(reader, target) if announce else False
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"
         inb = Inbound.parsed(method, target, headers, time.perf_counter(), peer(), headers.get("Host"))
-        found = self.handler.fast(inb)
+        found = handler.fast(inb)
         if found is None:
-            return False
-        if isinstance(found, asyncio.Task):
-            self.parked += 1
-            return Parked(found, inb)
+            return False if known or not announce else self._announce(reader, target)
+        if isinstance(found, Parked):
+            self.parked += not found.leads
+            return found
         resp, basis = found
         pieces = _write(resp, transport, version, method == "HEAD")
         self.served += 1
@@ -196,22 +203,38 @@ class FastLane:
             self.replays.keep(data, pieces[0], basis)
         return True
 
+    def _announce(self, reader: RequestReader, target: str) -> bool | Parked:
+        """A target not seen yet goes to aiohttp, announced; or waits for the one announced before it."""
+        waiting = self.handler.parking.wait(target)
+        if waiting is None:
+            reader.announced = target  # handed to aiohttp, announced
+            return False
+        return waiting
+
     def resume(self, parked: Parked, reader: RequestReader, data: bytes, transport: asyncio.Transport,
-               peer: Callable[[], str | None]) -> bool | Parked | str:
-        """A parked request, once what it waited on is done: a fill's follower answered (never kept to be written
-        again: its Cache-Status is a follower's), an announcement's asked again; False leaves it to aiohttp, a str
-        too, to be passed through with that detail (serving/parking.py `RESEND`)."""
+               peer: Callable[[], str | None]) -> bool | Parked | str | Fill:
+        """A parked request, once what it waited on is done: a fill's follower or leader answered (never kept to be
+        written again: its Cache-Status is a miss's or a follower's), an announcement's asked again; False leaves it
+        to aiohttp, a str too, to be passed through with that detail (serving/parking.py `RESEND`), a Fill too, its
+        own answer, too large to keep, for aiohttp to stream (`LED`)."""
         if parked.inb is None:
             return self.take(reader, data, transport, peer, announce=False)
-        self.parked -= 1
-        resp = self.handler.follow(parked.inb, parked.on)
+        resp: StoredAnswer | Fill | str | None
+        if parked.leads:
+            resp = self.handler.led(parked.inb, parked.on)
+        else:
+            self.parked -= 1
+            resp = self.handler.follow(parked.inb, parked.on)
         if resp is None:
             return False
-        if isinstance(resp, str):
+        if isinstance(resp, (str, Fill)):
             return resp
         parser = reader.parser  # it still holds the parked request's method and version
         _write(resp, transport, parser.get_http_version(), parser.get_method() == b"HEAD")
-        self.followed += 1
+        if parked.leads:
+            self.misses += 1
+        else:
+            self.followed += 1
         return True
 
     def release(self, reader: RequestReader) -> None:
@@ -223,7 +246,7 @@ class FastLane:
 
     def dropped(self, parked: Parked) -> None:
         """A parked request whose client left before what it waited on was done: nothing to write."""
-        if parked.inb is not None:
+        if parked.inb is not None and not parked.leads:
             self.parked -= 1
 
 

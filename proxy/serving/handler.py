@@ -35,7 +35,7 @@ from proxy.serving.fill import Fill, Filler, fill_headers
 from proxy.serving.headers import NOBODY, VIA, Forwarding
 from proxy.serving.inbound import Inbound
 from proxy.serving.origin_cache import OriginLane
-from proxy.serving.parking import RESEND, Parking
+from proxy.serving.parking import LED, RESEND, Parked, Parking
 from proxy.serving.passthrough import BODY_BYTES
 from proxy.serving.replay import Basis, Replays
 from proxy.serving.ruled import RuledLane
@@ -128,6 +128,8 @@ class ProxyHandler:
             return await self._pass(inb, request, lane)
         if (resend := request.get(RESEND)) is not None:  # a parked follower the fill's answer was not for
             return await self._pass(inb, request, resend)
+        if (led := request.get(LED)) is not None and inb.rule is not None:  # the fast lane's fill, too large to keep
+            return await self.ruled.stream(inb, request, led, None, time.perf_counter() - inb.started)
         if isinstance(lane, BatchMerge):
             return await self._merge(inb, request, lane)
         try:
@@ -141,22 +143,37 @@ class ProxyHandler:
         """The fast lane's first question: a target seen before (anything else is a miss, or not cached)."""
         return target in self._targets
 
-    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | asyncio.Task[Fill] | None:
+    @property
+    def leads(self) -> bool:
+        """The fast lane may dispatch a target it has not seen and fetch it itself (`fast`): with a memory tier
+        alone, which decides a miss without an await. With Redis, a miss asks Redis first: the slow path's."""
+        return self.tiers.redis is None
+
+    def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | Parked | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
-        before, answered and counted as the slow path would, with what it was decided from (a replay's basis); the
-        fill in flight that a ruled request would only wait for (the lane parks it: serving/parking.py); None for
-        anything else, which goes to aiohttp."""
+        before, answered and counted as the slow path would, with what it was decided from (a replay's basis); for a
+        ruled request that memory holds nothing for, the fill in flight it would only wait for, or, when none is and
+        the lane `leads`, its own fill, started as the slow path starts it (the lane parks it on either:
+        serving/parking.py); None for anything else, which goes to aiohttp."""
         lane: Lane
         if self._remembered(inb):
             lane = self.ruled
         elif self.origin is not None and self._targets.get(inb.raw_path) is UNRULED:
             inb.key = origin_key(inb.raw_path, inb.host or "")  # as `_dispatch` keys it
             lane = self.origin
+        elif self.leads and inb.raw_path not in self._targets and self._dispatch(inb) is self.ruled:
+            lane = self.ruled  # a target not seen yet, matched and keyed as aiohttp's dispatch would
         else:
             return None
         found = self.caching.fresh(inb, lane)
         if found is None:
-            return self.caching.joinable(inb, lane) if lane is self.ruled else None
+            if lane is not self.ruled:
+                return None
+            if (task := self.caching.joinable(inb, lane)) is not None:
+                return Parked(task, inb)
+            if self.leads and not (inb.forced or lane.revalidate(inb)) and self.tiers.local(inb.key) is None:
+                return Parked(self.ruled.lead(inb), inb, leads=True)
+            return None
         resp, held, until = found
         assert isinstance(resp, StoredAnswer)  # a hit is always written in one piece
         second = 0 if held[-1][1].date else int(time.time())  # the Date is ours: it changes with the second
@@ -179,6 +196,22 @@ class ProxyHandler:
             return None  # another Vary variant's answer: the slow path fetches this one's, once per variant
         got = self.ruled.follow(inb, done, None, upstream_s)
         return got if isinstance(got, (StoredAnswer, str)) else None
+
+    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | None:
+        """A request the fast lane led (`fast`), once its fill is done, answered as the slow path answers its leader,
+        and counted: the upstream's answer, or the 502/503/504 JSON. A Fill: too large to keep, for aiohttp to
+        stream to it (`LED`). None: aiohttp serves it from the start (the fill was cut short)."""
+        if fill.cancelled():
+            return None
+        upstream_s = time.perf_counter() - inb.started
+        if (exc := fill.exception()) is not None:
+            return self._error(inb, exc) if isinstance(exc, UpstreamError) else None
+        done = fill.result()
+        resp = self.ruled.leader(inb, done, None, upstream_s)
+        if resp is None:
+            return done
+        assert isinstance(resp, StoredAnswer)  # without a stale copy, a leader's answer is written in one piece
+        return resp
 
     def replayed(self, basis: Basis, started: float) -> bool:
         """Whether a kept fast-lane answer (serving/replay.py) is still the answer: the same entries in memory,

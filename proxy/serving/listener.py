@@ -36,7 +36,8 @@ from yarl import URL
 
 from proxy.config.settings import Config
 from proxy.serving.fast_lane import MAX_FIELD, MAX_HEADERS, MAX_LINE, FastLane, RequestReader
-from proxy.serving.parking import RESEND, Parked
+from proxy.serving.fill import Fill
+from proxy.serving.parking import LED, RESEND, Parked
 from proxy.telemetry.log_throttle import LogThrottle
 
 log = logging.getLogger("sidecache")
@@ -100,8 +101,12 @@ class ProxyServer(web.Server):
     def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
                       writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
         request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
-        if isinstance(protocol, ClientConnection) and protocol._resend is not None:
-            request[RESEND], protocol._resend = protocol._resend, None  # handed over by the fast lane, and why
+        if isinstance(protocol, ClientConnection) and (handed := protocol._handover) is not None:
+            protocol._handover = None  # handed over by the fast lane: why, or the fill it led
+            if isinstance(handed, str):
+                request[RESEND] = handed
+            else:
+                request[LED] = handed
         return request
 
 
@@ -123,7 +128,8 @@ class ClientConnection(RequestHandler):
         self._held: list[bytes] = []  # what came behind it meanwhile, read once it is answered or handed over
         self._held_bytes = 0
         self._holding = False  # reading paused: more than _HOLD bytes came behind a parked request
-        self._resend: str | None = None  # the next request aiohttp reads was a parked follower to pass through
+        # the next request aiohttp reads was parked: a follower to pass through (why), or a leader to stream its fill
+        self._handover: str | Fill | None = None
 
     # -- the bound
 
@@ -238,8 +244,8 @@ class ClientConnection(RequestHandler):
             self._answered()
         elif got is False:
             self._to_aiohttp(data)
-        elif isinstance(got, str):  # to be passed through on its own (the request factory marks it)
-            self._resend = got
+        elif isinstance(got, (str, Fill)):  # passed through on its own, or its fill streamed (the factory marks it)
+            self._handover = got
             self._to_aiohttp(data)
         else:
             self._park(got, data)

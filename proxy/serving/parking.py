@@ -27,10 +27,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from proxy.serving.fill import Fill
 from proxy.serving.inbound import Inbound
 
 # On a request the fast lane handed to aiohttp: pass it through, with this Cache-Status detail.
 RESEND: Final = web.RequestKey("resend", str)
+# On a request the fast lane led: its fill, whose answer was too large to keep, for aiohttp to stream to it.
+LED: Final = web.RequestKey("led", Fill)
 # Seconds an announcement may wait for its dispatch before its waiters are let go: a dispatch takes a few loop
 # turns; one that never comes (aiohttp refused the request, its client left) is released by the listener at once,
 # and this bounds what nothing told it of.
@@ -40,11 +43,12 @@ _STUCK: Final = 0.25
 class Parked:
     """What a parked request waits on: a fill's task (with the request it was read as), or an announcement."""
 
-    __slots__ = ("on", "inb")
+    __slots__ = ("on", "inb", "leads")
 
-    def __init__(self, on: asyncio.Future[Any], inb: Inbound | None = None) -> None:
+    def __init__(self, on: asyncio.Future[Any], inb: Inbound | None = None, *, leads: bool = False) -> None:
         self.on = on
         self.inb = inb  # None: parked on an announcement, to be read and asked again
+        self.leads = leads  # the fill is this request's own (the fast lane started it): it gets the leader's answer
 
 
 class Parking:

@@ -7,6 +7,7 @@ get the stored copy, or, when nothing was stored and the answer was personal, ar
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -93,19 +94,29 @@ class RuledLane:
         resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag, gzip=packed, method=inb.method)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
+    def _once(self, inb: Inbound, stale: CachedResponse | None, conditions: dict[str, str]) -> Callable[[],
+                                                                                              Awaitable[Fill]]:
+        """How the fill for this request is started (by the coalescer, once for every request that joins it)."""
+        filler = self.caching.filler
+
+        def once() -> Awaitable[Fill]:
+            return filler.once(inb, inb.key, self.judge(inb), stale=stale, conditions=conditions,
+                               send_host=self.send_host(inb), forced=inb.forced or self.revalidate(inb))
+
+        return once
+
+    def lead(self, inb: Inbound) -> asyncio.Task[Fill]:
+        """Start the fill of a request that nothing stored and nothing in flight answers, as `fetch` starts it: the
+        fast lane leads such a request itself (serving/parking.py) and answers it with `leader` once it is done."""
+        return self.caching.coalescer.start(flight_of(inb, None), self._once(inb, None, {}))
+
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
                     stale: CachedResponse | None) -> web.StreamResponse:
         """The coalesced fill, then the answer: the leader gets the upstream's answer whole, waiters the stored copy."""
-        rule = inb.rule
-        assert rule is not None
         caching = self.caching
         conditions = decision.conditions if isinstance(decision, Revalidate) else {}
         t0 = time.perf_counter()
-
-        def once() -> Awaitable[Fill]:
-            return caching.filler.once(inb, inb.key, self.judge(inb), stale=stale, conditions=conditions,
-                                       send_host=self.send_host(inb), forced=inb.forced or self.revalidate(inb))
-
+        once = self._once(inb, stale, conditions)
         # A forced refresh never joins an ordinary fill; the stale copy's Vary, when known, picks the variant's.
         flight = flight_of(inb, stale) + ("\x00forced" if inb.forced else "")
         fill, joined = await caching.coalescer.run(flight, once)
@@ -118,23 +129,44 @@ class RuledLane:
         if joined:
             got = self.follow(inb, fill, stale, upstream_s)
             return await self.resend(inb, request, got) if isinstance(got, str) else got
+        resp = self.leader(inb, fill, stale, upstream_s)
+        return resp if resp is not None else await self.stream(inb, request, fill, stale, upstream_s)
+
+    def leader(self, inb: Inbound, fill: Fill, stale: CachedResponse | None,
+               upstream_s: float) -> web.StreamResponse | None:
+        """The answer of the request the fill was for, with no await: what the slow path's leader and a request the
+        fast lane led both get. The upstream's answer whole (its cookie is its own) with the stored copy's ETag, or
+        the stale copy for an origin error within stale-if-error. None: too large to keep, it streams (`stream`)."""
+        rule = inb.rule
+        assert rule is not None
         if fill.status >= 500 and not fill.stored:
-            resp = caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
+            resp = self.caching.stale_for(inb, self, stale, fill.status, upstream_s=upstream_s)
             if resp is not None:
                 return resp
+        if fill.overflow is not None:
+            return None
         status = _fill_status(fill, stale, False)
-        if fill.overflow is not None:  # too large to keep: streamed to this client, never held whole
-            text = self.degraded(status)
-            resp = await stream_overflow(request, fill.overflow, fill.headers, text)
-            return self.done(inb, resp, text, status.outcome, upstream_s)
-        headers = fill.headers.copy()  # the leader's own answer, whole: its cookie is its own
         body = echo(fill.body, rule, inb) if rule.echo else fill.body
-        if fill.entry is not None and (etag := derived_etag(body) if rule.echo else etag_of(fill.entry)):
-            headers["ETag"] = etag
+        etag = None
+        if fill.entry is not None:
+            etag = derived_etag(body) if rule.echo else etag_of(fill.entry)
         text = self.degraded(status)
-        headers["Cache-Status"] = text
-        headers.add("Via", VIA)
-        resp = web.Response(status=fill.status, headers=headers, body=body)
+        # Its length and Date are written as every answer's are; the origin's Date is kept.
+        headers = [(k, v) for k, v in fill.headers.items()
+                   if (low := k.lower()) != "content-length" and low != "date" and not (etag and low == "etag")]
+        if etag:
+            headers.append(("ETag", etag))
+        headers += [("Cache-Status", text), ("Via", VIA)]
+        resp = StoredAnswer(fill.status, headers, body, text, fill.headers.get("Date", ""))
+        return self.done(inb, resp, text, status.outcome, upstream_s)
+
+    async def stream(self, inb: Inbound, request: web.BaseRequest, fill: Fill, stale: CachedResponse | None,
+                     upstream_s: float) -> web.StreamResponse:
+        """The leader's answer too large to keep, streamed to it as it arrives, never held whole."""
+        assert fill.overflow is not None
+        status = _fill_status(fill, stale, False)
+        text = self.degraded(status)
+        resp = await stream_overflow(request, fill.overflow, fill.headers, text)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
     def follow(self, inb: Inbound, fill: Fill, stale: CachedResponse | None,

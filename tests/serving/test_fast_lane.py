@@ -125,7 +125,7 @@ async def test_fast_lane_hits_are_counted_and_logged_like_any_hit(
     assert [line[3].split(";")[1].strip() for line in lines] == ["fwd=miss", "hit", "hit"]  # type: ignore[union-attr]
     assert await fast_hits(http, proxy.admin_url) == 2
     # the third was the second's answer written again (serving/replay.py), counted all the same
-    assert stats["fast_lane"] == {"hits": 2, "replays": 1, "share_of_hits": 1.0, "followers": 0}
+    assert stats["fast_lane"] == {"hits": 2, "replays": 1, "share_of_hits": 1.0, "followers": 0, "misses": 1}
 
 
 async def test_what_the_fast_lane_does_not_answer_completely_goes_to_aiohttp(

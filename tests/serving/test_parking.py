@@ -9,7 +9,6 @@ import re
 
 import aiohttp
 import msgspec
-from yarl import URL
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
@@ -17,49 +16,9 @@ from proxy.serving.parking import Parking
 from tests.conftest import ProxyFactory, Upstream
 from tests.support.lanes import PLAYER_RULES as RULES
 from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: parking is the fast lane's own
-from tests.support.raw_http import counter, exchange, fast_hits, raw_get, undated
+from tests.support.raw_http import Client, body_of, counter, exchange, fast_hits, header, raw_get, status_of, undated
 
 NOW = 1_000_000.0  # a clock that stands still: two followers' answers differ in nothing but their Date
-
-
-class Client:
-    """One raw keep-alive connection: requests written as the test says, answers read whole, in order."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, url: str) -> Client:
-        u = URL(url)
-        return cls(*await asyncio.open_connection(u.host, u.port))
-
-    async def send(self, *chunks: bytes) -> None:
-        for i, chunk in enumerate(chunks):
-            if i:
-                await asyncio.sleep(0.05)  # a separate read on the proxy's side: aiohttp's, not the fast lane's
-            self.writer.write(chunk)
-            await self.writer.drain()
-
-    async def answer(self) -> bytes:
-        top = await self.reader.readuntil(b"\r\n\r\n")
-        length = re.search(rb"(?i)\r\ncontent-length: (\d+)", top)
-        return top + (await self.reader.readexactly(int(length.group(1))) if length else b"")
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def status_of(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1])
-
-
-def header(answer: bytes, name: str) -> str | None:
-    found = re.search(rf"(?i)\r\n{re.escape(name)}: ([^\r]*)".encode(), answer)
-    return found.group(1).decode() if found else None
-
-
-def body_of(answer: bytes) -> bytes:
-    return answer.split(b"\r\n\r\n", 1)[1]
 
 
 async def gauge(http: aiohttp.ClientSession, admin: str, name: str) -> float:
