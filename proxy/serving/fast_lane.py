@@ -5,15 +5,17 @@ every byte the client sends, so it always knows where one request ends and the n
 exactly one complete, plain GET or HEAD (no body, no framing headers, no Expect, no Upgrade, keep-alive, ASCII
 only), arriving while aiohttp has nothing in flight on that connection, the handler is asked for a fresh memory
 hit (`ProxyHandler.fast`: the same memo, sharing check, decision and answer as the slow path, counted in the same
-metrics and access log). Anything else, a miss included, goes to aiohttp as it came, whose framing checks stay
-the only ones; the next request on the connection gets its own chance, so no connection is pinned to either path.
+metrics and access log). Anything else goes to aiohttp as it came, whose framing checks stay the only ones; the
+next request on the connection gets its own chance, so no connection is pinned to either path.
 
     chunk ─> httptools (always) ─ one plain GET/HEAD, aiohttp idle? ─> ProxyHandler.fast ─ hit ─> transport.write
-                                         │                                 └ fill in flight ─> parked (parking.py)
+                                         │                                 └ fill in flight, or its own ─> parked
                                          └ no ───────────────────────────────┴ None ─> aiohttp (data_received)
 
 A request that would only wait for a fill in flight, or for the dispatch of an identical first request that
-aiohttp has, is parked on it and answered as a collapsed follower (`resume`, `ProxyHandler.follow`).
+aiohttp has, is parked on it and answered as a collapsed follower (`resume`, `ProxyHandler.follow`). With the
+memory tier alone, a ruled miss with no fill in flight is parked on a fill started for it, and answered as the
+slow path's leader (`ProxyHandler.led`).
 
 Before any of that, a chunk that is byte for byte a request answered here before, at a request boundary, is
 answered with that same answer if nothing it was decided from changed (serving/replay.py), without being read.

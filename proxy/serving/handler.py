@@ -272,6 +272,8 @@ class ProxyHandler:
     def _remember(self, inb: Inbound, unruled: Unruled | None = None) -> None:
         """The hit path's shortcut for a target seen before (its rule, params and key, or UNRULED: no rule matches
         it); its bytes count against the memory tier's budget."""
+        if inb.raw_path in self._targets:
+            return  # remembered already (an unruled target is dispatched again on aiohttp's path): counted once
         if len(self._targets) >= MAX_TARGETS or self._target_bytes > self.tiers.memory.max_bytes // 8:
             self._forget()  # bounded; refilled by the targets that keep coming
         size = _MEMO_OVERHEAD + 2 * len(inb.raw_path)

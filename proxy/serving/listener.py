@@ -66,15 +66,16 @@ _UNREAD: Final = object()  # a connection whose peer address was not read yet
 
 
 def connection_bound(config: Config) -> int:
-    """`[server] max_connections`, or when 0, what the descriptor limit leaves after the upstream pools, Redis and
-    a reserve: past it, accept() itself would fail and lock out every client and the admin listener alike."""
+    """`[server] max_connections`, or when 0, what the descriptor limit leaves after the upstream pools (the fills'
+    own and aiohttp's two: serving/upstream.py), Redis and a reserve: past it, accept() itself would fail and lock
+    out every client and the admin listener alike."""
     if config.server.max_connections:
         return config.server.max_connections
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 65536
     up = config.upstream
-    reserve = up.max_connections + up.max_passthrough_connections + config.redis.pool_size + _RESERVED_FDS
+    reserve = 2 * up.max_connections + up.max_passthrough_connections + config.redis.pool_size + _RESERVED_FDS
     return max(soft // 4, soft - reserve)
 
 

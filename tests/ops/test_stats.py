@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
+import msgspec
 
 from proxy.config.settings import Config, MemoryConfig
 from proxy.config.units import ByteSize
@@ -164,3 +165,18 @@ async def test_echoed_bodies_count_in_stats_memory_bytes_and_stay_within_max_byt
     assert alone + budget // 32 <= mem["bytes"] <= alone + budget // 16 + targets + replays, mem
     assert mem["entries"] == 1
     assert upstream.hits["/props/p0"] == 1
+
+
+async def test_a_target_without_a_rule_counts_once_in_memory_bytes_however_often_it_is_asked(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """aiohttp's path dispatches a target no rule matches on every request: its memo is counted once, not each time."""
+    upstream.reply("/plain", body=b'{"ok": true}', headers={"Cache-Control": "max-age=60"})
+    config = Config()
+    config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, fast_lane=False))
+    proxy = await make_proxy("", config=config)
+    await get(http, proxy.proxy_url + "/plain")
+    once = (await stats(http, proxy.admin_url))["tiers"]["memory"]["bytes"]
+    for _ in range(20):
+        await get(http, proxy.proxy_url + "/plain")
+    assert (await stats(http, proxy.admin_url))["tiers"]["memory"]["bytes"] == once
+    assert upstream.hits["/plain"] == 1
