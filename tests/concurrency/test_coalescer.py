@@ -118,3 +118,21 @@ async def test_a_fetch_that_fails_or_returns_before_its_first_await_reaches_ever
     assert [type(r) for r in results] == [ValueError] * 3
     assert [r for r, _ in await asyncio.gather(*(c.run("v", value) for _ in range(3)))] == [7, 7, 7]
     assert len(c) == 0
+
+
+async def test_a_fetch_started_from_a_plain_callback_runs_its_first_step_there_as_its_own_task() -> None:
+    """The fast lane starts fills from a connection's data_received, where no task is current."""
+    c: Coalescer[str, int] = Coalescer()
+    seen: list[object] = []
+
+    async def fetch() -> int:
+        seen.append(asyncio.current_task())
+        await asyncio.sleep(0.01)
+        return 2
+
+    started: list[asyncio.Task[int]] = []
+    asyncio.get_running_loop().call_soon(lambda: (started.append(c.start("k", fetch)),
+                                                  seen.append(asyncio.current_task())))
+    await asyncio.sleep(0)
+    assert seen == [started[0], None]  # stepped in place, as its own task; no task current after it
+    assert await started[0] == 2
