@@ -3,8 +3,9 @@
 A burst of identical misses is a queue of handlers that are all ready to run; an ordinary task for the leader's
 fetch joins the end of that queue, so its upstream call waits behind every other handler of the burst (several
 milliseconds at 200 requests). The same holds for a fill the fast lane starts from a connection's callback: run
-in place, its upstream request is on the wire before the next connection's request is read. Python 3.12's eager tasks run that first step in place; this module gives 3.11
-the same: the task is created, made the current task, stepped once, and the caller's task is current again.
+in place, its upstream request is on the wire before the next connection's request is read. Python 3.12's eager
+tasks run that first step in place; this module gives 3.11 the same: the task is created, made the current task,
+stepped once, and the caller's task (if any) is current again.
 From the task's second step on, it is an ordinary task (asyncio's own), so cancellation, `current_task()`
 and timeouts inside the coroutine behave as in any task, its first step included.
 """

@@ -152,3 +152,13 @@ async def test_a_led_fill_whose_client_left_still_stores_its_answer(
     again = await exchange(proxy.proxy_url, raw_get("/api/player/7"))
     assert header(again, "Cache-Status").startswith("sidecache; hit")  # type: ignore[union-attr]
     assert upstream.hits["/api/player/7"] == 1
+
+
+async def test_odd_targets_get_the_same_answer_whichever_path_dispatches_them(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    proxy = await make_proxy(RULES, clock=lambda: NOW)
+    for n, odd in enumerate(("%ff", "%zz", "a%00b", "x?y=%ff", "%e2%82", "x%2Fy", "x?a=1&a=2&%=3")):
+        whole, split = f"/api/player/w{n}{odd}", f"/api/player/s{n}{odd}"
+        fast, slow = await asyncio.wait_for(both_leaders(proxy.proxy_url, whole, split), 5)
+        assert status_of(fast) == status_of(slow), odd
+        assert body_of(fast).replace(b"/w", b"/s") == body_of(slow), odd
