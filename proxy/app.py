@@ -109,6 +109,7 @@ class Sidecar:
                                   keepalive_timeout=srv.keepalive_timeout, header_timeout=srv.header_timeout,
                                   max_connections=connection_bound(self.config),
                                   fast_lane=FastLane(self.handler) if srv.fast_lane else None)
+        self.handler.arriving = self.server.arriving  # connections that sent nothing yet: batches linger for them
         self._register_listener_gauges(self.server)
         log.info("worker %d: at most %d client connections; header timeout %s, idle timeout %s", self.worker_index,
                  self.server.max_connections, srv.header_timeout.text, srv.keepalive_timeout.text)

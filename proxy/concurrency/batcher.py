@@ -59,10 +59,13 @@ class Batcher(Generic[G, K, T, R]):
     over a few connections, waits `idle` rather than the whole window.
 
     With `linger` > 0 it goes as soon as the burst that opened it has stopped arriving: no new item for `linger`,
-    and none for SETTLE_TURNS loop turns after that. Waiting longer buys nothing: the clients that sent the burst
-    wait for its answers before they ask for more. A group whose items came further apart than `linger` and
-    SPREAD (spread over a big burst of many groups) waits `idle` or the window as before, so that burst still
-    fills one batch per group. Per group at most one batch is forming; batches of different groups go out side by side.
+    and none for SETTLE_TURNS loop turns after that, nor while `arriving()` says more requests are on their way
+    (connections just opened that have sent nothing yet: a browser opening its 6 for a screen's first round,
+    whose first request would otherwise go alone, come back first and keep its connection out of step). Waiting
+    longer buys nothing: the clients that sent the burst wait for its answers before they ask for more. A group
+    whose items came further apart than `linger` and SPREAD (spread over a big burst of many groups) waits `idle`
+    or the window as before, so that burst still fills one batch per group. Per group at most one batch is
+    forming; batches of different groups go out side by side.
 
     `send(group, items)` returns one result per item, in item order. It runs as its own task, so a submitter that
     is cancelled (its client went away) never cancels the batch for the others. `calls` bounds the sends in
@@ -73,7 +76,7 @@ class Batcher(Generic[G, K, T, R]):
     def __init__(
         self, send: Send[G, T, R], *, window: float, max_items: int,
         calls: int | asyncio.Semaphore | Sequence[asyncio.Semaphore] = 8, idle: float = 0.0, linger: float = 0.0,
-        cut_calls: int = 0,
+        cut_calls: int = 0, arriving: Callable[[], bool] | None = None,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"`max_items` must be at least 1, got {max_items}")
@@ -82,6 +85,7 @@ class Batcher(Generic[G, K, T, R]):
         self.idle = idle if 0 < idle < window else 0.0
         self.linger = linger if 0 < linger < window else 0.0
         self.max_items = max_items
+        self.arriving = arriving  # more submits may be on their way: a lingering batch waits (idle, window bound it)
         if isinstance(calls, int):
             calls = asyncio.Semaphore(calls)
         self._calls = (calls,) if isinstance(calls, asyncio.Semaphore) else tuple(calls)
@@ -169,6 +173,8 @@ class Batcher(Generic[G, K, T, R]):
         loop = asyncio.get_running_loop()
         if len(batch.items) != seen:
             self._due(group, batch)
+        elif turns <= 1 and self.arriving is not None and self.arriving():
+            batch.timer = loop.call_later(self.linger, self._due, group, batch)  # linger on; `idle` still ends it
         elif turns <= 1:
             self._flush(group, batch)
         else:

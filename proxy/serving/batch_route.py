@@ -233,6 +233,7 @@ class BatchRoute:
     def __init__(
         self, rule: CompiledRule, upstream: UpstreamClient, metrics: Metrics, *,
         calls: asyncio.Semaphore, fallbacks: asyncio.Semaphore, clock: Callable[[], float] = time.monotonic,
+        arriving: Callable[[], bool] | None = None,
     ) -> None:
         self.rule = rule
         self.spec = BatchSpec(rule)
@@ -249,7 +250,7 @@ class BatchRoute:
         self.learned: OrderedDict[str, CIMultiDictProxy[str]] = OrderedDict()
         self.batcher: Batcher[str, str, Pending, Answer | Miss] = Batcher(
             self._send, window=float(b.window), max_items=b.max_items, calls=(asyncio.Semaphore(b.max_calls), calls),
-            idle=float(b.idle), linger=float(b.linger), cut_calls=max(1, b.max_calls // 2),
+            idle=float(b.idle), linger=float(b.linger), cut_calls=max(1, b.max_calls // 2), arriving=arriving,
         )
         self.breaker: Breaker | None = None
         if b.trip_after:
@@ -466,12 +467,14 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
     return done
 
 
-def batch_routes(rules: RuleSet, upstream: UpstreamClient, metrics: Metrics) -> dict[str, BatchRoute]:
-    """A BatchRoute per rule with `[route.batch]`; all share the upstream's batch and fallback call limits."""
+def batch_routes(rules: RuleSet, upstream: UpstreamClient, metrics: Metrics,
+                 arriving: Callable[[], bool] | None = None) -> dict[str, BatchRoute]:
+    """A BatchRoute per rule with `[route.batch]`; all share the upstream's batch and fallback call limits.
+    `arriving`: the listener has connections that have sent nothing yet (a lingering batch waits for them)."""
     calls = asyncio.Semaphore(upstream.config.max_batch_calls)
     fallbacks = asyncio.Semaphore(upstream.config.max_fallback_calls)
     return {
-        r.name: BatchRoute(r, upstream, metrics, calls=calls, fallbacks=fallbacks)
+        r.name: BatchRoute(r, upstream, metrics, calls=calls, fallbacks=fallbacks, arriving=arriving)
         for r in rules.rules if r.route.batch is not None
     }
 

@@ -98,12 +98,14 @@ class ProxyHandler:
         # the fast lane's kept answers (serving/replay.py), a thirty-second of the memory budget at most
         self.replays = Replays(tiers.memory.reserve, tiers.memory.max_bytes // 32)
         self.parking = Parking()  # the fast lane's announced targets (serving/parking.py)
+        # The listener has connections that have sent nothing yet (app.py sets it): a batch lingers for them.
+        self.arriving: Callable[[], bool] = lambda: False
         self.use_rules(rules)
 
     def use_rules(self, rules: RuleSet) -> None:
         """Swap in (reloaded) rules with the batching they declare; no await between the assignments, so each
         request sees the old generation or the new one. Old batchers finish the windows they have open."""
-        batches = batch_routes(rules, self.upstream, self.metrics)  # rule name -> its [route.batch]
+        batches = batch_routes(rules, self.upstream, self.metrics, lambda: self.arriving())  # rule -> [route.batch]
         merges = (BatchMerge(b, self.tiers, self.clock, self.filler) for b in batches.values())
         # A client's own call to a batch endpoint (no rule matches it): cached items answered here (batch_merge.py).
         incoming = {m.target: m for m in reversed(list(merges)) if m.mergeable}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
@@ -44,6 +45,8 @@ log = logging.getLogger("sidecache")
 
 _RESERVED_FDS: Final = 64  # descriptors kept for the admin listener, logs, config files and Redis's subscriber
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ARRIVING: Final = 0.005  # seconds after an accept that a silent new connection counts as a request on its way
+_HANDED: Final = 0.001  # seconds after a new connection's first read that its request may still be on its way
 _HOLD: Final = 64 * 1024  # bytes held behind a parked request (serving/parking.py) before reading pauses
 _LINGER: Final = 2.0  # seconds a connection answered 408 stays open, half-closed, so the answer is read
 _REASONS: Final = {400: "bad_request", 408: "request_timeout", 500: "internal_error",
@@ -92,9 +95,19 @@ class ProxyServer(web.Server):
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.open = 0  # accepted connections not yet closed
+        self.unread = 0  # of those, connections that have sent nothing yet
+        self.accepted_at = 0.0  # perf_counter at the last accept
+        self.first_read_at = 0.0  # and when a new connection's first bytes were last read
         self.refused = 0  # connections turned away at the bound
         self.header_timeouts = 0  # connections closed because their headers did not come in time
         self.log_throttle = LogThrottle(log)
+
+    def arriving(self) -> bool:
+        """Requests are on their way: a connection accepted in the last few milliseconds has sent nothing yet (one
+        that stays silent longer is not counted: a preconnect, a health check), or one sent its first request
+        a moment ago, which aiohttp's path takes a few loop turns to hand to the handler."""
+        now = time.perf_counter()
+        return (self.unread > 0 and now - self.accepted_at < _ARRIVING) or now - self.first_read_at < _HANDED
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
@@ -124,6 +137,7 @@ class ClientConnection(RequestHandler):
         self._discarding = False  # answered 408: what still arrives is dropped until the connection closes
         self._reader: RequestReader | None = RequestReader() if server.fast_lane is not None else None
         self._peer_address: object = _UNREAD
+        self._unread = False  # accepted and nothing read from it yet (counted in the server's `unread`)
         self._parked: Parked | None = None  # the fast lane parked this connection's request (serving/parking.py)
         self._parked_data = b""  # that request, as it came
         self._held: list[bytes] = []  # what came behind it meanwhile, read once it is answered or handed over
@@ -144,6 +158,9 @@ class ClientConnection(RequestHandler):
             return
         self._accepted = True
         server.open += 1
+        server.unread += 1
+        server.accepted_at = time.perf_counter()
+        self._unread = True
         super().connection_made(transport)
         self._arm()  # silence from the start counts as well as a trickle
 
@@ -152,6 +169,7 @@ class ClientConnection(RequestHandler):
             return
         self._accepted = False
         self._server.open -= 1
+        self._read()
         self._disarm()
         if self._reader is not None and self._server.fast_lane is not None:
             self._server.fast_lane.release(self._reader)
@@ -162,6 +180,8 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._accepted or self._discarding:
             return
+        if self._unread:
+            self._read()
         if self._parked is not None:
             self._held.append(data)
             self._held_bytes += len(data)
@@ -172,6 +192,13 @@ class ClientConnection(RequestHandler):
         if self._reader is not None and self._fast(data):
             return
         self._to_aiohttp(data)
+
+    def _read(self) -> None:
+        """The connection's first bytes came (or it closed): it is no longer a request on its way."""
+        if self._unread:
+            self._unread = False
+            self._server.unread -= 1
+            self._server.first_read_at = time.perf_counter()
 
     def _to_aiohttp(self, data: bytes) -> None:
         before = self._request_count

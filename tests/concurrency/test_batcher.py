@@ -297,3 +297,22 @@ async def test_batches_cut_by_the_window_share_cut_calls_and_keep_taking_items_m
     await asyncio.gather(*first, *late)
     assert send.peak == 1
     assert sorted(send.batches) == [("a", [0]), ("b", [0, 1]), ("c", [0, 1])]
+
+
+async def test_linger_waits_while_requests_are_still_arriving_and_idle_still_ends_it() -> None:
+    """A browser's first round: its first request comes on the first connection opened, the others on connections
+    opened at the same time that have sent nothing yet (`arriving`)."""
+    send = Recorder()
+    arriving = [True]
+    b = batcher(send, window=30.0, linger=0.001, idle=0.2, arriving=lambda: arriving[0])
+    first = asyncio.ensure_future(b.submit("g", 0, 0))
+    await asyncio.sleep(0.02)  # many lingers later, still arriving
+    rest = [asyncio.ensure_future(b.submit("g", i, i)) for i in range(1, 6)]
+    arriving[0] = False
+    results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert send.batches == [("g", list(range(6)))]
+    assert {r.size for r in results} == {6}
+    arriving[0] = True  # never stops: `idle` after the last item sends it all the same
+    t0 = asyncio.get_running_loop().time()
+    alone = await asyncio.wait_for(b.submit("h", 9, 9), 10)
+    assert alone.size == 1 and 0.15 <= asyncio.get_running_loop().time() - t0 < 2

@@ -406,3 +406,31 @@ async def _wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
+
+
+async def test_a_first_round_whose_connections_open_together_is_one_batch_though_one_asks_first(
+    make_proxy: ProxyFactory, backend: Backend, client: aiohttp.ClientSession
+) -> None:
+    """A browser opens its 6 connections for a screen's first round; the first asks while the other 5 have sent
+    nothing yet. Going alone, it would come back first and keep that connection out of step with the others."""
+    proxy = await make_proxy(rule(window="1s", idle="100ms", linger="0.25ms"), upstream_url=backend.url)
+    host, port = "127.0.0.1", int(proxy.proxy_url.rsplit(":", 1)[1])
+    conns = [await asyncio.open_connection(host, port) for _ in range(6)]
+    paths = [prop(PLAYERS[0], n) for n in range(6)]
+
+    async def ask(i: int) -> bytes:
+        reader, writer = conns[i]
+        if i:
+            await asyncio.sleep(0.003)  # many lingers after the first
+        writer.write(f"GET {paths[i]} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        return head
+
+    try:
+        heads = await asyncio.wait_for(asyncio.gather(*(ask(i) for i in range(6))), 10)
+    finally:
+        for _, writer in conns:
+            writer.close()
+    assert [h.split(b" ", 2)[1] for h in heads] == [b"200"] * 6
+    assert [len(b["requests"]) for b in backend.batch_bodies()] == [6], [h[-200:] for h in heads]
+    assert all(b"batch-size=6" in h for h in heads)
