@@ -169,7 +169,7 @@ class ClientConnection(RequestHandler):
             return
         self._accepted = False
         self._server.open -= 1
-        self._read()
+        self._read(came=False)
         self._disarm()
         if self._reader is not None and self._server.fast_lane is not None:
             self._server.fast_lane.release(self._reader)
@@ -193,12 +193,13 @@ class ClientConnection(RequestHandler):
             return
         self._to_aiohttp(data)
 
-    def _read(self) -> None:
+    def _read(self, *, came: bool = True) -> None:
         """The connection's first bytes came (or it closed): it is no longer a request on its way."""
         if self._unread:
             self._unread = False
             self._server.unread -= 1
-            self._server.first_read_at = time.perf_counter()
+            if came:
+                self._server.first_read_at = time.perf_counter()
 
     def _to_aiohttp(self, data: bytes) -> None:
         before = self._request_count

@@ -29,6 +29,8 @@ from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
 from proxy.serving.passthrough import stream_overflow
 
+Once = Callable[[], Awaitable[Fill]]  # how a fill is started, once for every request that joins it
+
 
 class RuledLane:
     """Ruled GET and HEAD: the rule decides, the origin's Vary picks variants."""
@@ -94,8 +96,7 @@ class RuledLane:
         resp = from_entry(inb.headers, entry, text, age, body=body, etag=etag, gzip=packed, method=inb.method)
         return self.done(inb, resp, text, status.outcome, upstream_s)
 
-    def _once(self, inb: Inbound, stale: CachedResponse | None, conditions: dict[str, str]) -> Callable[[],
-                                                                                              Awaitable[Fill]]:
+    def _once(self, inb: Inbound, stale: CachedResponse | None, conditions: dict[str, str]) -> Once:
         """How the fill for this request is started (by the coalescer, once for every request that joins it)."""
         filler = self.caching.filler
 

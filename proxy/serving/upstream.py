@@ -9,9 +9,9 @@ pool holds at most `max_connections` (`max_passthrough_connections` for streams)
 bounded: past `pool_timeout` the request fails as UpstreamBusy (503), never hangs until the client gives up.
 
 Keep-alive: pooled connections are dropped after `keepalive_timeout`, below the backend's own idle timeout. A
-request can still cross the backend's close of an idle connection on the wire; aiohttp then retries the
-idempotent methods once by itself (RFC 9112 9.3.1), and this module retries the proxy's own batch calls, which
-are reads sent as POST, once when they failed on a reused connection. A client's POST is never sent twice.
+request can still cross the backend's close of an idle connection on the wire; the idempotent methods are then
+sent once more (RFC 9112 9.3.1: by the fills' pool, or by aiohttp itself), and so are the proxy's own batch calls,
+which are reads sent as POST, when they failed on a reused connection. A client's POST is never sent twice.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class UpstreamClient:
         self.metrics = metrics
         self.base = URL(config.url)
         self._root = str(self.base.origin()) + self.base.raw_path.rstrip("/")
-        self._retries = 0  # batch calls sent again after a reused connection failed under them
+        self._retries = 0  # reads aiohttp's pool sent again after a reused connection failed under them
         url = self.base
         self._host = url.host_port_subcomponent or ""
         self._path = url.raw_path.rstrip("/")
