@@ -25,7 +25,8 @@ from proxy.policy.cache_status import CacheStatus
 from proxy.policy.freshness import State, private_request_reason, state, unstorable_reason
 from proxy.policy.keys import cache_key, failure_key, tags_for
 from proxy.policy.origin_policy import vary_names
-from proxy.serving.batch_route import BatchRoute, Reply, Unbatchable
+from proxy.serving.batch_route import BatchRoute, Reply
+from proxy.serving.batch_spec import Unbatchable
 from proxy.serving.fill import Filler, Terms
 from proxy.serving.headers import end_to_end
 

@@ -188,32 +188,37 @@ class ProxyHandler:
         (the answer was personal, or `Vary: *`): aiohttp then passes it through with that detail, as the slow path
         resends its followers (`RESEND`). None: aiohttp serves it from the start (the answer was another Vary
         variant's, or the fill was cut short)."""
-        if fill.cancelled():
-            return None
-        upstream_s = time.perf_counter() - inb.started
-        if (exc := fill.exception()) is not None:
-            return self._error(inb, exc) if isinstance(exc, UpstreamError) else None
-        done = fill.result()
+        got = self._filled(inb, fill)
+        if not isinstance(got, tuple):
+            return got
+        done, upstream_s = got
         if not done.serves(inb.headers) and done.vary:
             return None  # another Vary variant's answer: the slow path fetches this one's, once per variant
-        got = self.ruled.follow(inb, done, None, upstream_s)
-        return got if isinstance(got, (StoredAnswer, str)) else None
+        answer = self.ruled.follow(inb, done, None, upstream_s)
+        return answer if isinstance(answer, (StoredAnswer, str)) else None
 
     def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | None:
         """A request the fast lane led (`fast`), once its fill is done, answered as the slow path answers its leader,
         and counted: the upstream's answer, or the 502/503/504 JSON. A Fill: too large to keep, for aiohttp to
         stream to it (`LED`). None: aiohttp serves it from the start (the fill was cut short)."""
-        if fill.cancelled():
-            return None
-        upstream_s = time.perf_counter() - inb.started
-        if (exc := fill.exception()) is not None:
-            return self._error(inb, exc) if isinstance(exc, UpstreamError) else None
-        done = fill.result()
+        got = self._filled(inb, fill)
+        if not isinstance(got, tuple):
+            return got
+        done, upstream_s = got
         resp = self.ruled.leader(inb, done, None, upstream_s)
         if resp is None:
             return done
         assert isinstance(resp, StoredAnswer)  # without a stale copy, a leader's answer is written in one piece
         return resp
+
+    def _filled(self, inb: Inbound, fill: asyncio.Future[Fill]) -> tuple[Fill, float] | StoredAnswer | None:
+        """A done fill as a parked request sees it: the Fill and the time since the request began; the shared
+        502/503/504 JSON when it failed upstream; None when it was cut short (aiohttp serves the request)."""
+        if fill.cancelled():
+            return None
+        if (exc := fill.exception()) is not None:
+            return self._error(inb, exc) if isinstance(exc, UpstreamError) else None
+        return fill.result(), time.perf_counter() - inb.started
 
     def replayed(self, basis: Basis, started: float) -> bool:
         """Whether a kept fast-lane answer (serving/replay.py) is still the answer: the same entries in memory,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -80,7 +79,6 @@ class Overflow:
 class _Attempt:
     """What the pool said about one request's connection."""
 
-    reused: bool = False  # the connection had carried a request before (the backend may have closed it since)
     queued: bool = False  # waiting for a free connection right now: a timeout then is the pool's, not the socket's
 
 
@@ -89,12 +87,8 @@ _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("sidecache_upstream_attempt",
 
 class _Pool(aiohttp.TCPConnector):
     """aiohttp's connector, telling the request it connects (the `_ATTEMPT` set in the request's own task) whether
-    it waited for a free connection and whether the one it got had carried a request before. aiohttp's trace signals
-    say so too, but send a signal for every step of every request: about a twentieth of a miss's CPU."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()  # connections that carried a request
+    it waited for a free connection. aiohttp's trace signals say so too, but send a signal for every step of every
+    request: about a twentieth of a miss's CPU."""
 
     async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
         attempt = _ATTEMPT.get()
@@ -103,9 +97,6 @@ class _Pool(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         if attempt is not None:
             attempt.queued = False
-            if (proto := conn.protocol) is not None:
-                attempt.reused = proto in self._served
-                self._served.add(proto)
         return conn
 
     async def _create_connection(self, req: ClientRequest, traces: list[Trace],
@@ -124,7 +115,6 @@ class UpstreamClient:
         self.metrics = metrics
         self.base = URL(config.url)
         self._root = str(self.base.origin()) + self.base.raw_path.rstrip("/")
-        self._retries = 0  # reads aiohttp's pool sent again after a reused connection failed under them
         url = self.base
         self._host = url.host_port_subcomponent or ""
         self._path = url.raw_path.rstrip("/")
@@ -153,8 +143,9 @@ class UpstreamClient:
 
     @property
     def retries(self) -> int:
-        """Reads sent again after a reused connection failed under them, both clients together."""
-        return self._retries + self.fills.retries
+        """Reads sent again after a reused connection failed under them (the fills' pool sends them; aiohttp
+        sends the idempotent requests it streams again by itself, uncounted)."""
+        return self.fills.retries
 
     async def close(self) -> None:
         self.fills.close()
@@ -166,7 +157,7 @@ class UpstreamClient:
         return URL(self._root + raw_path_qs, encoded=True)
 
     async def call(
-        self, route: str, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *,
+        self, route: str, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: bytes | None = None, *,
         retry_safe: bool = False,
     ) -> UpstreamResponse:
         """`fetch`, instrumented: the one place an upstream call's time, status and error class are counted."""
@@ -199,23 +190,15 @@ class UpstreamClient:
         return out
 
     async def fetch(
-        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *, retry_safe: bool = False
+        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: bytes | None = None, *,
+        retry_safe: bool = False,
     ) -> UpstreamResponse:
         """Send a request and read the whole answer; a body cut short is an error, never a response.
 
         `retry_safe`: the request is a read whatever its method (the proxy's own batch calls), so it may be sent
         again once when a reused connection failed before the answer came."""
-        if body is None or isinstance(body, bytes):
-            got = await self._exchange(method, raw_path_qs, headers, body, None, retry_safe)
-            return UpstreamResponse(got.status, got.headers, got.body)
-        resp = await self._send(method, raw_path_qs, headers, body, retry_safe, "fills")
-        try:
-            data = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise convert(exc, self.url(raw_path_qs)) from exc
-        finally:
-            resp.release()
-        return UpstreamResponse(resp.status, resp.headers, data)
+        got = await self._exchange(method, raw_path_qs, headers, body, None, retry_safe)
+        return UpstreamResponse(got.status, got.headers, got.body)
 
     async def _exchange(self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: bytes | None,
                         limit: int | None, retry_safe: bool) -> Answer:
@@ -226,44 +209,30 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def open(
-        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *,
-        retry_safe: bool = False, pool: Pool = "fills",
+        self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any = None, *, pool: Pool = "fills",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A response whose body the caller streams; errors while connecting are converted."""
-        resp = await self._send(method, raw_path_qs, headers, body, retry_safe, pool)
+        """A response whose body the caller streams, through aiohttp; errors while connecting are converted.
+        aiohttp itself sends an idempotent request again once when a pooled connection closed under it."""
+        resp = await self._send(method, raw_path_qs, headers, body, pool)
         try:
             yield resp
         finally:
             resp.release()
 
-    async def _send(self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any, retry_safe: bool,
+    async def _send(self, method: str, raw_path_qs: str, headers: CIMultiDict[str], body: Any,
                     pool: Pool) -> aiohttp.ClientResponse:
-        """The request sent and its answer's head read (`fetch` without a context manager: a miss pays for each
-        layer); a read is sent again once when a reused connection failed under it."""
+        """The request sent through aiohttp and its answer's head read."""
         url = self.url(raw_path_qs)
-        session = self.sessions[pool]
-        again = retry_safe and method not in IDEMPOTENT and isinstance(body, (bytes, type(None)))
-        while True:
-            attempt = _Attempt()
-            token = _ATTEMPT.set(attempt)
-            try:
-                return await session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False, compress=None
-                )
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-                # The backend closed a kept-alive connection as this request went out on it: nothing was
-                # answered, and a read may be sent again on a new connection (RFC 9112 9.3.1).
-                if not (again and attempt.reused) or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise convert(exc, url, attempt) from exc
-                again = False
-                self._retries += 1
-                # One turn of the loop first: closes that came in with this one are seen, so the pool hands out a
-                # live or a new connection rather than another one the backend has just closed.
-                await asyncio.sleep(0)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise convert(exc, url, attempt) from exc
-            finally:
-                _ATTEMPT.reset(token)
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
+        try:
+            return await self.sessions[pool].request(
+                method, url, headers=headers, data=body, allow_redirects=False, compress=None
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise convert(exc, url, attempt) from exc
+        finally:
+            _ATTEMPT.reset(token)
 
     async def ws_connect(
         self, raw_path_qs: str, headers: CIMultiDict[str], protocols: Iterable[str]

@@ -14,6 +14,7 @@ import pytest
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
+from tests.support.batching import ITEM_BATCH
 from tests.support.factories import ProxyFactory
 
 RULES = """
@@ -21,22 +22,7 @@ RULES = """
 name = "doc"
 match = "GET /docs/{name}"
 ttl = "5m"
-
-[[route]]
-name = "item"
-match = "GET /items/{id}"
-ttl = "5m"
-  [route.batch]
-  to = "POST /batch"
-  group_by = "path.id"
-  window = "1ms"
-  linger = "0s"
-  body = { requests = "$items" }
-  match_on = "id"
-  on_item_error = "fail"
-    [route.batch.item]
-    id = "path.id"
-"""
+""" + ITEM_BATCH
 
 BODY = b'{"doc": "' + b"x" * 3000 + b'"}'
 

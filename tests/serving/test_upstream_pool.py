@@ -15,25 +15,11 @@ from aiohttp import web
 
 from proxy.config.settings import Config, UpstreamConfig
 from proxy.config.units import Duration
+from tests.support.batching import ITEM_BATCH
 from tests.support.factories import ProxyFactory
 from tests.support.upstream import Upstream
 
-BATCHED = """
-[[route]]
-name = "item"
-match = "GET /items/{id}"
-ttl = "5m"
-  [route.batch]
-  to = "POST /batch"
-  group_by = "path.id"
-  window = "1ms"
-  linger = "0s"  # a lone request still goes as a batch of one: the batch call is what this file tests
-  body = { requests = "$items" }
-  match_on = "id"
-  on_item_error = "fail"
-    [route.batch.item]
-    id = "path.id"
-
+BATCHED = ITEM_BATCH + """
 [[route]]
 name = "player"
 match = "GET /players/{name}"

@@ -48,6 +48,25 @@ EXTRA
 """
 
 
+# A route whose every miss goes as a batch call, even alone (`linger = "0s"`): for the tests of the upstream pools.
+ITEM_BATCH = """
+[[route]]
+name = "item"
+match = "GET /items/{id}"
+ttl = "5m"
+  [route.batch]
+  to = "POST /batch"
+  group_by = "path.id"
+  window = "1ms"
+  linger = "0s"
+  body = { requests = "$items" }
+  match_on = "id"
+  on_item_error = "fail"
+    [route.batch.item]
+    id = "path.id"
+"""
+
+
 def rule(window: str = "50ms", max_items: int = 50, group: str = "query.player_name", linger: str = "1ms",
          **knobs: object) -> str:
     """The rule; linger "0s" turns adaptive dispatch off, so a window waits its whole length as it used to."""
