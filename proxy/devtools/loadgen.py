@@ -35,10 +35,11 @@ class LoadResult:
 
 
 class _Conn(asyncio.Protocol):
-    """Sends the same request again as soon as the previous answer is complete."""
+    """Sends the same request again when the previous answer is complete, after `think` seconds (0: at once)."""
 
-    def __init__(self, request: bytes, result: LoadResult, deadline: float, done: asyncio.Future[None]) -> None:
-        self.request, self.result, self.deadline, self.done = request, result, deadline, done
+    def __init__(self, request: bytes, result: LoadResult, deadline: float, done: asyncio.Future[None],
+                 think: float = 0.0) -> None:
+        self.request, self.result, self.deadline, self.done, self.think = request, result, deadline, done, think
         self.buf = b""
         self.sent_at = 0.0
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connection_made
@@ -72,6 +73,9 @@ class _Conn(asyncio.Protocol):
             self.result.requests += 1
             self.result.errors += 0 if ok else 1
             self.result.latencies.append(now - self.sent_at)
+            if self.think:
+                asyncio.get_running_loop().call_later(self.think, self._send)
+                return
             self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -79,8 +83,10 @@ class _Conn(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run_load(host: str, port: int, path: str, *, connections: int, seconds: float) -> LoadResult:
-    """Hammer one URL over `connections` keep-alive connections for `seconds`, then stop."""
+async def run_load(host: str, port: int, path: str, *, connections: int, seconds: float,
+                   think: float = 0.0) -> LoadResult:
+    """Hammer one URL over `connections` keep-alive connections for `seconds`, then stop; with `think`, each
+    connection waits that long after an answer before its next request (the time is not in the latencies)."""
     loop = asyncio.get_running_loop()
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: */*\r\n\r\n".encode()
     result = LoadResult()
@@ -90,7 +96,7 @@ async def run_load(host: str, port: int, path: str, *, connections: int, seconds
     for _ in range(connections):
         done: asyncio.Future[None] = loop.create_future()
         dones.append(done)
-        await loop.create_connection(partial(_Conn, request, result, deadline, done), host, port)
+        await loop.create_connection(partial(_Conn, request, result, deadline, done, think), host, port)
     await asyncio.wait_for(asyncio.gather(*dones), seconds + 10)
     result.seconds = time.perf_counter() - started
     return result

@@ -28,6 +28,12 @@ async def test_load_burst_and_replay_against_a_real_server() -> None:
         result = await run_load("127.0.0.1", port, "/hit", connections=4, seconds=0.3)
         assert result.requests == seen.count("/hit") > 10 and result.errors == 0
         assert 0 < result.percentile(0.5) <= result.percentile(0.99)
+        before = seen.count("/hit")
+        paced = await run_load("127.0.0.1", port, "/hit", connections=2, seconds=0.3, think=0.05)
+        # 2 connections, each asking again 50 ms after an answer: at most 7 requests each in 0.3 s, and the wait is
+        # not in the latencies
+        assert 2 <= paced.requests == seen.count("/hit") - before <= 14 and paced.errors == 0
+        assert paced.percentile(0.99) < 0.05
         lat = await burst("127.0.0.1", port, ["/slow"] * 20)
         assert len(lat) == 20 and min(lat) >= 0.01
         paths = [f"/r?i={i}" for i in range(30)]
