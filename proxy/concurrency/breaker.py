@@ -47,10 +47,11 @@ class Breaker:
             self._closed = True
             self.on_change(True)
 
-    def failed(self) -> None:
-        """One more failed call; opens at the threshold. Calls that were in flight when it opened and fail after
-        it leave the probe schedule alone: only a failed probe says the backend is still away."""
-        self.failures += 1
+    def failed(self, calls: int = 1) -> None:
+        """More failed calls (a batch counts each of its own); opens at the threshold. Calls that were in flight
+        when it opened and fail after it leave the probe schedule alone: only a failed probe says the backend is
+        still away."""
+        self.failures += calls
         if self._closed and self.failures >= self.threshold:
             self.trip()
 

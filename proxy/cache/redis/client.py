@@ -213,8 +213,10 @@ class RedisClient:
 
     # -- the one place redis errors are caught
 
-    async def call(self, op: str, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-        """make() under the breaker and the call timeout; every failure leaves as CacheBackendError."""
+    async def call(self, op: str, make: Callable[[], Awaitable[T]], timeout: float | None = None, *,
+                   commands: int = 1) -> T:
+        """make() under the breaker and the call timeout; every failure leaves as CacheBackendError. A pipeline
+        of `commands` that fails counts as that many failed calls, as they would have sent one by one."""
         if not self.breaker.closed:
             raise CacheBackendError(f"redis {op} skipped: {self.url} is marked down")
         try:
@@ -227,14 +229,14 @@ class RedisClient:
         except ConfigError:
             raise
         except FAILURES as exc:
-            raise self.failed(op, exc) from exc
+            raise self.failed(op, exc, commands=commands) from exc
         self.breaker.succeeded()
         return result
 
-    def failed(self, op: str, exc: BaseException, *, probe: bool = False) -> CacheBackendError:
+    def failed(self, op: str, exc: BaseException, *, probe: bool = False, commands: int = 1) -> CacheBackendError:
         """Count it, tell the breaker (a failed probe backs it off, a failed call only counts), and describe it
         without the password."""
-        self.errors[type(exc).__name__] += 1
+        self.errors[type(exc).__name__] += commands
         if isinstance(exc, TimeoutError) and not str(exc):
             detail = f"no answer within {self.timeout * 1000:.0f}ms"
         else:
@@ -243,7 +245,7 @@ class RedisClient:
         if probe:
             self.breaker.probe_failed()
         else:
-            self.breaker.failed()
+            self.breaker.failed(commands)
         return CacheBackendError(self.last_error)
 
     def scrub(self, text: str) -> str:

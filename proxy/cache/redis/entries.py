@@ -11,6 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from proxy.cache.events import Selector
 from proxy.cache.redis.client import RedisClient
 from proxy.cache.redis.keyspace import Keyspace, entry_hash
+from proxy.cache.redis.pipelining import Call, SameTurn, run_script
 from proxy.policy.entry import CachedResponse, decode, encode
 
 PURGE_TIMEOUT: Final = 5.0  # a purge may touch many keys; it runs for an operator, never inside a client request
@@ -44,22 +45,27 @@ class Entries:
         self.client, self.keys = client, keys
         self._set = client.redis.register_script(SET)
         self._purge_set = client.redis.register_script(PURGE_SET)
+        self._gets: SameTurn[str, CachedResponse | None] = SameTurn(
+            lambda keys: self.get_many(keys, commands=len(keys)))
+        self._sets: SameTurn[Call, None] | None = None
+        if not isinstance(client.redis, RedisCluster):  # a cluster's pipelines do not load a script a node lacks
+            self._sets = SameTurn(self._set_many)
 
     async def get(self, key: str) -> CachedResponse | None:
-        """The stored entry (of this format version), or None."""
-        data = await self.client.call("GET", lambda: self.client.redis.get(self.keys.entry(entry_hash(key))))
-        return decode(data) if isinstance(data, bytes) else None
+        """The stored entry (of this format version), or None; the GETs of one loop turn are one MGET."""
+        return await self._gets(key)
 
-    async def get_many(self, keys: list[str]) -> list[CachedResponse | None]:
-        """The stored entries of keys, in order, in one MGET (one round trip, one timeout, however many keys)."""
+    async def get_many(self, keys: list[str], *, commands: int = 1) -> list[CachedResponse | None]:
+        """The stored entries of keys, in order, in one MGET (one round trip, one timeout, however many keys).
+        `commands`: how many calls it answers, each counted should it fail (one, or every GET of a loop turn)."""
         if not keys:
             return []
         names = [self.keys.entry(entry_hash(k)) for k in keys]
         redis = self.client.redis
         if isinstance(redis, RedisCluster):  # one MGET per slot, pipelined per node, in the order asked
-            data = await self.client.call("MGET", lambda: redis.mget_nonatomic(names))
+            data = await self.client.call("MGET", lambda: redis.mget_nonatomic(names), commands=commands)
         else:
-            data = await self.client.call("MGET", lambda: redis.mget(names))
+            data = await self.client.call("MGET", lambda: redis.mget(names), commands=commands)
         return [decode(d) if isinstance(d, bytes) else None for d in data]
 
     async def set(self, key: str, entry: CachedResponse, *, now: float, event: bytes, token: str = "") -> bool:
@@ -73,8 +79,22 @@ class Entries:
         sets = [self.keys.tag(t, b) for t in entry.tags] + ([self.keys.route(entry.route, b)] if entry.route else [])
         names = [self.keys.entry(h), self.keys.lease(h), *sets]
         args: list[bytes | str | int] = [encode(entry), px, h, token, self.keys.channel, event]
-        await self.client.call("SET", lambda: self._set(keys=names, args=args))
+        if self._sets is not None:
+            await self._sets((names, args))  # the writes of one loop turn in one pipeline
+        else:
+            await self.client.call("SET", lambda: self._set(keys=names, args=args))
         return True
+
+    async def _set_many(self, writes: list[Call]) -> list[None]:
+        if len(writes) == 1:
+            names, args = writes[0]
+            await self.client.call("SET", lambda: self._set(keys=names, args=args))
+            return [None]
+
+        redis = self.client.redis
+        assert not isinstance(redis, RedisCluster)
+        await self.client.call("SET", lambda: run_script(redis, self._set, writes), commands=len(writes))
+        return [None] * len(writes)
 
     async def purge(self, selector: Selector) -> frozenset[str]:
         """Delete the selected entries; returns their hashes. Only keys under our prefix are ever touched."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from redis.asyncio.cluster import RedisCluster
 
 from proxy.cache.redis.client import RedisClient
 from proxy.cache.redis.keyspace import Keyspace, entry_hash
+from proxy.cache.redis.pipelining import Call, SameTurn, run_script
 from proxy.policy.entry import CachedResponse, decode
 
 # The entry as it is now, and the lease if nobody holds it (else how long the holder still has).
@@ -21,6 +24,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
 """
+
+
+_Ask = tuple[str, str, int]  # key, token, lease in ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +45,35 @@ class Leases:
         self.client, self.keys = client, keys
         self._acquire = client.redis.register_script(ACQUIRE)
         self._release = client.redis.register_script(RELEASE)
+        self._asks: SameTurn[_Ask, list[Any]] | None = None
+        if not isinstance(client.redis, RedisCluster):  # a cluster's pipelines do not load a script a node lacks
+            self._asks = SameTurn(self._acquire_many)
 
     async def acquire(self, key: str, token: str, lease_ms: int) -> Claim:
-        """SET lease NX PX, reading the entry in the same round trip (it may have been filled meanwhile)."""
-        h = entry_hash(key)
-        data, got, left = await self.client.call(
-            "LEASE", lambda: self._acquire(keys=[self.keys.entry(h), self.keys.lease(h)], args=[token, lease_ms]))
+        """SET lease NX PX, reading the entry in the same round trip (it may have been filled meanwhile); the
+        leases asked for in one loop turn go in one pipeline."""
+        ask = (key, token, lease_ms)
+        data, got, left = await (self._asks(ask) if self._asks is not None else self._acquire_one(ask))
         entry = decode(data) if isinstance(data, bytes) else None
         return Claim(entry, bool(got), max(0, int(left)) / 1000)
+
+    def _script(self, ask: _Ask) -> Call:
+        key, token, lease_ms = ask
+        h = entry_hash(key)
+        return [self.keys.entry(h), self.keys.lease(h)], [token, lease_ms]
+
+    async def _acquire_one(self, ask: _Ask) -> list[Any]:
+        names, args = self._script(ask)
+        got: list[Any] = await self.client.call("LEASE", lambda: self._acquire(keys=names, args=args))
+        return got
+
+    async def _acquire_many(self, asks: list[_Ask]) -> list[list[Any]]:
+        if len(asks) == 1:
+            return [await self._acquire_one(asks[0])]
+        redis = self.client.redis
+        assert not isinstance(redis, RedisCluster)
+        calls = [self._script(a) for a in asks]
+        return await self.client.call("LEASE", lambda: run_script(redis, self._acquire, calls), commands=len(calls))
 
     async def left(self, key: str) -> float:
         """Seconds left on whoever holds key's lease; 0 when nobody does."""
