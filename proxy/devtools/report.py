@@ -12,6 +12,12 @@ def ratio_of(x: float) -> tuple[str, float]:
     return f"{text}x", float(text)
 
 
+def median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count), as every row of several runs reports it."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 @dataclass
 class Row:
     """One measured line of the report, with its target when the issue sets one."""

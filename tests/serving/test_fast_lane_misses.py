@@ -12,19 +12,12 @@ import msgspec
 from proxy.config.settings import Config, MemoryConfig
 from proxy.config.units import ByteSize
 from tests.conftest import ProxyFactory, Upstream
+from tests.support.lanes import ECHO_RULES as ECHO
 from tests.support.lanes import PLAYER_RULES as RULES
 from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: leading misses is the fast lane's own
 from tests.support.raw_http import Client, body_of, counter, exchange, header, raw_get, status_of, undated
 
 NOW = 1_000_000.0
-ECHO = """
-[[route]]
-name = "prop"
-match = "GET /props/{prop_id}"
-ttl = "5m"
-key = ["query.player"]
-echo = ["prop_id"]
-"""
 
 
 async def misses(http: aiohttp.ClientSession, admin: str) -> float:

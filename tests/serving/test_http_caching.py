@@ -9,6 +9,7 @@ import aiohttp
 from proxy.config.settings import Config, DefaultsConfig
 from tests.support.client import get
 from tests.support.factories import ProxyFactory
+from tests.support.lanes import ECHO_RULES
 from tests.support.upstream import Upstream
 
 # --- routes without a rule: the origin's headers decide ---------------------------------------------------
@@ -267,14 +268,7 @@ async def test_expired_entry_is_revalidated_with_the_origins_etag(make_proxy: Pr
 async def test_echo_routes_tag_each_callers_body(make_proxy: ProxyFactory, upstream: Upstream,
                                                  http: aiohttp.ClientSession) -> None:
     upstream.reply("/props/p1", body=b'{"prop_id": "p1", "x": 1}')
-    proxy = await make_proxy("""
-[[route]]
-name = "prop"
-match = "GET /props/{prop_id}"
-ttl = "5m"
-key = ["query.player"]
-echo = ["prop_id"]
-""")
+    proxy = await make_proxy(ECHO_RULES)
     _, h1, _ = await get(http, proxy.proxy_url + "/props/p1?player=j")
     _, h2, _ = await get(http, proxy.proxy_url + "/props/p2?player=j")
     assert h1["ETag"] != h2["ETag"]

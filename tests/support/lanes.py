@@ -25,6 +25,15 @@ def fast_lane_only() -> str:
     return "fast-lane"
 
 
+# A route that echoes each caller's `prop_id` into one stored body (rules.md, `echo`).
+ECHO_RULES = """
+[[route]]
+name = "prop"
+match = "GET /props/{prop_id}"
+ttl = "5m"
+key = ["query.player"]
+echo = ["prop_id"]
+"""
 # The one ruled route the fast lane's own tests answer.
 PLAYER_RULES = """
 [[route]]
