@@ -93,7 +93,7 @@ class FastLaneStats(msgspec.Struct, frozen=True):
     replays: int  # of those, answers written again for the very same request bytes (serving/replay.py)
     share_of_hits: float  # of every answer counted as a hit
     followers: int = 0  # collapsed followers parked on a fill and answered by the lane (serving/parking.py)
-    misses: int = 0  # cold misses whose fill the lane started itself and answered (memory tier alone)
+    misses: int = 0  # cold misses whose fill the lane started itself and answered
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):

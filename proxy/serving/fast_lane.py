@@ -13,9 +13,10 @@ next request on the connection gets its own chance, so no connection is pinned t
                                          └ no ───────────────────────────────┴ None ─> aiohttp (data_received)
 
 A request that would only wait for a fill in flight, or for the dispatch of an identical first request that
-aiohttp has, is parked on it and answered as a collapsed follower (`resume`, `ProxyHandler.follow`). With the
-memory tier alone, a ruled miss with no fill in flight is parked on a fill started for it, and answered as the
-slow path's leader (`ProxyHandler.led`).
+aiohttp has, is parked on it and answered as a collapsed follower (`resume`, `ProxyHandler.follow`). A
+ruled miss that memory holds nothing for, with no fill in flight, is parked on a fill started for it, and answered
+as the slow path's leader (`ProxyHandler.led`); with Redis, that fill asks Redis first, and what it finds there is
+the slow path's to answer (`RuledLane.lead`).
 
 Before any of that, a chunk that is byte for byte a request answered here before, at a request boundary, is
 answered with that same answer if nothing it was decided from changed (serving/replay.py), without being read.
@@ -54,11 +55,6 @@ class Asked(Protocol):
     replays: Replays
     parking: Parking  # targets announced by a request handed to aiohttp, not dispatched yet
 
-    @property
-    def leads(self) -> bool:
-        """A target not seen yet may be dispatched and fetched here (`fast`), not only by aiohttp."""
-        ...
-
     def knows(self, target: str) -> bool:
         """The target was seen before (remembered with its rule, or as one no rule matches)."""
         ...
@@ -68,9 +64,10 @@ class Asked(Protocol):
         would only wait for, or one started for it; None for anything else."""
         ...
 
-    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | None:
-        """A request whose own fill (`fast`) is done, answered and counted as the slow path's leader; a Fill: its
-        answer, too large to keep, for aiohttp to stream; None: aiohttp's to serve."""
+    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | str | None:
+        """A request whose own fill (`fast`) is done, answered and counted as the slow path's leader (a follower,
+        when another process fetched it); a Fill: its answer, too large to keep, for aiohttp to stream; a str:
+        aiohttp's to pass through with that detail; None: aiohttp's to serve."""
         ...
 
     def follow(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | str | None:
@@ -187,7 +184,7 @@ class FastLane:
         target = url.decode("latin-1")
         handler = self.handler
         known = handler.knows(target)
-        if not known and not (handler.leads and "host" in reader.once):  # a miss: no headers built for it
+        if not known and "host" not in reader.once:  # a target not seen yet is dispatched here only with its Host
             return self._announce(reader, target) if announce else False
         headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         method = "GET" if verb == b"GET" else "HEAD"

@@ -66,6 +66,7 @@ class Fill:
     revalidated: bool = False  # the origin's 304 confirmed the stored answer
     overflow: Overflow | None = None  # an answer too large to keep, still open, for the leader alone to stream
     asked: Mapping[str, str] | None = None  # the headers of the request it was fetched for (None: another process's)
+    looked_up: bool = False  # no fill ran: Redis held the key's entry (`found`), which memory now holds too
 
     @property
     def vary(self) -> tuple[str, ...] | None:
@@ -186,6 +187,12 @@ class Filler:
                 return None
             key = variant_key(key, terms.vary, request)
         return entry if self.tiers.store(key, entry, since=since, lease=lease) else None
+
+
+def found(entry: CachedResponse) -> Fill:
+    """What a lookup before a fill (`RuledLane.lead`) found in Redis: the fast lane's parked requests are served
+    from the start by the slow path, which decides on it as on any entry; a slow-path waiter takes the stored copy."""
+    return replace(_adopt(entry), looked_up=True)
 
 
 def _adopt(entry: CachedResponse) -> Fill:

@@ -145,25 +145,19 @@ class ProxyHandler:
         """The fast lane's first question: a target seen before (anything else is a miss, or not cached)."""
         return target in self._targets
 
-    @property
-    def leads(self) -> bool:
-        """The fast lane may dispatch a target it has not seen and fetch it itself (`fast`): with a memory tier
-        alone, which decides a miss without an await. With Redis, a miss asks Redis first: the slow path's."""
-        return self.tiers.redis is None
-
     def fast(self, inb: Inbound) -> tuple[StoredAnswer, Basis] | Parked | None:
         """The fast lane's question (serving/fast_lane.py) for a GET or HEAD: a fresh memory hit for a target seen
         before, answered and counted as the slow path would, with what it was decided from (a replay's basis); for a
-        ruled request that memory holds nothing for, the fill in flight it would only wait for, or, when none is and
-        the lane `leads`, its own fill, started as the slow path starts it (the lane parks it on either:
-        serving/parking.py); None for anything else, which goes to aiohttp."""
+        ruled request that memory holds nothing for, the fill in flight it would only wait for, or, when none is, its
+        own fill, started as the slow path starts it (the lane parks it on either: serving/parking.py); None for
+        anything else, which goes to aiohttp."""
         lane: Lane
         if self._remembered(inb):
             lane = self.ruled
         elif self.origin is not None and self._targets.get(inb.raw_path) is UNRULED:
             inb.key = origin_key(inb.raw_path, inb.host or "")  # as `_dispatch` keys it
             lane = self.origin
-        elif self.leads and inb.raw_path not in self._targets and self._dispatch(inb) is self.ruled:
+        elif inb.raw_path not in self._targets and self._dispatch(inb) is self.ruled:
             lane = self.ruled  # a target not seen yet, matched and keyed as aiohttp's dispatch would
         else:
             return None
@@ -173,7 +167,7 @@ class ProxyHandler:
                 return None
             if (task := self.caching.joinable(inb, lane)) is not None:
                 return Parked(task, inb)
-            if self.leads and not (inb.forced or lane.revalidate(inb)) and self.tiers.local(inb.key) is None:
+            if not (inb.forced or lane.revalidate(inb)) and self.tiers.local(inb.key) is None:
                 return Parked(self.ruled.lead(inb), inb, leads=True)
             return None
         resp, held, until = found
@@ -192,19 +186,24 @@ class ProxyHandler:
         if not isinstance(got, tuple):
             return got
         done, upstream_s = got
+        if done.looked_up:
+            return None  # Redis held it: the slow path answers it from memory, as it answers any entry
         if not done.serves(inb.headers) and done.vary:
             return None  # another Vary variant's answer: the slow path fetches this one's, once per variant
         answer = self.ruled.follow(inb, done, None, upstream_s)
         return answer if isinstance(answer, (StoredAnswer, str)) else None
 
-    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | None:
+    def led(self, inb: Inbound, fill: asyncio.Future[Fill]) -> StoredAnswer | Fill | str | None:
         """A request the fast lane led (`fast`), once its fill is done, answered as the slow path answers its leader,
-        and counted: the upstream's answer, or the 502/503/504 JSON. A Fill: too large to keep, for aiohttp to
-        stream to it (`LED`). None: aiohttp serves it from the start (the fill was cut short)."""
+        and counted: the upstream's answer, or the 502/503/504 JSON; as a follower (`follow`) when another process
+        fetched it. A Fill: too large to keep, for aiohttp to stream to it (`LED`). None: aiohttp serves it from
+        the start (the fill was cut short, or Redis held the entry)."""
         got = self._filled(inb, fill)
         if not isinstance(got, tuple):
             return got
         done, upstream_s = got
+        if done.looked_up or done.collapsed:  # Redis held it, or another process fetched it: a follower's answer
+            return self.follow(inb, fill)
         resp = self.ruled.leader(inb, done, None, upstream_s)
         if resp is None:
             return done

@@ -9,9 +9,9 @@ A request can wait on one of three things:
   the fill's answer is not one it may share, it hands it to aiohttp: marked `RESEND` (personal, `Vary: *`), to be
   passed through on its own as the slow path resends such a follower, or plain (another Vary variant's answer),
   for the slow path to fetch its own variant's, once per variant;
-- its own fill, which the fast lane started for it (a ruled miss with the memory tier alone, nothing in flight):
-  `ProxyHandler.led` then answers it as the slow path answers its leader; an answer too large to keep goes to
-  aiohttp with the fill (`LED`), to stream;
+- its own fill, which the fast lane started for it (a ruled miss memory holds nothing for, nothing in flight; with
+  Redis the fill asks Redis first): `ProxyHandler.led` then answers it as the slow path answers its leader; an
+  answer too large to keep goes to aiohttp with the fill (`LED`), to stream; what Redis held, aiohttp serves;
 - before that, the first request for a target not seen yet, which the fast lane handed to aiohttp and
   *announced*: once the handler has dispatched it (the target remembered, its fill started), the requests for
   the same target that arrived meanwhile ask again. An announcement that is never dispatched is let go when its
@@ -20,7 +20,7 @@ A request can wait on one of three things:
     take ─ known, nothing in memory, fill in flight ─> park on the fill ─ done ─> follow ─ answer ─> write
          │                                                  personal, Vary: * ┼> aiohttp: RESEND
          │                                                  another variant's ┴> aiohttp
-         ├ ruled, memory alone, no fill in flight ─> lead: park on its own fill ─ done ─> led ─ answer ─> write
+         ├ ruled, not in memory, no fill in flight ─> lead: park on its own fill ─ done ─> led ─ answer ─> write
          │                                                                        too large to keep ─> aiohttp: LED
          └ not seen yet: announced by another ────> park on it ─ dispatched (or released) ─> take again, once
 """

@@ -24,7 +24,7 @@ from proxy.policy.validators import derived_etag, keep_for
 from proxy.serving.answer import StoredAnswer, echo, etag_of, from_entry
 from proxy.serving.caching import Caching, Done, Resend, flight_of
 from proxy.serving.echoes import Echoes
-from proxy.serving.fill import Fill, Judge, Terms
+from proxy.serving.fill import Fill, Judge, Terms, found
 from proxy.serving.headers import VIA
 from proxy.serving.inbound import Inbound
 from proxy.serving.passthrough import stream_overflow
@@ -107,9 +107,20 @@ class RuledLane:
         return once
 
     def lead(self, inb: Inbound) -> asyncio.Task[Fill]:
-        """Start the fill of a request that nothing stored and nothing in flight answers, as `fetch` starts it: the
-        fast lane leads such a request itself (serving/parking.py) and answers it with `leader` once it is done."""
-        return self.caching.coalescer.start(flight_of(inb, None), self._once(inb, None, {}))
+        """Start the fill of a request that memory holds nothing for and nothing in flight answers, as `fetch` starts
+        it: the fast lane leads such a request itself (serving/parking.py) and answers it with `leader` once it is
+        done. With Redis, the task asks Redis first, as the slow path does before it fetches: an entry found there
+        ends it (`found`), and the requests parked on it are served by the slow path from memory."""
+        once = self._once(inb, None, {})
+        tiers = self.caching.tiers
+        if tiers.redis is None:
+            return self.caching.coalescer.start(flight_of(inb, None), once)
+
+        async def looked_up() -> Fill:
+            entry = await tiers.find(inb.key, inb.headers)
+            return found(entry) if entry is not None else await once()
+
+        return self.caching.coalescer.start(flight_of(inb, None), looked_up)
 
     async def fetch(self, inb: Inbound, request: web.BaseRequest, decision: Revalidate | Fetch,
                     stale: CachedResponse | None) -> web.StreamResponse:

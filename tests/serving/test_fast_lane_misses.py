@@ -1,4 +1,4 @@
-"""Cold misses the fast lane leads itself (memory tier alone: `ProxyHandler.fast`, serving/parking.py): the same bytes
+"""Cold misses the fast lane leads itself (`ProxyHandler.fast`, serving/parking.py; with Redis too): the same bytes
 the slow path's leader gets, one upstream call however many wait on it, failures and too-large answers handled as the
 slow path handles them, and nothing stored that the slow path would not store."""
 
@@ -8,14 +8,16 @@ import asyncio
 
 import aiohttp
 import msgspec
+import redis.asyncio as aioredis
 
-from proxy.config.settings import Config, MemoryConfig
+from proxy.config.settings import Config, MemoryConfig, RedisConfig
 from proxy.config.units import ByteSize
 from tests.conftest import ProxyFactory, Upstream
 from tests.support.lanes import ECHO_RULES as ECHO
 from tests.support.lanes import PLAYER_RULES as RULES
 from tests.support.lanes import fast_lane_only  # noqa: F401 - a fixture: leading misses is the fast lane's own
 from tests.support.raw_http import Client, body_of, counter, exchange, header, raw_get, status_of, undated
+from tests.support.waiting import until
 
 NOW = 1_000_000.0
 
@@ -155,3 +157,80 @@ async def test_odd_targets_get_the_same_answer_whichever_path_dispatches_them(
         fast, slow = await asyncio.wait_for(both_leaders(proxy.proxy_url, whole, split), 5)
         assert status_of(fast) == status_of(slow), odd
         assert body_of(fast).replace(b"/w", b"/s") == body_of(slow), odd
+
+
+# With Redis, the fill the lane starts asks Redis first, as the slow path asks it before it fetches (RuledLane.lead).
+
+async def entries_in(redis: aioredis.Redis, n: int) -> None:
+    """Until Redis holds n entries (the writes go on after the answers)."""
+    async def held() -> bool:
+        return len([k async for k in redis.scan_iter(match="*:entry:*")]) >= n
+    await until(held)
+
+
+async def test_with_redis_a_led_miss_is_one_call_stored_where_another_proxy_finds_it(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
+        redis: aioredis.Redis) -> None:
+    for path in ("/api/player/r1", "/api/player/r2"):
+        upstream.reply(path, body=b'{"player": "r"}', headers={"X-Origin": "yes"})
+    config = Config(redis=RedisConfig(url=redis_url))
+    proxy = await make_proxy(RULES, config=config, clock=lambda: NOW)
+    fast, slow = await both_leaders(proxy.proxy_url, "/api/player/r1", "/api/player/r2")
+    assert await misses(http, proxy.admin_url) == 1  # led by the lane, Redis or not
+    assert status_of(fast) == 200 and undated(fast) == undated(slow)
+    await entries_in(redis, 2)
+    other = await make_proxy(RULES, config=config, clock=lambda: NOW)  # empty memory, the same Redis
+    for path in ("/api/player/r1", "/api/player/r2"):
+        got = await exchange(other.proxy_url, raw_get(path))
+        assert (header(got, "Cache-Status") or "").startswith("sidecache; hit")
+        assert body_of(got) == b'{"player": "r"}' and header(got, "X-Origin") == "yes"
+        assert upstream.hits[path] == 1
+
+
+async def test_with_redis_a_cold_request_for_what_redis_holds_is_a_hit_not_a_fill(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str,
+        redis: aioredis.Redis) -> None:
+    upstream.reply("/api/player/r3", body=b'{"player": 3}')
+    config = Config(redis=RedisConfig(url=redis_url))
+    first = await make_proxy(RULES, config=config, clock=lambda: NOW)
+    await exchange(first.proxy_url, raw_get("/api/player/r3"))
+    await entries_in(redis, 1)
+    other = await make_proxy(RULES, config=config, clock=lambda: NOW)
+    got = await exchange(other.proxy_url, raw_get("/api/player/r3"))  # whole: the lane sees it first
+    assert status_of(got) == 200 and body_of(got) == b'{"player": 3}'
+    assert (header(got, "Cache-Status") or "").startswith("sidecache; hit")  # as the slow path answers it
+    assert upstream.hits["/api/player/r3"] == 1
+    assert await misses(http, other.admin_url) == 0  # the slow path answered it, from what Redis held
+
+
+async def test_with_redis_a_burst_of_identical_cold_requests_is_one_led_fill_and_parked_followers(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str) -> None:
+    upstream.reply("/api/player/r9", body=b'{"player": 9}', delay=0.2)
+    proxy = await make_proxy(RULES, config=Config(redis=RedisConfig(url=redis_url)))
+    clients = [await Client.open(proxy.proxy_url) for _ in range(20)]
+    try:
+        for c in clients:
+            c.writer.write(raw_get("/api/player/r9"))
+        answers = await asyncio.gather(*(c.answer() for c in clients))
+    finally:
+        for c in clients:
+            c.close()
+    assert upstream.hits["/api/player/r9"] == 1
+    assert {body_of(a) for a in answers} == {b'{"player": 9}'}
+    assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader
+    assert await misses(http, proxy.admin_url) == 1
+    assert await counter(http, proxy.admin_url, "sidecache_fast_lane_followers") == 19
+
+
+async def test_with_redis_a_led_miss_another_proxy_is_fetching_waits_for_its_copy(
+        make_proxy: ProxyFactory, upstream: Upstream, redis_url: str) -> None:
+    upstream.reply("/api/player/r5", body=b'{"player": 5}', delay=0.3, headers={"X-Origin": "yes"})
+    config = Config(redis=RedisConfig(url=redis_url))
+    first, second = await make_proxy(RULES, config=config), await make_proxy(RULES, config=config)
+    leader = asyncio.ensure_future(exchange(first.proxy_url, raw_get("/api/player/r5")))
+    await until(lambda: upstream.hits["/api/player/r5"] == 1)  # the first holds the key's lease, fetching
+    got = await exchange(second.proxy_url, raw_get("/api/player/r5"))  # led by its lane, which waits on the lease
+    assert status_of(await leader) == 200
+    assert upstream.hits["/api/player/r5"] == 1
+    assert body_of(got) == b'{"player": 5}' and header(got, "X-Origin") == "yes"
+    assert "collapsed" in (header(got, "Cache-Status") or "")  # the other process's fill, as a follower gets it
