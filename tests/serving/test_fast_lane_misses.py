@@ -26,6 +26,18 @@ async def misses(http: aiohttp.ClientSession, admin: str) -> float:
     return await counter(http, admin, "sidecache_fast_lane_misses")
 
 
+async def identical(url: str, path: str, n: int) -> list[bytes]:
+    """n clients, each on a connection of its own, asking for path at once: what each got."""
+    clients = [await Client.open(url) for _ in range(n)]
+    try:
+        for c in clients:
+            c.writer.write(raw_get(path))
+        return list(await asyncio.gather(*(c.answer() for c in clients)))
+    finally:
+        for c in clients:
+            c.close()
+
+
 async def both_leaders(url: str, whole: str, split: str, *extra: str, method: str = "GET",
                        version: str = "1.1") -> tuple[bytes, bytes]:
     """A cold request sent whole (the fast lane leads it) and one sent in two writes (aiohttp's path leads it)."""
@@ -96,14 +108,7 @@ async def test_a_burst_of_identical_cold_requests_is_one_led_fill_and_parked_fol
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.reply("/api/player/9", body=b'{"player": 9}', delay=0.2)
     proxy = await make_proxy(RULES)
-    clients = [await Client.open(proxy.proxy_url) for _ in range(30)]
-    try:
-        for c in clients:
-            c.writer.write(raw_get("/api/player/9"))
-        answers = await asyncio.gather(*(c.answer() for c in clients))
-    finally:
-        for c in clients:
-            c.close()
+    answers = await identical(proxy.proxy_url, "/api/player/9", 30)
     assert upstream.hits["/api/player/9"] == 1
     assert {body_of(a) for a in answers} == {b'{"player": 9}'}
     assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader
@@ -207,14 +212,7 @@ async def test_with_redis_a_burst_of_identical_cold_requests_is_one_led_fill_and
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str) -> None:
     upstream.reply("/api/player/r9", body=b'{"player": 9}', delay=0.2)
     proxy = await make_proxy(RULES, config=Config(redis=RedisConfig(url=redis_url)))
-    clients = [await Client.open(proxy.proxy_url) for _ in range(20)]
-    try:
-        for c in clients:
-            c.writer.write(raw_get("/api/player/r9"))
-        answers = await asyncio.gather(*(c.answer() for c in clients))
-    finally:
-        for c in clients:
-            c.close()
+    answers = await identical(proxy.proxy_url, "/api/player/r9", 20)
     assert upstream.hits["/api/player/r9"] == 1
     assert {body_of(a) for a in answers} == {b'{"player": 9}'}
     assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader

@@ -11,7 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from proxy.cache.events import Selector
 from proxy.cache.redis.client import RedisClient
 from proxy.cache.redis.keyspace import Keyspace, entry_hash
-from proxy.cache.redis.pipelining import Call, SameTurn, run_script
+from proxy.cache.redis.pipelining import Call, SameTurn, per_turn, run_script
 from proxy.policy.entry import CachedResponse, decode, encode
 
 PURGE_TIMEOUT: Final = 5.0  # a purge may touch many keys; it runs for an operator, never inside a client request
@@ -47,9 +47,7 @@ class Entries:
         self._purge_set = client.redis.register_script(PURGE_SET)
         self._gets: SameTurn[str, CachedResponse | None] = SameTurn(
             lambda keys: self.get_many(keys, commands=len(keys)))
-        self._sets: SameTurn[Call, None] | None = None
-        if not isinstance(client.redis, RedisCluster):  # a cluster's pipelines do not load a script a node lacks
-            self._sets = SameTurn(self._set_many)
+        self._write = per_turn(client.redis, self._set_one, self._set_many)  # a loop turn's writes: one pipeline
 
     async def get(self, key: str) -> CachedResponse | None:
         """The stored entry (of this format version), or None; the GETs of one loop turn are one MGET."""
@@ -79,18 +77,14 @@ class Entries:
         sets = [self.keys.tag(t, b) for t in entry.tags] + ([self.keys.route(entry.route, b)] if entry.route else [])
         names = [self.keys.entry(h), self.keys.lease(h), *sets]
         args: list[bytes | str | int] = [encode(entry), px, h, token, self.keys.channel, event]
-        if self._sets is not None:
-            await self._sets((names, args))  # the writes of one loop turn in one pipeline
-        else:
-            await self.client.call("SET", lambda: self._set(keys=names, args=args))
+        await self._write((names, args))
         return True
 
-    async def _set_many(self, writes: list[Call]) -> list[None]:
-        if len(writes) == 1:
-            names, args = writes[0]
-            await self.client.call("SET", lambda: self._set(keys=names, args=args))
-            return [None]
+    async def _set_one(self, write: Call) -> None:
+        names, args = write
+        await self.client.call("SET", lambda: self._set(keys=names, args=args))
 
+    async def _set_many(self, writes: list[Call]) -> list[None]:
         redis = self.client.redis
         assert not isinstance(redis, RedisCluster)
         await self.client.call("SET", lambda: run_script(redis, self._set, writes), commands=len(writes))

@@ -9,7 +9,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from proxy.cache.redis.client import RedisClient
 from proxy.cache.redis.keyspace import Keyspace, entry_hash
-from proxy.cache.redis.pipelining import Call, SameTurn, run_script
+from proxy.cache.redis.pipelining import Call, per_turn, run_script
 from proxy.policy.entry import CachedResponse, decode
 
 # The entry as it is now, and the lease if nobody holds it (else how long the holder still has).
@@ -45,15 +45,13 @@ class Leases:
         self.client, self.keys = client, keys
         self._acquire = client.redis.register_script(ACQUIRE)
         self._release = client.redis.register_script(RELEASE)
-        self._asks: SameTurn[_Ask, list[Any]] | None = None
-        if not isinstance(client.redis, RedisCluster):  # a cluster's pipelines do not load a script a node lacks
-            self._asks = SameTurn(self._acquire_many)
+        self._ask = per_turn(client.redis, self._acquire_one, self._acquire_many)  # a loop turn's: one pipeline
 
     async def acquire(self, key: str, token: str, lease_ms: int) -> Claim:
         """SET lease NX PX, reading the entry in the same round trip (it may have been filled meanwhile); the
         leases asked for in one loop turn go in one pipeline."""
         ask = (key, token, lease_ms)
-        data, got, left = await (self._asks(ask) if self._asks is not None else self._acquire_one(ask))
+        data, got, left = await self._ask(ask)
         entry = decode(data) if isinstance(data, bytes) else None
         return Claim(entry, bool(got), max(0, int(left)) / 1000)
 
@@ -68,8 +66,6 @@ class Leases:
         return got
 
     async def _acquire_many(self, asks: list[_Ask]) -> list[list[Any]]:
-        if len(asks) == 1:
-            return [await self._acquire_one(asks[0])]
         redis = self.client.redis
         assert not isinstance(redis, RedisCluster)
         calls = [self._script(a) for a in asks]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -64,6 +65,19 @@ class SameTurn(Generic[A, R]):
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def per_turn(redis: Redis | RedisCluster, one: Callable[[A], Awaitable[R]],
+             many: Callable[[list[A]], Awaitable[list[R]]]) -> Callable[[A], Awaitable[R]]:
+    """A script's calls of one loop turn sent as one `many`, a lone one as `one`; on a cluster, `one` each:
+    its pipelines do not load a script a node lacks."""
+    if isinstance(redis, RedisCluster):
+        return one
+
+    async def send(calls: list[A]) -> list[R]:
+        return [await one(calls[0])] if len(calls) == 1 else await many(calls)
+
+    return SameTurn(send)
 
 
 Call = tuple[list[str], list[bytes | str | int]]  # a script's keys and arguments
