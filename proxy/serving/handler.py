@@ -202,7 +202,7 @@ class ProxyHandler:
         if not isinstance(got, tuple):
             return got
         done, upstream_s = got
-        if done.looked_up or done.collapsed:  # Redis held it, or another process fetched it: a follower's answer
+        if done.collapsed:  # another process's copy (Redis held it, or its lease holder fetched it): a follower's
             return self.follow(inb, fill)
         resp = self.ruled.leader(inb, done, None, upstream_s)
         if resp is None:

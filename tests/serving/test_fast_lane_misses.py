@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 
+from proxy.app import Sidecar
 from proxy.config.settings import Config, MemoryConfig, RedisConfig
 from proxy.config.units import ByteSize
 from tests.conftest import ProxyFactory, Upstream
@@ -104,16 +105,20 @@ async def test_an_echoing_rule_gives_the_leader_its_own_id_and_later_ids_theirs_
     assert await misses(http, proxy.admin_url) == 1
 
 
-async def test_a_burst_of_identical_cold_requests_is_one_led_fill_and_parked_followers(
-        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    upstream.reply("/api/player/9", body=b'{"player": 9}', delay=0.2)
-    proxy = await make_proxy(RULES)
-    answers = await identical(proxy.proxy_url, "/api/player/9", 30)
-    assert upstream.hits["/api/player/9"] == 1
+async def one_led_fill(proxy: Sidecar, upstream: Upstream, http: aiohttp.ClientSession, path: str, n: int) -> None:
+    """`n` identical cold requests for `path` (answered slowly): one upstream call, one leader, the rest parked."""
+    answers = await identical(proxy.proxy_url, path, n)
+    assert upstream.hits[path] == 1
     assert {body_of(a) for a in answers} == {b'{"player": 9}'}
     assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader
     assert await misses(http, proxy.admin_url) == 1
-    assert await counter(http, proxy.admin_url, "sidecache_fast_lane_followers") == 29
+    assert await counter(http, proxy.admin_url, "sidecache_fast_lane_followers") == n - 1
+
+
+async def test_a_burst_of_identical_cold_requests_is_one_led_fill_and_parked_followers(
+        make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.reply("/api/player/9", body=b'{"player": 9}', delay=0.2)
+    await one_led_fill(await make_proxy(RULES), upstream, http, "/api/player/9", 30)
 
 
 async def test_a_led_miss_the_upstream_fails_is_the_same_json_and_nothing_is_stored(
@@ -212,12 +217,7 @@ async def test_with_redis_a_burst_of_identical_cold_requests_is_one_led_fill_and
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str) -> None:
     upstream.reply("/api/player/r9", body=b'{"player": 9}', delay=0.2)
     proxy = await make_proxy(RULES, config=Config(redis=RedisConfig(url=redis_url)))
-    answers = await identical(proxy.proxy_url, "/api/player/r9", 20)
-    assert upstream.hits["/api/player/r9"] == 1
-    assert {body_of(a) for a in answers} == {b'{"player": 9}'}
-    assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader
-    assert await misses(http, proxy.admin_url) == 1
-    assert await counter(http, proxy.admin_url, "sidecache_fast_lane_followers") == 19
+    await one_led_fill(proxy, upstream, http, "/api/player/r9", 20)
 
 
 async def test_with_redis_a_led_miss_another_proxy_is_fetching_waits_for_its_copy(
