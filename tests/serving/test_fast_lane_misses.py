@@ -105,11 +105,13 @@ async def test_an_echoing_rule_gives_the_leader_its_own_id_and_later_ids_theirs_
     assert await misses(http, proxy.admin_url) == 1
 
 
-async def one_led_fill(proxy: Sidecar, upstream: Upstream, http: aiohttp.ClientSession, path: str, n: int) -> None:
-    """`n` identical cold requests for `path` (answered slowly): one upstream call, one leader, the rest parked."""
+async def one_led_fill(proxy: Sidecar, upstream: Upstream, http: aiohttp.ClientSession, path: str, n: int,
+                       body: bytes) -> None:
+    """`n` identical cold requests for `path` (answered slowly with `body`): one upstream call, one leader, the rest
+    parked."""
     answers = await identical(proxy.proxy_url, path, n)
     assert upstream.hits[path] == 1
-    assert {body_of(a) for a in answers} == {b'{"player": 9}'}
+    assert {body_of(a) for a in answers} == {body}
     assert sum("collapsed" not in (header(a, "Cache-Status") or "") for a in answers) == 1  # one leader
     assert await misses(http, proxy.admin_url) == 1
     assert await counter(http, proxy.admin_url, "sidecache_fast_lane_followers") == n - 1
@@ -118,7 +120,7 @@ async def one_led_fill(proxy: Sidecar, upstream: Upstream, http: aiohttp.ClientS
 async def test_a_burst_of_identical_cold_requests_is_one_led_fill_and_parked_followers(
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.reply("/api/player/9", body=b'{"player": 9}', delay=0.2)
-    await one_led_fill(await make_proxy(RULES), upstream, http, "/api/player/9", 30)
+    await one_led_fill(await make_proxy(RULES), upstream, http, "/api/player/9", 30, b'{"player": 9}')
 
 
 async def test_a_led_miss_the_upstream_fails_is_the_same_json_and_nothing_is_stored(
@@ -217,7 +219,7 @@ async def test_with_redis_a_burst_of_identical_cold_requests_is_one_led_fill_and
         make_proxy: ProxyFactory, upstream: Upstream, http: aiohttp.ClientSession, redis_url: str) -> None:
     upstream.reply("/api/player/r9", body=b'{"player": 9}', delay=0.2)
     proxy = await make_proxy(RULES, config=Config(redis=RedisConfig(url=redis_url)))
-    await one_led_fill(proxy, upstream, http, "/api/player/r9", 20)
+    await one_led_fill(proxy, upstream, http, "/api/player/r9", 20, b'{"player": 9}')
 
 
 async def test_with_redis_a_led_miss_another_proxy_is_fetching_waits_for_its_copy(
